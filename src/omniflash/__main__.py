@@ -1,0 +1,3 @@
+from omniflash.cli import main
+
+main()

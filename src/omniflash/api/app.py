@@ -1,0 +1,128 @@
+"""The FastAPI application: routes, the one error handler, and the worker pool's lifetime.
+
+``create_app(settings)`` builds everything from ``Settings``; tests call it directly
+(with ``start_workers=False`` when they drive the store themselves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from omniflash import __version__
+from omniflash.api.deps import Services
+from omniflash.api.routes import router
+from omniflash.engines import create_engine
+from omniflash.errors import InvalidRequest, NotFound, OmniflashError, RateLimited
+from omniflash.settings import Settings
+from omniflash.storage import LocalStorage, Storage, UrlSigner
+from omniflash.store import Store
+from omniflash.worker import WorkerPool
+
+__all__ = ["create_app", "error_response"]
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+def error_response(exc: OmniflashError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+    return "Invalid request parameters: " + "; ".join(parts)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    storage: Storage | None = None,
+    start_workers: bool = True,
+) -> FastAPI:
+    store = store or Store(settings.database_url)
+    storage = storage or LocalStorage(settings.blobs_dir)
+    pool = WorkerPool(settings, store, storage) if start_workers and settings.workers > 0 else None
+    try:
+        estimator = create_engine(settings.engine, settings)
+    except Exception as exc:  # the workers report the real problem; estimates just fall back
+        log.warning("engine %s unavailable for estimates: %s", settings.engine, exc)
+        estimator = None
+    services = Services(
+        settings=settings,
+        store=store,
+        storage=storage,
+        signer=UrlSigner(settings.secret()),
+        pool=pool,
+        estimator=estimator,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if pool is not None:
+            pool.start()
+        try:
+            yield
+        finally:
+            if pool is not None:
+                pool.close()
+
+    app = FastAPI(
+        title="omniflash",
+        version=__version__,
+        summary="Self-hostable video generation speaking the Omni-Flash-Ext API",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.include_router(router)
+
+    @app.exception_handler(OmniflashError)
+    async def _omniflash_error(_request: Request, exc: OmniflashError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(InvalidRequest(_validation_message(exc)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error: OmniflashError
+        if exc.status_code == 404:
+            error = NotFound("No such endpoint")
+        else:
+            error = OmniflashError(str(exc.detail))
+            error.status = exc.status_code
+            error.type = "invalid_request_error" if exc.status_code < 500 else "api_error"
+        return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(OmniflashError())
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, object]:
+        pending = store.tasks.pending_count()
+        alive = sum(w.is_alive() for w in pool.workers) if pool is not None else 0
+        return {"status": "ok", "engine": settings.engine, "workers": alive, "pending": pending}
+
+    @app.get("/", include_in_schema=False)
+    def playground() -> Response:
+        page = STATIC / "index.html"
+        if not page.exists():
+            return Response("omniflash is running. API docs: /docs\n", media_type="text/plain")
+        return FileResponse(page, media_type="text/html")
+
+    return app

@@ -1,0 +1,180 @@
+"""The Omni-Flash-Ext routes: submit, get, list, cancel, and signed file downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from omniflash.api.deps import Caller, Services, ServicesDep
+from omniflash.api.presenters import task_public
+from omniflash.contract import MAX_SEED, parse_generation_request
+from omniflash.errors import Forbidden, InvalidRequest, NotFound
+from omniflash.pricing import credits
+from omniflash.store import KeyInfo
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+IDEMPOTENCY_KEY_MAX = 255
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise InvalidRequest(f"The request body is larger than {limit // (1024 * 1024)} MB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidRequest(f"The request body is larger than {limit // (1024 * 1024)} MB")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+
+
+def _submitted(task_id: str, replayed: bool = False) -> JSONResponse:
+    headers = {"Idempotency-Replayed": "true"} if replayed else None
+    return JSONResponse(
+        {"code": 200, "data": [{"status": "submitted", "task_id": task_id}]}, headers=headers
+    )
+
+
+@router.post("/v1/videos/generations", summary="Submit a video generation task")
+async def submit(request: Request, key: Caller, services: ServicesDep) -> JSONResponse:
+    """Validate, price, charge and queue a task; answers at once with its id."""
+    body = await _read_json(request, services.settings.max_body_bytes)
+    # The store blocks (SQLite waits on its write lock): keep it off the event loop.
+    return await run_in_threadpool(
+        _submit, body, request.headers.get("idempotency-key"), key, services
+    )
+
+
+def _submit(body: Any, idem_key: str | None, key: KeyInfo, services: Services) -> JSONResponse:
+    spec = parse_generation_request(body)
+    if idem_key is not None:
+        idem_key = idem_key.strip()
+        if not idem_key or len(idem_key) > IDEMPOTENCY_KEY_MAX:
+            raise InvalidRequest(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
+        body_hash = hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        replay = services.store.idempotency.reserve(key.id, idem_key, body_hash)
+        if replay is not None:
+            return _submitted(replay, replayed=True)
+    estimate = 60
+    if services.estimator is not None:
+        estimate = max(1, round(services.estimator.estimate_seconds(spec)))
+    try:
+        task = services.store.tasks.submit(
+            key,
+            spec,
+            millicredits=services.settings.pricing.hold(spec),
+            estimated_time=estimate,
+            seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED + 1),
+        )
+    except BaseException:
+        if idem_key is not None:
+            services.store.idempotency.release(key.id, idem_key)
+        raise
+    if idem_key is not None:
+        services.store.idempotency.attach(key.id, idem_key, task.id)
+    if services.pool is not None:
+        services.pool.notify()
+    return _submitted(task.id)
+
+
+@router.get("/v1/tasks/{task_id}", summary="Get a task's status and result")
+def get_task(task_id: str, request: Request, key: Caller, services: ServicesDep) -> dict[str, Any]:
+    task = services.store.tasks.get(task_id, key.id)
+    return {
+        "code": 200,
+        "data": task_public(
+            task,
+            base_url=services.base_url(request),
+            signer=services.signer,
+            pricing=services.settings.pricing,
+        ),
+    }
+
+
+@router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a pending or processing task")
+def cancel_task(
+    task_id: str, request: Request, key: Caller, services: ServicesDep
+) -> dict[str, Any]:
+    task = services.store.tasks.cancel(task_id, key.id)
+    return {
+        "code": 200,
+        "data": task_public(
+            task,
+            base_url=services.base_url(request),
+            signer=services.signer,
+            pricing=services.settings.pricing,
+        ),
+    }
+
+
+@router.get("/v1/tasks", summary="List the caller's tasks, newest first")
+def list_tasks(
+    request: Request,
+    key: Caller,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(description="the last task id of the previous page")] = None,
+) -> dict[str, Any]:
+    rows = services.store.tasks.list_for_key(key.id, limit=limit + 1, after=after)
+    page = rows[:limit]
+    base = services.base_url(request)
+    return {
+        "code": 200,
+        "data": [
+            task_public(t, base_url=base, signer=services.signer, pricing=services.settings.pricing)
+            for t in page
+        ],
+        "has_more": len(rows) > limit,
+        "next_after": page[-1].id if len(rows) > limit else None,
+    }
+
+
+@router.get("/v1/account", summary="The caller's key: name, balance and limits")
+def account(key: Caller, services: ServicesDep) -> dict[str, Any]:
+    fresh = services.store.keys.get(key.id)
+    return {
+        "code": 200,
+        "data": {
+            "name": fresh.name,
+            "prefix": fresh.prefix,
+            "balance": credits(fresh.balance),
+            "rpm": fresh.rpm,
+            "max_concurrent": fresh.max_concurrent,
+        },
+    }
+
+
+@router.get("/v1/files/{blob_key:path}", summary="Download a result by its signed URL")
+def download(blob_key: str, services: ServicesDep, expires: int = 0, sig: str = "") -> FileResponse:
+    """No API key needed: the signature is the permission, until it expires."""
+    if not sig or not services.signer.verify(blob_key, expires, sig, now=time.time()):
+        raise Forbidden()
+    try:
+        path = services.storage.open(blob_key)
+    except (FileNotFoundError, ValueError) as exc:
+        raise NotFound("This result file no longer exists") from exc
+    max_age = max(0, int(expires - time.time()))
+    return FileResponse(
+        path,
+        media_type="video/mp4",
+        filename=blob_key.rsplit("/", 1)[-1].split(".", 1)[0] + ".mp4",
+        headers={"Cache-Control": f"private, max-age={max_age}"},
+        content_disposition_type="inline",
+    )

@@ -1,0 +1,130 @@
+"""The engine protocol and the registry of engines by name.
+
+An engine lives in a worker's child process: it is created and ``load()``-ed once,
+then ``generate()`` runs one job at a time.  Built-in engines register through the
+same ``omniflash.engines`` entry-point group a third-party package would use, so
+``omniflash serve --engine NAME`` finds both::
+
+    [project.entry-points."omniflash.engines"]
+    myengine = "mypackage.engine:MyEngine"
+
+A factory is called with the server's ``Settings`` and returns an ``Engine``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from omniflash.contract import GenerationSpec
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from omniflash.media.decode import VideoClip
+    from omniflash.settings import Settings
+
+__all__ = [
+    "CancelCheck",
+    "Engine",
+    "EngineFactory",
+    "GenerationResult",
+    "Job",
+    "ProgressCallback",
+    "available_engines",
+    "create_engine",
+    "register_engine",
+]
+
+ProgressCallback = Callable[[float], None]
+"""Called with the fraction done, 0.0–1.0; values never go back."""
+CancelCheck = Callable[[], bool]
+"""Returns True once the task was cancelled; engines check it between steps."""
+
+
+@dataclasses.dataclass
+class Job:
+    """One task as an engine sees it: the spec with its inputs fetched and decoded."""
+
+    task_id: str
+    spec: GenerationSpec
+    """``spec.duration`` is always set here (a reference video's length decided it)."""
+    seed: int
+    images: list[Image.Image]
+    """Decoded RGB images, in ``image_urls`` order."""
+    video: VideoClip | None
+    output_path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationResult:
+    frames: int
+    width: int
+    height: int
+    fps: int
+    info: dict[str, object] = dataclasses.field(default_factory=dict)
+    """Engine details recorded with the task (model, steps, seconds per stage)."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    def load(self) -> None:
+        """Load models; called once per child process before the first job."""
+
+    def warmup(self) -> None:
+        """Optional: run configured shapes once so the first real task is fast."""
+
+    def estimate_seconds(self, spec: GenerationSpec) -> float:
+        """A rough wall-clock estimate for the task, shown as ``estimated_time``."""
+
+    def generate(
+        self, job: Job, progress: ProgressCallback, cancelled: CancelCheck
+    ) -> GenerationResult:
+        """Write ``job.output_path`` (H.264 mp4, exactly duration × fps frames)."""
+
+
+EngineFactory = Callable[["Settings"], Engine]
+
+_BUILTIN: dict[str, str] = {
+    "preview": "omniflash.engines.preview:PreviewEngine",
+    "diffusers": "omniflash.engines.diffusion:DiffusersEngine",
+}
+_registered: dict[str, EngineFactory] = {}
+
+
+def register_engine(name: str, factory: EngineFactory) -> None:
+    """Register an engine factory under ``name`` (replacing any previous one)."""
+    _registered[name] = factory
+
+
+def _load_target(target: str) -> EngineFactory:
+    module_name, _, attr = target.partition(":")
+    factory: EngineFactory = getattr(importlib.import_module(module_name), attr)
+    return factory
+
+
+def _entry_point_targets() -> dict[str, str]:
+    targets = dict(_BUILTIN)
+    for ep in entry_points(group="omniflash.engines"):
+        targets.setdefault(ep.name, ep.value)
+    return targets
+
+
+def available_engines() -> list[str]:
+    return sorted(set(_entry_point_targets()) | set(_registered))
+
+
+def create_engine(name: str, settings: Settings) -> Engine:
+    """Build the engine named ``name``; unknown names list the known ones."""
+    if name in _registered:
+        return _registered[name](settings)
+    targets = _entry_point_targets()
+    if name not in targets:
+        raise ValueError(f"unknown engine {name!r}; available: {', '.join(available_engines())}")
+    return _load_target(targets[name])(settings)

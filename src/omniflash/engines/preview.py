@@ -1,0 +1,407 @@
+"""The preview engine: real mp4 files from a fast synthetic renderer, no model and no GPU.
+
+It obeys every parameter of a request, so the whole service can be used and tested on
+any machine, and it is quick: frames are made in the encoder's own yuv420p planes with
+little more than memory copies, so a task costs not much more than x264 encoding the
+same frames (``bench/preview_engine.py`` measures the ratio).
+
+- text: a landscape seeded by the prompt (and the seed), a camera panning over it,
+  a sun drifting across and the prompt written at the bottom;
+- frame: the first frame is the image fitted to the frame; the camera then pushes in;
+- reference: the 1 or 3 images as cards floating over a scene seeded by the prompt;
+- video: the reference video re-timed to the output length and fitted to the frame,
+  with reference images, if any, as cards in a corner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import textwrap
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import numpy
+from av.video.reformatter import VideoReformatter
+from PIL import Image, ImageDraw, ImageFont
+
+from omniflash.contract import GenerationSpec, Mode
+from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
+from omniflash.errors import InputError, TaskCancelled
+from omniflash.media.encode import Mp4Writer, YuvFrame
+
+if TYPE_CHECKING:
+    from omniflash.media.decode import VideoClip
+    from omniflash.settings import Settings
+
+__all__ = ["PreviewEngine"]
+
+PAN = 0.10
+"""How far the camera travels over a scene, as a fraction of the frame."""
+PUSH_IN = 1.10
+"""How far the camera zooms into a first frame by the end of the video."""
+_ZOOM_STEP = 8
+"""Crop widths are multiples of this: swscale rebuilds its context only when they change."""
+
+FrameSource = Callable[[int], YuvFrame]
+
+
+def _even(value: float) -> int:
+    return max(2, int(value) // 2 * 2)
+
+
+def _ease(t: float) -> float:
+    """Smooth start and stop: 0 → 0, 1 → 1, zero slope at both ends."""
+    return t * t * (3 - 2 * t)
+
+
+def _palette(rng: numpy.random.Generator) -> list[tuple[int, int, int]]:
+    """Five related colours: a hue from the seed, shifted and shaded."""
+    hue = rng.random()
+    colours = []
+    for shift, sat, val in ((0.0, 0.55, 0.95), (0.08, 0.45, 0.75), (0.5, 0.6, 0.55),
+                            (0.55, 0.7, 0.35), (0.12, 0.35, 0.2)):  # fmt: skip
+        h = (hue + shift) % 1.0
+        colours.append(_hsv(h, sat, val))
+    return colours
+
+
+def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    r, g, b = ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))[i]
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def _scene(rng: numpy.random.Generator, width: int, height: int) -> Image.Image:
+    """A landscape: a sky gradient, layered hills and a scatter of lights."""
+    sky_top, sky_low, far, near, ground = _palette(rng)
+    ramp = numpy.linspace(0.0, 1.0, height, dtype=numpy.float32)[:, None]
+    column = numpy.array(sky_top, numpy.float32) * (1 - ramp) + numpy.array(sky_low) * ramp
+    sky = numpy.broadcast_to(column[:, None, :], (height, width, 3)).astype(numpy.uint8)
+    image = Image.fromarray(numpy.ascontiguousarray(sky), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(30, 60))):
+        x, y = rng.random() * width, rng.random() * height * 0.5
+        r = max(1.0, height * 0.002 * (1 + rng.random() * 2))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=(255, 250, 235))
+    for layer, colour in enumerate((far, near, ground)):
+        base = height * (0.55 + 0.13 * layer)
+        amplitude = height * (0.10 - 0.025 * layer)
+        waves = rng.random(3) * 3 + 1
+        phases = rng.random(3) * math.tau
+        xs = numpy.linspace(0, width, 96)
+        ys = base - amplitude * sum(
+            numpy.sin(xs / width * math.tau * w + p) / (k + 1)
+            for k, (w, p) in enumerate(zip(waves, phases, strict=True))
+        )
+        ridge = list(zip(xs.tolist(), ys.tolist(), strict=True))
+        draw.polygon([(0.0, float(height)), *ridge, (float(width), float(height))], fill=colour)
+    return image
+
+
+def _cover(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale ``image`` to cover width × height and crop the centre."""
+    scale = max(width / image.width, height / image.height)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    scaled = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return scaled.crop((left, top, left + width, top + height))
+
+
+def _contain(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale ``image`` to fit inside width × height, keeping its shape (even sides)."""
+    scale = min(width / image.width, height / image.height)
+    size = (_even(image.width * scale), _even(image.height * scale))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+
+
+class _Sprite:
+    """Pre-converted yuv420p planes and masks, pasted at even positions."""
+
+    def __init__(self, rgba: Image.Image) -> None:
+        rgba = rgba.crop((0, 0, _even(rgba.width), _even(rgba.height)))
+        planes = YuvFrame.from_rgb(numpy.asarray(rgba.convert("RGB")))
+        self.y, self.u, self.v = planes.y.copy(), planes.u.copy(), planes.v.copy()
+        alpha = numpy.asarray(rgba.getchannel("A"))
+        self.mask = alpha >= 128
+        self.chroma_mask = alpha[::2, ::2] >= 128
+        self.opaque = bool(self.mask.all())
+        self.width, self.height = rgba.width, rgba.height
+
+    def paste(self, frame: YuvFrame, x: int, y: int) -> None:
+        x, y = x // 2 * 2, y // 2 * 2
+        h, w = frame.y.shape
+        left, top = max(0, -x), max(0, -y)
+        right, bottom = min(self.width, w - x), min(self.height, h - y)
+        if right <= left or bottom <= top:
+            return
+        rows, cols = slice(y + top, y + bottom), slice(x + left, x + right)
+        mine = slice(top, bottom), slice(left, right)
+        crows, ccols = (
+            slice(rows.start // 2, rows.stop // 2),
+            slice(cols.start // 2, cols.stop // 2),
+        )
+        cmine = slice(top // 2, bottom // 2), slice(left // 2, right // 2)
+        if self.opaque:
+            frame.y[rows, cols] = self.y[mine]
+            frame.u[crows, ccols] = self.u[cmine]
+            frame.v[crows, ccols] = self.v[cmine]
+        else:
+            numpy.copyto(frame.y[rows, cols], self.y[mine], where=self.mask[mine])
+            numpy.copyto(frame.u[crows, ccols], self.u[cmine], where=self.chroma_mask[cmine])
+            numpy.copyto(frame.v[crows, ccols], self.v[cmine], where=self.chroma_mask[cmine])
+
+
+def _caption(prompt: str, width: int, height: int) -> _Sprite:
+    """The prompt, at most two lines, white on a dark band."""
+    size = max(12, height // 24)
+    font = ImageFont.load_default(size=size)
+    chars = max(16, int(width * 0.8 / (size * 0.55)))
+    lines = textwrap.wrap(" ".join(prompt.split()), chars, max_lines=2, placeholder=" …")
+    pad = size // 2
+    box_h = _even(len(lines) * size * 1.3 + 2 * pad)
+    box = Image.new("RGBA", (_even(width * 0.9), box_h), (12, 12, 16, 255))
+    draw = ImageDraw.Draw(box)
+    for row, line in enumerate(lines):
+        draw.text((pad * 2, pad + row * size * 1.3), line, font=font, fill=(245, 245, 245, 255))
+    return _Sprite(box)
+
+
+def _sun(rng: numpy.random.Generator, height: int) -> _Sprite:
+    diameter = _even(height * 0.16)
+    disc = Image.new("RGBA", (diameter, diameter), (0, 0, 0, 0))
+    colour = _hsv(0.08 + rng.random() * 0.08, 0.35, 1.0)
+    ImageDraw.Draw(disc).ellipse((0, 0, diameter - 1, diameter - 1), fill=(*colour, 255))
+    return _Sprite(disc)
+
+
+def _card(image: Image.Image, width: int, height: int) -> _Sprite:
+    """An image fitted into width × height with a white border."""
+    inner = _contain(image.convert("RGB"), width - 8, height - 8)
+    border = max(2, inner.height // 60) * 2
+    card = Image.new("RGBA", (inner.width + 2 * border, inner.height + 2 * border), "white")
+    card.paste(inner, (border, border))
+    return _Sprite(card)
+
+
+class _Pan:
+    """A camera panning over a canvas larger than the frame (offsets eased in and out)."""
+
+    def __init__(self, canvas: YuvFrame, width: int, height: int, frames: int, sign: int) -> None:
+        self.canvas, self.width, self.height = canvas, width, height
+        self.travel_x = canvas.y.shape[1] - width
+        self.travel_y = canvas.y.shape[0] - height
+        self.frames, self.sign = frames, sign
+
+    def frame(self, index: int) -> YuvFrame:
+        t = _ease(index / max(1, self.frames - 1))
+        if self.sign < 0:
+            t = 1 - t
+        x = round(self.travel_x * t) // 2 * 2
+        y = round(self.travel_y * (1 - t) * 0.5) // 2 * 2
+        w, h = self.width, self.height
+        out = YuvFrame.blank(w, h)
+        out.y[...] = self.canvas.y[y : y + h, x : x + w]
+        out.u[...] = self.canvas.u[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2]
+        out.v[...] = self.canvas.v[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2]
+        return out
+
+
+def _scene_pan(rng: numpy.random.Generator, width: int, height: int, frames: int) -> _Pan:
+    canvas_w, canvas_h = _even(width * (1 + PAN)), _even(height * (1 + PAN / 2))
+    canvas = YuvFrame.from_rgb(numpy.asarray(_scene(rng, canvas_w, canvas_h)))
+    return _Pan(canvas, width, height, frames, sign=1 if rng.random() < 0.5 else -1)
+
+
+class _PushIn:
+    """The camera zooming into an image: frame 0 is the whole image fitted to the frame."""
+
+    def __init__(self, image: Image.Image, width: int, height: int, frames: int) -> None:
+        self.width, self.height, self.frames = width, height, frames
+        big_w, big_h = _even(width * PUSH_IN), _even(height * PUSH_IN)
+        self.source = YuvFrame.from_rgb(numpy.asarray(_cover(image, big_w, big_h)))
+        self.scaler = VideoReformatter()
+
+    def frame(self, index: int) -> YuvFrame:
+        big_h, big_w = self.source.y.shape
+        zoom = 1 + (PUSH_IN - 1) * _ease(index / max(1, self.frames - 1))
+        crop_w = max(self.width, int(big_w / zoom) // _ZOOM_STEP * _ZOOM_STEP)
+        crop_w = big_w if index == 0 else min(big_w, crop_w)
+        crop_h = min(big_h, _even(crop_w * self.height / self.width))
+        x, y = (big_w - crop_w) // 4 * 2, (big_h - crop_h) // 4 * 2
+        crop = YuvFrame.blank(crop_w, crop_h)
+        crop.y[...] = self.source.y[y : y + crop_h, x : x + crop_w]
+        crop.u[...] = self.source.u[y // 2 : (y + crop_h) // 2, x // 2 : (x + crop_w) // 2]
+        crop.v[...] = self.source.v[y // 2 : (y + crop_h) // 2, x // 2 : (x + crop_w) // 2]
+        scaled = self.scaler.reformat(
+            crop.frame, width=self.width, height=self.height, interpolation="BICUBIC"
+        )
+        return YuvFrame.wrap(scaled)
+
+
+def _retimed(clip: VideoClip, width: int, height: int, frames: int) -> Iterator[YuvFrame]:
+    """The clip's frames spread evenly over ``frames`` output frames, fitted to the frame."""
+    available = max(1, clip.frame_count)
+    source = clip.iter_frames((width, height))
+    current: YuvFrame | None = None
+    position = -1
+    for index in range(frames):
+        wanted = min(available - 1, index * available // frames)
+        while position < wanted:
+            rgb = next(source, None)
+            if rgb is None:  # fewer frames than the container promised: hold the last
+                available = position + 1
+                break
+            current, position = YuvFrame.from_rgb(rgb), position + 1
+        if current is None:
+            raise InputError("video_urls[0]: the video has no frames")
+        out = YuvFrame.blank(width, height)
+        out.y[...], out.u[...], out.v[...] = current.y, current.u, current.v
+        yield out
+
+
+def _rng(job: Job) -> numpy.random.Generator:
+    digest = hashlib.sha256(job.spec.prompt.encode()).digest()
+    return numpy.random.default_rng([int.from_bytes(digest[:8], "big"), job.seed])
+
+
+class PreviewEngine:
+    """Synthetic video at the requested geometry, length and mode (see the module doc)."""
+
+    name = "preview"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def load(self) -> None:
+        ImageFont.load_default(size=24)
+
+    def warmup(self) -> None:
+        pass
+
+    def estimate_seconds(self, spec: GenerationSpec) -> float:
+        frames = spec.frames or spec.billed_seconds * spec.fps
+        return round(1.0 + frames * spec.width * spec.height * 1.6e-8, 1)
+
+    def generate(
+        self, job: Job, progress: ProgressCallback, cancelled: CancelCheck
+    ) -> GenerationResult:
+        spec = job.spec
+        width, height, frames = spec.width, spec.height, spec.frames
+        if frames is None:
+            raise ValueError("the job's spec has no duration")
+        progress(0.0)
+        with Mp4Writer(
+            job.output_path, width, height, fps=spec.fps, preset=self.settings.x264_preset
+        ) as writer:
+            for index, frame in enumerate(self.frames(job), start=1):
+                if cancelled():
+                    raise TaskCancelled("cancelled")
+                writer.write_frame(frame)
+                progress(index / frames)
+        return GenerationResult(
+            frames=frames,
+            width=width,
+            height=height,
+            fps=spec.fps,
+            info={"engine": self.name, "mode": spec.mode.value},
+        )
+
+    def frames(self, job: Job) -> Iterator[YuvFrame]:
+        """The job's frames, in order, each a new yuv420p frame of the output size."""
+        spec = job.spec
+        if spec.frames is None:
+            raise ValueError("the job's spec has no duration")
+        source = self._source(job, spec.width, spec.height, spec.frames)
+        for index in range(spec.frames):
+            yield source(index)
+
+    def _source(self, job: Job, width: int, height: int, frames: int) -> FrameSource:
+        spec, rng = job.spec, _rng(job)
+        if spec.mode is Mode.FRAME:
+            return _PushIn(job.images[0], width, height, frames).frame
+        if spec.mode is Mode.VIDEO:
+            if job.video is None:
+                raise InputError("video_urls[0]: the video is missing")
+            stream = _retimed(job.video, width, height, frames)
+            corner = self._corner_cards(job.images, width, height)
+
+            def from_video(index: int) -> YuvFrame:
+                out = next(stream)
+                for sprite, x, y in corner:
+                    sprite.paste(out, x, y)
+                return out
+
+            return from_video
+        pan = _scene_pan(rng, width, height, frames)
+        caption = _caption(spec.prompt, width, height)
+        caption_x = (width - caption.width) // 2
+        caption_y = height - caption.height - height // 20
+        floaters = self._floaters(job.images, rng, width, height, frames)
+
+        def scene(index: int) -> YuvFrame:
+            out = pan.frame(index)
+            for paste in floaters:
+                paste(out, index)
+            caption.paste(out, caption_x, caption_y)
+            return out
+
+        return scene
+
+    def _floaters(
+        self,
+        images: list[Image.Image],
+        rng: numpy.random.Generator,
+        width: int,
+        height: int,
+        frames: int,
+    ) -> list[Callable[[YuvFrame, int], None]]:
+        """Things that move over the scene: a sun for text, the cards for reference images."""
+        if not images:
+            sun = _sun(rng, height)
+            start_x, end_x = width * 0.1, width * 0.8
+            start_y, end_y = height * 0.28, height * 0.1
+
+            def move_sun(out: YuvFrame, index: int) -> None:
+                t = index / max(1, frames - 1)
+                x = start_x + (end_x - start_x) * t
+                y = start_y + (end_y - start_y) * math.sin(t * math.pi / 2)
+                sun.paste(out, round(x), round(y))
+
+            return [move_sun]
+        slots = len(images)
+        box_w, box_h = width * 0.8 / slots * 0.85, height * (0.6 if slots == 1 else 0.45)
+        cards = [_card(image, round(box_w), round(box_h)) for image in images]
+        period = frames / (1.5 if frames > 48 else 1.0)
+        moves: list[Callable[[YuvFrame, int], None]] = []
+        for slot, card in enumerate(cards):
+            centre_x = width * (0.1 + 0.8 * (slot + 0.5) / slots)
+            centre_y = height * 0.42
+            phase = slot * math.tau / 3 + rng.random()
+
+            def move_card(
+                out: YuvFrame, index: int, card: _Sprite = card, cx: float = centre_x,
+                cy: float = centre_y, phase: float = phase,
+            ) -> None:  # fmt: skip
+                angle = index / period * math.tau + phase
+                x = cx - card.width / 2 + math.cos(angle) * height * 0.02
+                y = cy - card.height / 2 + math.sin(angle) * height * 0.035
+                card.paste(out, round(x), round(y))
+
+            moves.append(move_card)
+        return moves
+
+    def _corner_cards(
+        self, images: list[Image.Image], width: int, height: int
+    ) -> list[tuple[_Sprite, int, int]]:
+        """Reference images beside a video: small cards along the top-right corner."""
+        placed = []
+        right = width - height // 30
+        for image in images:
+            card = _card(image, round(width * 0.16), round(height * 0.2))
+            right -= card.width
+            placed.append((card, right, height // 30))
+            right -= height // 60
+        return placed

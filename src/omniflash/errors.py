@@ -1,0 +1,148 @@
+"""The exceptions omniflash raises.
+
+API errors carry their HTTP status and the seed's error ``type``; one handler in
+``omniflash.api`` renders them as ``{"error": {"code", "message", "type"}}``::
+
+    OmniflashError                       (500, api_error)
+    ├── InvalidRequest                   (400, invalid_request_error)
+    │   ├── InvalidDuration              (400, invalid_duration)
+    │   ├── InvalidResolution            (400, invalid_resolution)
+    │   ├── UnsupportedImageCount        (400, unsupported_image_count)
+    │   └── UnsupportedVideoCount        (400, unsupported_video_count)
+    ├── AuthenticationFailed             (401, authentication_error)
+    ├── PaymentRequired                  (402, payment_required)
+    ├── Forbidden                        (403, permission_error)
+    ├── NotFound                         (404, not_found_error)
+    ├── Conflict                         (409, conflict_error)
+    ├── IdempotencyMismatch              (422, idempotency_error)
+    └── RateLimited                      (429, rate_limit_error) .retry_after
+
+Errors while a task runs are ``TaskError``; their message ends up in the task's
+``data.error.message`` and the task is refunded::
+
+    TaskError
+    ├── InputError        an input URL could not be fetched or decoded
+    ├── EngineError       the engine could not generate (model, memory, shape)
+    └── TaskCancelled     the task was cancelled while it ran
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "Conflict",
+    "EngineError",
+    "Forbidden",
+    "IdempotencyMismatch",
+    "InputError",
+    "InvalidDuration",
+    "InvalidRequest",
+    "InvalidResolution",
+    "NotFound",
+    "OmniflashError",
+    "PaymentRequired",
+    "RateLimited",
+    "TaskCancelled",
+    "TaskError",
+    "UnsupportedImageCount",
+    "UnsupportedVideoCount",
+]
+
+
+class OmniflashError(Exception):
+    status: int = 500
+    type: str = "api_error"
+    default_message: str = "Internal server error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"error": {"code": self.status, "message": self.message, "type": self.type}}
+
+
+class InvalidRequest(OmniflashError):
+    status = 400
+    type = "invalid_request_error"
+    default_message = "Invalid request parameters"
+
+
+class InvalidDuration(InvalidRequest):
+    type = "invalid_duration"
+
+
+class InvalidResolution(InvalidRequest):
+    type = "invalid_resolution"
+
+
+class UnsupportedImageCount(InvalidRequest):
+    type = "unsupported_image_count"
+
+
+class UnsupportedVideoCount(InvalidRequest):
+    type = "unsupported_video_count"
+
+
+class AuthenticationFailed(OmniflashError):
+    status = 401
+    type = "authentication_error"
+    default_message = "Authentication failed. Please check your API key"
+
+
+class PaymentRequired(OmniflashError):
+    status = 402
+    type = "payment_required"
+    default_message = "Insufficient account balance. Please recharge and try again"
+
+
+class Forbidden(OmniflashError):
+    status = 403
+    type = "permission_error"
+    default_message = "This download link is invalid or has expired"
+
+
+class NotFound(OmniflashError):
+    status = 404
+    type = "not_found_error"
+    default_message = "Not found"
+
+
+class Conflict(OmniflashError):
+    status = 409
+    type = "conflict_error"
+    default_message = "The request conflicts with the current state"
+
+
+class IdempotencyMismatch(OmniflashError):
+    status = 422
+    type = "idempotency_error"
+    default_message = "This Idempotency-Key was already used with a different request body"
+
+
+class RateLimited(OmniflashError):
+    status = 429
+    type = "rate_limit_error"
+    default_message = "Too many requests. Please try again later"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
+class TaskError(Exception):
+    """A task could not be completed; ``str(exc)`` is shown to the task's owner."""
+
+    retryable: bool = False
+
+
+class InputError(TaskError):
+    """An input (``image_urls[0]``, ``video_urls[0]``) could not be fetched or decoded."""
+
+
+class EngineError(TaskError):
+    """The engine failed to generate the video."""
+
+
+class TaskCancelled(TaskError):
+    """The task was cancelled while it ran."""

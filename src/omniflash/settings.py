@@ -1,0 +1,148 @@
+"""One ``Settings`` object, built once by the CLI (or a test) and passed down.
+
+Nothing reads the environment at import time: ``Settings.from_env(os.environ)``
+is called by the entry point, and tests build their own::
+
+    >>> s = Settings(data_dir=Path("/tmp/x"))
+    >>> s.database_url
+    'sqlite:////tmp/x/omniflash.db'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from omniflash.pricing import Pricing
+
+__all__ = ["ENV_VARS", "PRICE_VARS", "Settings"]
+
+_TRUE = {"1", "true", "yes", "on"}
+
+ENV_VARS: Final[Mapping[str, str]] = {
+    "data_dir": "OMNIFLASH_DATA_DIR",
+    "database_url_override": "OMNIFLASH_DATABASE_URL",
+    "host": "OMNIFLASH_HOST",
+    "port": "OMNIFLASH_PORT",
+    "public_url": "OMNIFLASH_PUBLIC_URL",
+    "engine": "OMNIFLASH_ENGINE",
+    "workers": "OMNIFLASH_WORKERS",
+    "task_timeout_s": "OMNIFLASH_TASK_TIMEOUT",
+    "lease_s": "OMNIFLASH_LEASE_SECONDS",
+    "max_attempts": "OMNIFLASH_MAX_ATTEMPTS",
+    "result_ttl_s": "OMNIFLASH_RESULT_TTL",
+    "sweep_interval_s": "OMNIFLASH_SWEEP_INTERVAL",
+    "default_rpm": "OMNIFLASH_DEFAULT_RPM",
+    "default_max_concurrent": "OMNIFLASH_DEFAULT_MAX_CONCURRENT",
+    "allow_private_urls": "OMNIFLASH_ALLOW_PRIVATE_URLS",
+    "fetch_timeout_s": "OMNIFLASH_FETCH_TIMEOUT",
+    "recipes_path": "OMNIFLASH_RECIPES",
+    "x264_preset": "OMNIFLASH_X264_PRESET",
+    "secret_override": "OMNIFLASH_SECRET",
+}
+PRICE_VARS: Final[Mapping[str, str]] = {
+    "720p": "OMNIFLASH_PRICE_720P",
+    "1080p": "OMNIFLASH_PRICE_1080P",
+    "4k": "OMNIFLASH_PRICE_4K",
+}
+"""Credits per second of output, by resolution; ``OMNIFLASH_CREDIT_PRICE`` is one credit's cost."""
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in _TRUE
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every knob of a server or worker.  Environment names are in ``ENV_VARS``."""
+
+    data_dir: Path = Path("omniflash-data")
+    database_url_override: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+    """Base URL put in result links; by default the URL the request came in on."""
+    engine: str = "preview"
+    workers: int = 2
+    task_timeout_s: float = 15 * 60
+    lease_s: float = 30.0
+    max_attempts: int = 3
+    poll_interval_s: float = 1.0
+    result_ttl_s: int = 72 * 3600
+    sweep_interval_s: float = 300.0
+    default_rpm: int = 60
+    default_max_concurrent: int = 4
+    allow_private_urls: bool = False
+    fetch_timeout_s: float = 30.0
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_video_bytes: int = 200 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_video_seconds: float = 60.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    recipes_path: Path | None = None
+    x264_preset: str = "veryfast"
+    secret_override: str | None = None
+    pricing: Pricing = dataclasses.field(default_factory=Pricing)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Settings from environment variables, then explicit ``overrides`` (CLI flags) on top."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, var in ENV_VARS.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            kind = fields[name].type
+            if "bool" in str(kind):
+                values[name] = _bool(raw)
+            elif "Path" in str(kind):
+                values[name] = Path(raw)
+            elif "int" in str(kind):
+                values[name] = int(raw)
+            elif "float" in str(kind):
+                values[name] = float(raw)
+            else:
+                values[name] = raw
+        per_second = dict(Pricing().per_second)
+        per_second.update({res: float(env[var]) for res, var in PRICE_VARS.items() if env.get(var)})
+        price = env.get("OMNIFLASH_CREDIT_PRICE")
+        values["pricing"] = Pricing(
+            per_second=per_second,
+            credit_price=float(price) if price else Pricing().credit_price,
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def database_url(self) -> str:
+        if self.database_url_override:
+            return self.database_url_override
+        return f"sqlite:///{self.data_dir.resolve() / 'omniflash.db'}"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.data_dir / "scratch"
+
+    def secret(self) -> bytes:
+        """The key that signs result URLs: ``OMNIFLASH_SECRET``, else a file in the data dir."""
+        if self.secret_override:
+            return self.secret_override.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:
+                tmp.rename(path) if not path.exists() else tmp.unlink()
+            except FileExistsError:
+                tmp.unlink()
+        return path.read_text().strip().encode()

@@ -1,0 +1,111 @@
+"""The SQL engine, transactions, and migrations, for SQLite and PostgreSQL alike.
+
+SQLite runs in WAL mode; a write transaction starts with ``BEGIN IMMEDIATE`` so two
+writers queue on the database lock instead of failing halfway.  PostgreSQL uses its
+default READ COMMITTED with explicit row locks where it matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from omniflash.store.schema import MIGRATIONS, schema_version
+
+__all__ = ["Database"]
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split("///", 1)[1] if "///" in url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = sa.create_engine(
+                url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8
+            )
+            sa.event.listen(self.engine, "connect", self._sqlite_connect)
+            sa.event.listen(self.engine, "begin", self._sqlite_begin)
+        else:
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+
+    @staticmethod
+    def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event decide how transactions start.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @staticmethod
+    def _sqlite_begin(conn: sa.Connection) -> None:
+        write = conn.get_execution_options().get("omniflash_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """A read-write transaction, committed on success and rolled back on error."""
+        with self.engine.connect() as conn:
+            conn.execution_options(omniflash_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def for_update(self, stmt: sa.Select[Any], *, skip_locked: bool = False) -> sa.Select[Any]:
+        """Row locks on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers."""
+        if self.is_sqlite:
+            return stmt
+        return stmt.with_for_update(skip_locked=skip_locked)
+
+    def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version."""
+        with self.write() as conn:
+            schema_version.create(conn, checkfirst=True)
+            if not self.is_sqlite:
+                # Two processes starting at once must not both run a migration.
+                conn.exec_driver_sql("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+            done = {row[0] for row in conn.execute(sa.select(schema_version.c.version))}
+            for version, _name, apply in MIGRATIONS:
+                if version in done:
+                    continue
+                apply(conn)
+                conn.execute(
+                    schema_version.insert().values(version=version, applied_at=time.time())
+                )
+        return max(v for v, _, _ in MIGRATIONS)
+
+    def listen(self, channel: str, on_notify: Callable[[], None], stop: threading.Event) -> None:
+        """PostgreSQL only: call ``on_notify`` for each NOTIFY on ``channel`` until ``stop``."""
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not stop.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(f'LISTEN "{channel}"')
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            on_notify()
+            except psycopg.Error:
+                # The workers still poll; listening is only what makes them prompt.
+                stop.wait(5.0)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,204 @@
+"""API keys, balances, the ledger, and per-key request rates."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import sqlalchemy as sa
+
+from omniflash.errors import NotFound, RateLimited
+from omniflash.ids import hash_key, new_api_key
+from omniflash.store.db import Database
+from omniflash.store.schema import api_keys, ledger, rate_windows
+
+__all__ = ["KeyInfo", "KeyStore"]
+
+RATE_WINDOW_S = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyInfo:
+    id: int
+    prefix: str
+    name: str
+    balance: int
+    """Milli-credits."""
+    rpm: int
+    max_concurrent: int
+    created_at: float
+    revoked_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row[tuple[object, ...]]) -> KeyInfo:
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            prefix=m["prefix"],
+            name=m["name"],
+            balance=m["balance"],
+            rpm=m["rpm"],
+            max_concurrent=m["max_concurrent"],
+            created_at=m["created_at"],
+            revoked_at=m["revoked_at"],
+        )
+
+
+class KeyStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(
+        self, name: str, millicredits: int, rpm: int, max_concurrent: int
+    ) -> tuple[str, KeyInfo]:
+        """Create a key; returns the plaintext (shown once) and its record."""
+        if millicredits < 0 or rpm < 1 or max_concurrent < 1:
+            raise ValueError("credits must be >= 0, rpm and max_concurrent >= 1")
+        key = new_api_key()
+        now = time.time()
+        with self.db.write() as conn:
+            key_id = conn.execute(
+                api_keys.insert()
+                .values(
+                    prefix=key[:10],
+                    key_hash=hash_key(key),
+                    name=name,
+                    balance=millicredits,
+                    rpm=rpm,
+                    max_concurrent=max_concurrent,
+                    created_at=now,
+                )
+                .returning(api_keys.c.id)
+            ).scalar_one()
+            if millicredits:
+                conn.execute(
+                    ledger.insert().values(
+                        key_id=key_id, delta=millicredits, reason="grant", created_at=now
+                    )
+                )
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
+        return key, KeyInfo.from_row(row)
+
+    def authenticate(self, key: str) -> KeyInfo | None:
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(api_keys).where(
+                    api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)
+                )
+            ).one_or_none()
+        return None if row is None else KeyInfo.from_row(row)
+
+    def all(self) -> list[KeyInfo]:
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(api_keys).order_by(api_keys.c.id)).all()
+        return [KeyInfo.from_row(r) for r in rows]
+
+    def count_active(self) -> int:
+        with self.db.read() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(api_keys.c.revoked_at.is_(None))
+                ).scalar_one()
+            )
+
+    def _find(self, conn: sa.Connection, key_or_prefix: str) -> int:
+        """A key by its full text, or by its unambiguous printed prefix."""
+        row = conn.execute(
+            sa.select(api_keys.c.id).where(api_keys.c.key_hash == hash_key(key_or_prefix))
+        ).one_or_none()
+        if row is not None:
+            return int(row[0])
+        rows = conn.execute(
+            sa.select(api_keys.c.id).where(api_keys.c.prefix == key_or_prefix[:10])
+        ).all()
+        if len(key_or_prefix) >= 6 and len(rows) == 1 and key_or_prefix.startswith("of_"):
+            return int(rows[0][0])
+        raise NotFound(f"no API key matches {key_or_prefix[:10]!r}")
+
+    def revoke(self, key_or_prefix: str) -> KeyInfo:
+        with self.db.write() as conn:
+            key_id = self._find(conn, key_or_prefix)
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            return KeyInfo.from_row(
+                conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
+            )
+
+    def topup(self, key_or_prefix: str, millicredits: int) -> KeyInfo:
+        if millicredits <= 0:
+            raise ValueError("a top-up must be positive")
+        with self.db.write() as conn:
+            key_id = self._find(conn, key_or_prefix)
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id)
+                .values(balance=api_keys.c.balance + millicredits)
+            )
+            conn.execute(
+                ledger.insert().values(
+                    key_id=key_id, delta=millicredits, reason="topup", created_at=time.time()
+                )
+            )
+            return KeyInfo.from_row(
+                conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
+            )
+
+    def ledger_sum(self, key_id: int) -> int:
+        with self.db.read() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.sum(ledger.c.delta), 0)).where(
+                        ledger.c.key_id == key_id
+                    )
+                ).scalar_one()
+            )
+
+    def get(self, key_id: int) -> KeyInfo:
+        with self.db.read() as conn:
+            return KeyInfo.from_row(
+                conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
+            )
+
+    def hit(self, key: KeyInfo, now: float | None = None) -> None:
+        """Count one request in the key's current minute; over ``rpm`` raises ``RateLimited``.
+
+        The counter lives in the database so that several API replicas share it.
+        """
+        now = time.time() if now is None else now
+        window = int(now // RATE_WINDOW_S)
+        with self.db.write() as conn:
+            updated = conn.execute(
+                rate_windows.update()
+                .where(rate_windows.c.key_id == key.id, rate_windows.c.window == window)
+                .values(hits=rate_windows.c.hits + 1)
+                .returning(rate_windows.c.hits)
+            ).scalar_one_or_none()
+            if updated is None:
+                conn.execute(
+                    rate_windows.delete().where(
+                        rate_windows.c.key_id == key.id, rate_windows.c.window < window
+                    )
+                )
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            rate_windows.insert().values(key_id=key.id, window=window, hits=1)
+                        )
+                    updated = 1
+                except sa.exc.IntegrityError:
+                    updated = conn.execute(
+                        rate_windows.update()
+                        .where(rate_windows.c.key_id == key.id, rate_windows.c.window == window)
+                        .values(hits=rate_windows.c.hits + 1)
+                        .returning(rate_windows.c.hits)
+                    ).scalar_one()
+        if updated > key.rpm:
+            retry = (window + 1) * RATE_WINDOW_S - now
+            raise RateLimited(
+                f"Too many requests: this key allows {key.rpm} requests per minute. "
+                f"Try again in {max(1, int(retry + 0.999))} s",
+                retry_after=int(retry + 0.999),
+            )

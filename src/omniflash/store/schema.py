@@ -1,0 +1,102 @@
+"""Tables and versioned migrations.
+
+Every schema change is a new entry in ``MIGRATIONS``; ``Database.migrate()`` applies
+the ones a database has not seen, in order, each in its own transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+__all__ = ["MIGRATIONS", "api_keys", "idempotency", "ledger", "metadata", "rate_windows", "tasks"]
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("balance", sa.BigInteger, nullable=False),
+    sa.Column("rpm", sa.Integer, nullable=False),
+    sa.Column("max_concurrent", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+ledger = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False, index=True),
+    sa.Column("task_id", sa.String(40), nullable=True, index=True),
+    sa.Column("delta", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.String(20), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("progress", sa.Integer, nullable=False, default=0),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("credits", sa.BigInteger, nullable=False),
+    sa.Column("estimated_time", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("completed_at", sa.Float, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("result_key", sa.String(200), nullable=True),
+    sa.Column("result_expires_at", sa.Float, nullable=True),
+    sa.Column("result_deleted", sa.Boolean, nullable=False, default=False),
+    sa.Column("info", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("lease_owner", sa.String(100), nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=True),
+    sa.Column("lease_epoch", sa.Integer, nullable=False, default=0),
+    sa.Index("ix_tasks_key_created", "key_id", "created_at"),
+    sa.Index("ix_tasks_status", "status", "created_at"),
+)
+
+idempotency = sa.Table(
+    "idempotency",
+    metadata,
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), primary_key=True),
+    sa.Column("idem_key", sa.String(255), primary_key=True),
+    sa.Column("body_hash", sa.String(64), nullable=False),
+    sa.Column("task_id", sa.String(40), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+rate_windows = sa.Table(
+    "rate_windows",
+    metadata,
+    sa.Column("key_id", sa.Integer, primary_key=True),
+    sa.Column("window", sa.BigInteger, primary_key=True),
+    sa.Column("hits", sa.Integer, nullable=False),
+)
+
+
+def _v1(conn: sa.Connection) -> None:
+    for table in (api_keys, ledger, tasks, idempotency, rate_windows):
+        table.create(conn)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
+    (1, "keys, ledger, tasks, idempotency, rate windows", _v1),
+]

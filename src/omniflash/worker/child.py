@@ -1,0 +1,130 @@
+"""The engine's process: loads the engine once, then runs one job at a time.
+
+It talks to its supervisor over a pipe.  Messages in: ``("job", {...})``.  Messages out:
+``("ready", info)``, ``("progress", fraction)``, ``("done", result)``, ``("error", kind, message)``.
+A soft cancel is the shared ``cancel`` event, checked by the engine between steps; the
+supervisor kills the process when that is not enough (or the task timed out).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+from omniflash.contract import GenerationSpec, Mode
+from omniflash.errors import InputError, TaskCancelled, TaskError
+from omniflash.settings import Settings
+
+__all__ = ["child_main"]
+
+log = logging.getLogger(__name__)
+PROGRESS_INTERVAL_S = 0.25
+
+
+def _die_with_parent() -> None:
+    """Linux: a SIGKILLed supervisor takes its engine processes with it."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def child_main(conn: Connection, cancel: Event, settings: Settings, log_level: int) -> None:
+    _die_with_parent()
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s [engine] %(name)s: %(message)s"
+    )
+    # Ctrl-C goes to the whole process group; the supervisor decides when the engine stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from omniflash.engines import create_engine
+
+    try:
+        engine = create_engine(settings.engine, settings)
+        engine.load()
+        engine.warmup()
+    except Exception as exc:
+        log.exception("engine %s failed to load", settings.engine)
+        conn.send(("error", "load", f"engine {settings.engine!r} failed to load: {exc}"))
+        return
+    conn.send(("ready", {"engine": engine.name}))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] != "job":
+            continue
+        try:
+            conn.send(_run_job(engine, message[1], conn, cancel, settings))
+        except (BrokenPipeError, OSError):
+            return
+
+
+def _run_job(
+    engine: Any, payload: dict[str, Any], conn: Connection, cancel: Event, settings: Settings
+) -> tuple[Any, ...]:
+    from omniflash.engines import Job
+    from omniflash.media.inputs import clip_seconds, fetch_inputs
+
+    spec = GenerationSpec.from_json(payload["spec"])
+    workdir = Path(payload["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    last = [0.0, -1.0]
+
+    def progress(fraction: float) -> None:
+        now = time.monotonic()
+        if fraction > last[1] and (now - last[0] >= PROGRESS_INTERVAL_S or fraction >= 1.0):
+            last[0], last[1] = now, fraction
+            conn.send(("progress", float(fraction)))
+
+    try:
+        images, video = fetch_inputs(spec, workdir, settings)
+        if cancel.is_set():
+            raise TaskCancelled("cancelled")
+        if spec.mode is Mode.VIDEO and video is not None:
+            spec = spec.with_duration(clip_seconds(video))
+        job = Job(
+            task_id=payload["task_id"],
+            spec=spec,
+            seed=int(payload["seed"]),
+            images=images,
+            video=video,
+            output_path=Path(payload["output_path"]),
+        )
+        started = time.monotonic()
+        result = engine.generate(job, progress, cancel.is_set)
+        info = dict(result.info)
+        info.setdefault("engine", engine.name)
+        info["generate_seconds"] = round(time.monotonic() - started, 3)
+        return (
+            "done",
+            {
+                "frames": result.frames,
+                "width": result.width,
+                "height": result.height,
+                "fps": result.fps,
+                "duration": spec.duration,
+                "info": info,
+            },
+        )
+    except TaskCancelled:
+        return ("error", "cancelled", "cancelled")
+    except InputError as exc:
+        return ("error", "input", str(exc))
+    except TaskError as exc:
+        return ("error", "engine", str(exc))
+    except MemoryError:
+        return ("error", "engine", "the engine ran out of memory")
+    except Exception as exc:
+        log.error("task %s: engine error\n%s", payload["task_id"], traceback.format_exc())
+        return ("error", "engine", f"generation failed: {type(exc).__name__}: {exc}")

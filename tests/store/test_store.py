@@ -1,0 +1,284 @@
+"""The store suite: runs on SQLite and, with OMNIFLASH_TEST_POSTGRES_URL, on PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from omniflash.contract import parse_generation_request
+from omniflash.errors import (
+    Conflict,
+    IdempotencyMismatch,
+    NotFound,
+    PaymentRequired,
+    RateLimited,
+)
+from omniflash.pricing import Pricing
+from omniflash.store import KeyInfo, Store, TaskStatus
+
+P = Pricing()
+
+
+def spec(**fields: Any) -> Any:
+    body = {"model": "Omni-Flash-Ext", "prompt": "a cat", "duration": 4}
+    body.update(fields)
+    return parse_generation_request(body)
+
+
+def submit(store: Store, key: KeyInfo, **fields: Any) -> Any:
+    s = spec(**fields)
+    return store.tasks.submit(key, s, millicredits=P.hold(s), estimated_time=5, seed=7)
+
+
+def balanced(store: Store, key: KeyInfo) -> int:
+    balance = store.keys.get(key.id).balance
+    assert balance == store.keys.ledger_sum(key.id)
+    return balance
+
+
+def test_keys_are_hashed_and_authenticate(store: Store) -> None:
+    plain, info = store.keys.create("k", 5000, 60, 4)
+    assert store.keys.authenticate(plain) == info
+    assert store.keys.authenticate(plain + "x") is None
+    with store.db.read() as conn:
+        stored = [tuple(r) for r in conn.exec_driver_sql("SELECT * FROM api_keys").all()]
+    assert all(plain not in str(row) for row in stored)
+    store.keys.revoke(info.prefix)
+    assert store.keys.authenticate(plain) is None
+
+
+def test_topup_and_unknown_key(store: Store) -> None:
+    plain, info = store.keys.create("k", 0, 60, 4)
+    assert store.keys.topup(plain, 2500).balance == 2500
+    assert balanced(store, info) == 2500
+    with pytest.raises(NotFound):
+        store.keys.topup("of_nonexistent_key", 1)
+
+
+def test_submit_charges_and_failure_refunds(store: Store) -> None:
+    _, key = store.keys.create("k", 5000, 60, 4)
+    task = submit(store, key, resolution="1080p", duration=10)
+    assert task.status is TaskStatus.PENDING and task.credits == 4000
+    assert balanced(store, key) == 1000
+    claim = store.tasks.claim("w1", 30)
+    assert claim is not None and claim.task.id == task.id
+    assert store.tasks.fail(claim, "boom", retry=False, max_attempts=3)
+    done = store.tasks.get(task.id, key.id)
+    assert (done.status, done.credits, done.error, done.progress) == (
+        TaskStatus.FAILED,
+        0,
+        "boom",
+        100,
+    )
+    assert balanced(store, key) == 5000
+
+
+def test_payment_required_charges_nothing(store: Store) -> None:
+    _, key = store.keys.create("k", 999, 60, 4)
+    with pytest.raises(PaymentRequired):
+        submit(store, key)  # 4 s of 720p is 1 credit
+    assert balanced(store, key) == 999
+    assert store.tasks.list_for_key(key.id) == []
+
+
+def test_concurrency_cap(store: Store) -> None:
+    _, key = store.keys.create("k", 100_000, 60, 2)
+    submit(store, key)
+    submit(store, key)
+    with pytest.raises(RateLimited) as info:
+        submit(store, key)
+    assert info.value.retry_after >= 1
+    assert balanced(store, key) == 100_000 - 2000
+
+
+def test_rate_limit_window(store: Store) -> None:
+    _, key = store.keys.create("k", 0, 3, 4)
+    now = 1_000_020.0
+    for _ in range(3):
+        store.keys.hit(key, now=now)
+    with pytest.raises(RateLimited) as info:
+        store.keys.hit(key, now=now + 1)
+    assert 1 <= info.value.retry_after <= 60
+    store.keys.hit(key, now=now + 60)  # next minute
+
+
+def test_claim_lease_heartbeat_complete_and_settle(store: Store) -> None:
+    _, key = store.keys.create("k", 10_000, 60, 4)
+    task = submit(store, key, video_urls=["https://example.com/v.mp4"], duration=None)
+    assert task.credits == P.millicredits("720p", 10)
+    claim = store.tasks.claim("w1", 30)
+    assert claim is not None
+    assert store.tasks.heartbeat(claim, progress=40, lease_s=30)
+    assert store.tasks.heartbeat(claim, progress=20, lease_s=30)  # progress never goes back
+    assert store.tasks.get(task.id).progress == 40
+    ok = store.tasks.complete(
+        claim,
+        result_key="r.mp4",
+        expires_at=time.time() + 60,
+        final_millicredits=P.millicredits("720p", 6),
+    )
+    assert ok
+    done = store.tasks.get(task.id)
+    assert (done.status, done.progress, done.credits) == (TaskStatus.COMPLETED, 100, 1500)
+    assert balanced(store, key) == 10_000 - 1500
+
+
+def test_stale_epoch_cannot_finish(store: Store) -> None:
+    _, key = store.keys.create("k", 10_000, 60, 4)
+    task = submit(store, key)
+    first = store.tasks.claim("w1", 0.01, now=100.0)
+    assert first is not None
+    assert store.tasks.reap(max_attempts=3, now=200.0) == 1
+    second = store.tasks.claim("w2", 30)
+    assert second is not None and second.epoch == first.epoch + 1
+    assert not store.tasks.heartbeat(first, progress=50, lease_s=30)
+    assert not store.tasks.complete(first, result_key="old.mp4", expires_at=1e12)
+    assert not store.tasks.fail(first, "late", retry=False, max_attempts=3)
+    assert store.tasks.complete(second, result_key="new.mp4", expires_at=1e12)
+    assert store.tasks.get(task.id).result_key == "new.mp4"
+
+
+def test_reaper_gives_up_after_max_attempts_and_refunds(store: Store) -> None:
+    _, key = store.keys.create("k", 10_000, 60, 4)
+    task = submit(store, key)
+    for attempt in range(2):
+        claim = store.tasks.claim(f"w{attempt}", 1, now=100.0 * (attempt + 1))
+        assert claim is not None
+        store.tasks.reap(max_attempts=2, now=100.0 * (attempt + 1) + 10)
+    ended = store.tasks.get(task.id)
+    assert ended.status is TaskStatus.FAILED and ended.attempts == 2
+    assert "stopped responding" in (ended.error or "")
+    assert balanced(store, key) == 10_000
+
+
+def test_retryable_failure_requeues(store: Store) -> None:
+    _, key = store.keys.create("k", 10_000, 60, 4)
+    task = submit(store, key)
+    claim = store.tasks.claim("w1", 30)
+    assert claim is not None
+    store.tasks.fail(claim, "crash", retry=True, max_attempts=3)
+    assert store.tasks.get(task.id).status is TaskStatus.PENDING
+    assert balanced(store, key) == 9000
+
+
+def test_cancel(store: Store) -> None:
+    _, key = store.keys.create("k", 10_000, 60, 4)
+    _, other = store.keys.create("o", 10_000, 60, 4)
+    pending = submit(store, key)
+    running = submit(store, key)
+    claim = store.tasks.claim("w1", 30)
+    assert claim is not None and claim.task.id == pending.id
+    with pytest.raises(NotFound):
+        store.tasks.cancel(running.id, other.id)
+    cancelled = store.tasks.cancel(pending.id, key.id)
+    assert (cancelled.status, cancelled.credits) == (TaskStatus.CANCELLED, 0)
+    assert not store.tasks.heartbeat(claim, progress=10, lease_s=30)
+    assert store.tasks.cancel(running.id, key.id).status is TaskStatus.CANCELLED
+    with pytest.raises(Conflict):
+        store.tasks.cancel(running.id, key.id)
+    assert balanced(store, key) == 10_000
+
+
+def test_list_pages_newest_first_and_isolated(store: Store) -> None:
+    _, key = store.keys.create("k", 100_000, 60, 50)
+    _, other = store.keys.create("o", 100_000, 60, 50)
+    ids = [submit(store, key).id for _ in range(5)]
+    submit(store, other)
+    page1 = store.tasks.list_for_key(key.id, limit=3)
+    page2 = store.tasks.list_for_key(key.id, limit=3, after=page1[-1].id)
+    assert [t.id for t in page1 + page2] == ids[::-1]
+    with pytest.raises(NotFound):
+        store.tasks.get(ids[0], other.id)
+
+
+def test_each_task_is_claimed_once_under_contention(store: Store) -> None:
+    _, key = store.keys.create("k", 1_000_000, 60, 100)
+    ids = {submit(store, key).id for _ in range(20)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while (claim := store.tasks.claim(name, 30)) is not None:
+            with lock:
+                claimed.append(claim.task.id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(ids)
+
+
+def test_concurrent_submits_respect_balance(store: Store) -> None:
+    _, key = store.keys.create("k", 5000, 10_000, 100)  # five 1-credit tasks
+    errors: list[Exception] = []
+
+    def go() -> None:
+        try:
+            submit(store, key)
+        except PaymentRequired as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 3
+    assert balanced(store, key) == 0
+
+
+def test_idempotency(store: Store) -> None:
+    _, key = store.keys.create("k", 10_000, 60, 4)
+    assert store.idempotency.reserve(key.id, "a", "h1") is None
+    with pytest.raises(Conflict):
+        store.idempotency.reserve(key.id, "a", "h1")
+    with pytest.raises(IdempotencyMismatch):
+        store.idempotency.reserve(key.id, "a", "h2")
+    store.idempotency.attach(key.id, "a", "task_X")
+    assert store.idempotency.reserve(key.id, "a", "h1") == "task_X"
+    assert store.idempotency.reserve(key.id, "a", "h1", now=time.time() + 25 * 3600) is None
+    assert store.idempotency.reserve(key.id, "b", "h1") is None
+    store.idempotency.release(key.id, "b")
+    assert store.idempotency.reserve(key.id, "b", "h2") is None
+
+
+def test_expired_results(store: Store) -> None:
+    _, key = store.keys.create("k", 10_000, 60, 4)
+    task = submit(store, key)
+    claim = store.tasks.claim("w", 30)
+    assert claim is not None
+    store.tasks.complete(claim, result_key="r.mp4", expires_at=time.time() - 1)
+    assert [t.id for t in store.tasks.expired_results()] == [task.id]
+    store.tasks.mark_result_deleted(task.id)
+    assert store.tasks.expired_results() == []
+
+
+def test_migrations_are_idempotent(store: Store) -> None:
+    assert store.db.migrate() == store.db.migrate()
+
+
+@pytest.mark.postgres
+def test_postgres_notifies_workers_of_new_tasks(postgres_url: str) -> None:
+    from omniflash.store.tasks import NOTIFY_CHANNEL
+
+    store = Store(postgres_url)
+    stop = threading.Event()
+    woken = threading.Event()
+    listener = threading.Thread(
+        target=store.db.listen, args=(NOTIFY_CHANNEL, woken.set, stop), daemon=True
+    )
+    listener.start()
+    try:
+        time.sleep(0.5)  # let LISTEN run first
+        _, key = store.keys.create("n", 10_000, 60, 4)
+        submit(store, key)
+        assert woken.wait(5.0)
+    finally:
+        stop.set()
+        listener.join(5)
+        store.close()
