@@ -17,7 +17,7 @@ from omniflash.api.presenters import task_public
 from omniflash.contract import MAX_SEED, parse_generation_request
 from omniflash.errors import Forbidden, InvalidRequest, NotFound
 from omniflash.pricing import credits
-from omniflash.store import KeyInfo
+from omniflash.store import KeyInfo, TaskRow
 
 __all__ = ["router"]
 
@@ -94,34 +94,26 @@ def _submit(body: Any, idem_key: str | None, key: KeyInfo, services: Services) -
     return _submitted(task.id)
 
 
+def _one_task(task: TaskRow, request: Request, services: Services) -> dict[str, Any]:
+    public = task_public(
+        task,
+        base_url=services.base_url(request),
+        signer=services.signer,
+        pricing=services.settings.pricing,
+    )
+    return {"code": 200, "data": public}
+
+
 @router.get("/v1/tasks/{task_id}", summary="Get a task's status and result")
 def get_task(task_id: str, request: Request, key: Caller, services: ServicesDep) -> dict[str, Any]:
-    task = services.store.tasks.get(task_id, key.id)
-    return {
-        "code": 200,
-        "data": task_public(
-            task,
-            base_url=services.base_url(request),
-            signer=services.signer,
-            pricing=services.settings.pricing,
-        ),
-    }
+    return _one_task(services.store.tasks.get(task_id, key.id), request, services)
 
 
 @router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a pending or processing task")
 def cancel_task(
     task_id: str, request: Request, key: Caller, services: ServicesDep
 ) -> dict[str, Any]:
-    task = services.store.tasks.cancel(task_id, key.id)
-    return {
-        "code": 200,
-        "data": task_public(
-            task,
-            base_url=services.base_url(request),
-            signer=services.signer,
-            pricing=services.settings.pricing,
-        ),
-    }
+    return _one_task(services.store.tasks.cancel(task_id, key.id), request, services)
 
 
 @router.get("/v1/tasks", summary="List the caller's tasks, newest first")
