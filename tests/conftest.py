@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -219,7 +220,7 @@ _REQUIRED = {"postgres": "OMNIFLASH_REQUIRE_POSTGRES", "browser": "OMNIFLASH_REQ
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Where CI says a service must be there, a test that would skip for want of it fails."""
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     if not report.skipped:
         return
