@@ -14,7 +14,7 @@ from PIL import Image
 from omniflash.contract import parse_generation_request
 from omniflash.engines import Job, create_engine
 from omniflash.engines.preview import PreviewEngine
-from omniflash.errors import TaskCancelled
+from omniflash.errors import InputError, TaskCancelled
 from omniflash.media.decode import VideoClip, probe_video
 from omniflash.settings import Settings
 
@@ -218,3 +218,14 @@ def test_estimate_grows_with_size(engine: PreviewEngine, tmp_path: Path) -> None
     small = engine.estimate_seconds(job(tmp_path / "a", resolution="720p").spec)
     large = engine.estimate_seconds(job(tmp_path / "a", resolution="4k", duration=10).spec)
     assert 0 < small < large
+
+
+def test_a_render_error_fails_the_job_and_leaves_no_file(
+    engine: PreviewEngine, tmp_path: Path
+) -> None:
+    source = clip(tmp_path, 4.0)
+    source.path.write_bytes(b"no longer a video")
+    out = tmp_path / "out" / "a.mp4"
+    with pytest.raises(InputError, match=r"video_urls\[0\]"):
+        engine.generate(job(out, video=source), lambda _: None, lambda: False)
+    assert not out.parent.exists() or not list(out.parent.iterdir())

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import queue
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -262,6 +264,48 @@ def _retimed(clip: VideoClip, width: int, height: int, frames: int) -> Iterator[
         yield out
 
 
+def _ahead(frames: Iterator[YuvFrame], depth: int = 3) -> Iterator[YuvFrame]:
+    """Render up to ``depth`` frames ahead in a thread while the encoder works.
+
+    numpy copies and swscale release the GIL, so rendering overlaps x264's own threads.
+    Leaving the loop early (cancel, error) stops the thread at its next frame.
+    """
+    slots: queue.Queue[tuple[YuvFrame | None, BaseException | None]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def offer(item: tuple[YuvFrame | None, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def render() -> None:
+        try:
+            for frame in frames:
+                if not offer((frame, None)):
+                    return
+            offer((None, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            offer((None, exc))
+
+    thread = threading.Thread(target=render, name="preview-render", daemon=True)
+    thread.start()
+    try:
+        while True:
+            frame, error = slots.get()
+            if error is not None:
+                raise error
+            if frame is None:
+                return
+            yield frame
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _rng(job: Job) -> numpy.random.Generator:
     digest = hashlib.sha256(job.spec.prompt.encode()).digest()
     return numpy.random.default_rng([int.from_bytes(digest[:8], "big"), job.seed])
@@ -296,7 +340,7 @@ class PreviewEngine:
         with Mp4Writer(
             job.output_path, width, height, fps=spec.fps, preset=self.settings.x264_preset
         ) as writer:
-            for index, frame in enumerate(self.frames(job), start=1):
+            for index, frame in enumerate(_ahead(self.frames(job)), start=1):
                 if cancelled():
                     raise TaskCancelled("cancelled")
                 writer.write_frame(frame)
