@@ -111,6 +111,7 @@ def test_submit_poll_download(live_server: LiveServer) -> None:
     assert (info["width"], info["height"], info["fps"]) == (1280, 720, 24.0)
     assert len(info["frames"]) == 96
     assert balance(live_server) == 99.0
+    assert "preview engine: synthetic video" in live_server.log(), "the log says what it runs"
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ same frames (``bench/preview_engine.py`` measures the ratio).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import queue
 import textwrap
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from omniflash.settings import Settings
 
 __all__ = ["PreviewEngine"]
+
+log = logging.getLogger(__name__)
 
 PAN = 0.10
 """How far the camera travels over a scene, as a fraction of the frame."""
@@ -321,6 +324,10 @@ class PreviewEngine:
 
     def load(self) -> None:
         ImageFont.load_default(size=24)
+        log.info(
+            "preview engine: synthetic video from a CPU renderer, no model; "
+            "serve with --engine diffusers on an NVIDIA GPU for generated video"
+        )
 
     def warmup(self) -> None:
         pass
