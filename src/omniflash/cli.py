@@ -87,15 +87,12 @@ def serve(
 
 
 def _require_gpu_extra() -> None:
-    import importlib.util
+    from omniflash.engines.diffusion import require_gpu_extra
 
-    missing = [
-        m for m in ("torch", "diffusers", "transformers") if importlib.util.find_spec(m) is None
-    ]
-    if missing:
-        raise click.ClickException(
-            f"the diffusers engine needs {', '.join(missing)}: pip install 'omniflash[gpu]'"
-        )
+    try:
+        require_gpu_extra()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.group()

@@ -1,0 +1,339 @@
+"""``DiffusersEngine``: open-weight video diffusion models, chosen per mode by recipes.
+
+One task runs as one or more pipeline calls (``RecipeBook.plan``): the first at the
+recipe's native size and a supported frame count, each further one continuing from
+the previous call's last frame.  The native frames are then re-timed to the output
+frame rate, scaled to the requested size and encoded as H.264.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy
+from PIL import Image
+
+from omniflash.contract import GenerationSpec, Mode
+from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
+from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs, cover
+from omniflash.engines.diffusion.loader import PipelineLoader
+from omniflash.engines.diffusion.recipes import Recipe, RecipeBook, Segment, load_recipes
+from omniflash.engines.diffusion.timeline import native_indices, sample_clip, scaled_frames
+from omniflash.errors import EngineError, TaskCancelled, TaskError
+from omniflash.media.encode import Mp4Writer
+
+if TYPE_CHECKING:
+    from omniflash.settings import Settings
+
+__all__ = ["INSTALL_HINT", "DiffusersEngine", "require_gpu_extra"]
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'omniflash[gpu]'"
+_EXTRA = ("torch", "diffusers", "transformers", "ftfy")
+_NAMES = {"first_frame": "a first frame", "references": "reference images", "video": "a video"}
+StepCallback = Callable[[int], None]
+
+
+def require_gpu_extra() -> None:
+    """Fail fast, before any model is touched, when the ``[gpu]`` extra is not installed.
+
+    ``find_spec`` rather than an import keeps the API process, which builds an engine
+    only for ``estimate_seconds``, free of torch.  ``ftfy`` is listed because Wan's
+    image-to-video and VACE pipelines need it but diffusers does not declare it.
+    """
+    missing = [name for name in _EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RuntimeError(
+            f"the diffusers engine needs {', '.join(missing)}; install them with: {INSTALL_HINT}"
+        )
+
+
+class _Progress:
+    """Reports ``units / total`` to the worker, never going back."""
+
+    def __init__(self, report: ProgressCallback, total: float) -> None:
+        self.report, self.total, self.last = report, max(total, 1.0), 0.0
+
+    def at(self, units: float) -> None:
+        fraction = min(1.0, units / self.total)
+        if fraction > self.last:
+            self.last = fraction
+            self.report(fraction)
+
+
+class DiffusersEngine:
+    """Generates with Hugging Face diffusers pipelines named by ``Settings.recipes_path``."""
+
+    name = "diffusers"
+
+    def __init__(self, settings: Settings) -> None:
+        require_gpu_extra()
+        self.settings = settings
+        self.book: RecipeBook = load_recipes(settings.recipes_path)
+        self.loader = PipelineLoader(self.book, settings.workers)
+
+    def __repr__(self) -> str:
+        return f"<DiffusersEngine {self.book.source} {self.loader!r}>"
+
+    @property
+    def device(self) -> str:
+        return self.loader.device or "cpu"
+
+    def load(self) -> None:
+        """Load every pipeline a mode can reach; a model shared by two recipes loads once.
+
+        A model that cannot be loaded is logged, not fatal: the tasks that need it fail
+        with the reason (and are refunded), the other modes keep working, and the next
+        task that needs it tries again.
+        """
+        self.loader.load_all()
+
+    # -- generating --------------------------------------------------------------------
+
+    def warmup(self) -> None:
+        """Run each ``[[warmup]]`` shape of the recipes once, with grey stand-in inputs.
+
+        A shape that fails is logged and skipped: the worker still starts, and the
+        tasks that hit the same problem fail with its message.
+        """
+        for shape in self.book.warmup:
+            recipe = self.book.for_mode(shape.mode)
+            width, height = recipe.native_size(shape.aspect_ratio)
+            frames = recipe.frame_limit
+            grey = Image.new("RGB", (width, height), (128, 128, 128))
+            inputs = Inputs(
+                first_frame=grey if shape.mode is Mode.FRAME else None,
+                references=(grey,) if shape.mode is Mode.REFERENCE else (),
+                video=(grey,) * frames if shape.mode is Mode.VIDEO else None,
+            )
+            started = time.monotonic()
+            try:
+                self._call(recipe, "warmup", (width, height, frames), inputs, 0, shape.steps, None)
+            except Exception as exc:
+                log.error("warmup of %s (%s) failed: %s", shape.mode.value, recipe.name, exc)
+                continue
+            log.info(
+                "warmed %s (%s) at %dx%dx%d in %.1f s",
+                shape.mode.value, recipe.name, width, height, frames, time.monotonic() - started,
+            )  # fmt: skip
+
+    def estimate_seconds(self, spec: GenerationSpec) -> float:
+        segments, _ = self.book.plan(spec.mode, spec.duration or 10)
+        seconds = sum(
+            s.recipe.steps * s.recipe.seconds_per_step * s.frames / s.recipe.frame_limit
+            for s in segments
+        )
+        return seconds + 0.02 * (spec.duration or 10) * spec.fps
+
+    def generate(
+        self, job: Job, progress: ProgressCallback, cancelled: CancelCheck
+    ) -> GenerationResult:
+        import torch
+
+        spec = job.spec
+        if spec.duration is None:
+            raise EngineError("the task has no duration; a reference video must set one")
+        segments, stretched = self.book.plan(spec.mode, spec.duration)
+        steps = sum(s.recipe.steps + 1 for s in segments)
+        tracker = _Progress(progress, steps + max(1, steps // 10))
+        try:
+            return self._generate(job, segments, stretched, tracker, cancelled)
+        except TaskError:
+            raise
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise EngineError(
+                f"out of GPU memory generating {spec.width}x{spec.height}, {spec.duration} s "
+                f"with recipe {segments[0].recipe.name!r}; lower max_frames or the native "
+                "size in the recipe, or enable offload"
+            ) from exc
+        except Exception as exc:
+            raise EngineError(
+                f"recipe {segments[0].recipe.name!r} ({segments[0].recipe.pipeline}) "
+                f"failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _job_inputs(self, job: Job) -> tuple[Image.Image | None, tuple[Image.Image, ...]]:
+        """The first frame and the reference images the job's mode asks for."""
+        spec = job.spec
+        as_frame = spec.mode is Mode.FRAME or (
+            spec.mode is Mode.VIDEO and spec.image_role == "frame"
+        )
+        if spec.mode is Mode.FRAME and not job.images:
+            raise EngineError("a first-frame task needs one image")
+        if as_frame:
+            return (job.images[0] if job.images else None), ()
+        if spec.mode is Mode.REFERENCE and not job.images:
+            raise EngineError("a reference-image task needs 1 or 3 images")
+        return None, tuple(job.images) if spec.mode is not Mode.TEXT else ()
+
+    def _generate(
+        self,
+        job: Job,
+        segments: list[Segment],
+        stretched: bool,
+        tracker: _Progress,
+        cancelled: CancelCheck,
+    ) -> GenerationResult:
+        spec = job.spec
+        assert spec.duration is not None
+        head = segments[0].recipe
+        size = head.native_size(spec.aspect_ratio)
+        total = segments[-1].start + segments[-1].frames
+        # A stretched clip spans the whole duration with fewer frames: a slower frame rate.
+        native_fps = total / spec.duration if stretched else float(head.fps)
+        first_frame, references = self._job_inputs(job)
+        control: list[Image.Image] | None = None
+        if spec.mode is Mode.VIDEO:
+            if job.video is None:
+                raise EngineError("a reference-video task needs its video")
+            control = sample_clip(job.video, total, native_fps, spec.duration, size)
+
+        started = time.monotonic()
+        native: list[numpy.ndarray] = []
+        done = 0.0
+        details: list[dict[str, object]] = []
+        for segment in segments:
+            if cancelled():
+                raise TaskCancelled("the task was cancelled")
+            recipe = segment.recipe
+            shape = (*recipe.native_size(spec.aspect_ratio), segment.frames)
+            clip = None if control is None else control[segment.start : segment.start + shape[2]]
+            if segment.index == 0:
+                inputs = Inputs(first_frame, references, None if clip is None else tuple(clip))
+                missing = inputs.present() - recipe.consumes
+                if missing:
+                    raise EngineError(
+                        f"recipe {recipe.name!r} ({recipe.pipeline}) cannot take "
+                        f"{' or '.join(_NAMES[m] for m in sorted(missing))}; its inputs are "
+                        f"{list(recipe.inputs)}"
+                    )
+            else:
+                takes = recipe.consumes
+                inputs = Inputs(
+                    first_frame=Image.fromarray(native[-1]),
+                    references=references if "references" in takes else (),
+                    video=tuple(clip) if clip is not None and "video" in takes else None,
+                )
+
+            def on_step(step: int, base: float = done, limit: int = recipe.steps) -> None:
+                if cancelled():
+                    raise TaskCancelled("the task was cancelled")
+                tracker.at(base + min(step + 1, limit))
+
+            call_started = time.monotonic()
+            frames = self._call(
+                recipe, spec.prompt, shape, inputs, job.seed + segment.index, None, on_step
+            )
+            if frames[0].shape[:2] != (size[1], size[0]):
+                frames = [numpy.asarray(cover(Image.fromarray(f), size)) for f in frames]
+            native.extend(frames if segment.index == 0 else frames[1:])
+            done += recipe.steps + 1
+            tracker.at(done)
+            details.append(
+                {
+                    "recipe": recipe.name,
+                    "pipeline": recipe.pipeline,
+                    "model": recipe.model,
+                    "width": shape[0],
+                    "height": shape[1],
+                    "frames": shape[2],
+                    "steps": recipe.steps,
+                    "seconds": round(time.monotonic() - call_started, 3),
+                }
+            )
+        generated = time.monotonic() - started
+
+        out_frames = spec.duration * spec.fps
+        indices = native_indices(out_frames, spec.fps, len(native), native_fps)
+        frames_out = self._tracked(
+            scaled_frames(native, indices, (spec.width, spec.height)),
+            tracker, done, tracker.total - done, out_frames, cancelled,
+        )  # fmt: skip
+        encode_started = time.monotonic()
+        with Mp4Writer(
+            job.output_path, spec.width, spec.height, fps=spec.fps, preset=self.settings.x264_preset
+        ) as writer:
+            for frame in frames_out:
+                writer.write_rgb(frame)
+        tracker.at(tracker.total)
+        return GenerationResult(
+            frames=writer.frames,
+            width=spec.width,
+            height=spec.height,
+            fps=spec.fps,
+            info={
+                "engine": self.name,
+                "device": self.device,
+                "calls": details,
+                "native_frames": len(native),
+                "native_fps": round(native_fps, 3),
+                "stretched": stretched,
+                "seconds": {
+                    "generate": round(generated, 3),
+                    "encode": round(time.monotonic() - encode_started, 3),
+                },
+            },
+        )
+
+    @staticmethod
+    def _tracked(
+        frames: Iterator[numpy.ndarray],
+        tracker: _Progress,
+        base: float,
+        span: float,
+        count: int,
+        cancelled: CancelCheck,
+    ) -> Iterator[numpy.ndarray]:
+        for index, frame in enumerate(frames):
+            if index % 24 == 0:
+                if cancelled():
+                    raise TaskCancelled("the task was cancelled")
+                tracker.at(base + span * index / count)
+            yield frame
+
+    def _call(
+        self,
+        recipe: Recipe,
+        prompt: str,
+        shape: tuple[int, int, int],
+        inputs: Inputs,
+        seed: int,
+        steps: int | None,
+        on_step: StepCallback | None,
+    ) -> list[numpy.ndarray]:
+        """One pipeline call; RGB ``uint8`` frames at the call's native size."""
+        import torch
+
+        pipe = self.loader.get(recipe)
+        width, height, count = shape
+        generator = torch.Generator(device=self.device).manual_seed(seed % 2**63)
+
+        def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(step)
+            return kwargs
+
+        kwargs: dict[str, Any] = {
+            "prompt": prompt,
+            "height": height,
+            "width": width,
+            "num_frames": count,
+            "num_inference_steps": steps or recipe.steps,
+            "guidance_scale": recipe.guidance,
+            "generator": generator,
+            "output_type": "np",
+            "callback_on_step_end": step_end,
+        }
+        if recipe.negative_prompt:
+            kwargs["negative_prompt"] = recipe.negative_prompt
+        kwargs.update(recipe.call_kwargs)
+        kwargs.update(build_call_kwargs(recipe.inputs, inputs, shape))
+        video = numpy.asarray(pipe(**kwargs).frames[0])
+        video = (numpy.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(numpy.uint8)
+        return list(video)

@@ -1,0 +1,173 @@
+"""Loading pipelines: the device, the dtypes, and one copy of each model in memory.
+
+Recipes that name the same model folder (Wan 2.2 TI2V serves text and first frame;
+one LTX folder serves ``LTXPipeline`` and ``LTXConditionPipeline``) share its loaded
+components: the second pipeline class is built around the first one's modules.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+from typing import Any
+
+from omniflash.engines.diffusion.recipes import Recipe, RecipeBook
+from omniflash.errors import EngineError
+
+__all__ = ["PipelineLoader", "share_components"]
+
+log = logging.getLogger(__name__)
+
+
+def share_components(cls: Any, base: Any) -> Any:
+    """A pipeline of class ``cls`` around ``base``'s modules and matching config values.
+
+    ``from_pipe`` would do this too, but it casts every shared module to one dtype,
+    undoing a recipe's per-component dtypes (a float32 VAE beside a bfloat16
+    transformer) in the pipeline that is already loaded.
+    """
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in base.config.items() if k in params and not k.startswith("_")}
+    kwargs.update({k: v for k, v in base.components.items() if k in params})
+    pipe = cls(**kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class PipelineLoader:
+    """Loads each recipe's pipeline once per process and keeps it."""
+
+    def __init__(self, book: RecipeBook, workers: int) -> None:
+        self.book = book
+        self.workers = workers
+        self.device: str | None = None
+        self.pipes: dict[str, Any] = {}
+        self._by_model: dict[tuple[str, str], Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<PipelineLoader device={self.device} loaded={sorted(self.pipes)}>"
+
+    def start(self) -> None:
+        """Choose the device (once) and log the recipes, CUDA and the dtype policy."""
+        if self.device is not None:
+            return
+        import torch
+
+        cuda = torch.cuda.is_available()
+        wanted = self.book.device
+        device = ("cuda" if cuda else "cpu") if wanted == "auto" else wanted
+        if device.startswith("cuda") and not cuda:
+            raise EngineError(f"recipes ask for device {wanted!r} but torch sees no CUDA device")
+        if device == "cpu":
+            self._share_cpu(torch)
+        self.device = device
+        log.info(
+            "diffusers engine: recipes %s (%s); CUDA %s; device %s; dtype %s",
+            self.book.source,
+            ", ".join(f"{m.value}→{n}" for m, n in self.book.modes.items()),
+            f"present ({torch.cuda.get_device_name()})" if cuda else "absent",
+            device,
+            "float32" if device == "cpu" else "per recipe",
+        )
+
+    def _share_cpu(self, torch: Any) -> None:
+        """Give each worker's engine process its share of the cores.
+
+        Every worker runs its own engine process; each torch taking all cores makes
+        them spin against each other, several times slower than sharing.  A lower
+        limit the operator set (``OMP_NUM_THREADS``) is kept.
+        """
+        share = max(1, (os.cpu_count() or 1) // max(1, self.workers))
+        if torch.get_num_threads() > share:
+            torch.set_num_threads(share)
+
+    def load_all(self) -> dict[str, str]:
+        """Load every recipe a mode reaches; returns the reason for each one that failed."""
+        self.start()
+        failed: dict[str, str] = {}
+        for recipe in self.book.in_use():
+            try:
+                self.get(recipe)
+            except EngineError as exc:
+                failed[recipe.name] = str(exc)
+                log.error("%s; tasks that need it fail until it loads", exc)
+        return failed
+
+    def get(self, recipe: Recipe) -> Any:
+        """The pipeline of ``recipe``, loaded on first use or after a failed try."""
+        pipe = self.pipes.get(recipe.name)
+        if pipe is None:
+            self.start()
+            started = time.monotonic()
+            pipe = self.pipes[recipe.name] = self._load(recipe)
+            log.info(
+                "recipe %s: %s from %s, %s, in %.1f s",
+                recipe.name, recipe.pipeline, recipe.model, self.dtype_name(recipe),
+                time.monotonic() - started,
+            )  # fmt: skip
+        return pipe
+
+    def dtype_name(self, recipe: Recipe) -> str:
+        if self.device == "cpu":
+            return "float32"
+        extra = "".join(f", {c} {d}" for c, d in sorted(recipe.component_dtypes.items()))
+        return recipe.dtype + extra
+
+    def _dtype(self, recipe: Recipe) -> Any:
+        import torch
+
+        # Half precision on a CPU is slow where it works at all.
+        if self.device == "cpu":
+            return torch.float32
+        if not recipe.component_dtypes:
+            return getattr(torch, recipe.dtype)
+        dtypes = {c: getattr(torch, d) for c, d in recipe.component_dtypes.items()}
+        return {"default": getattr(torch, recipe.dtype), **dtypes}
+
+    def _load(self, recipe: Recipe) -> Any:
+        import diffusers
+        import torch
+
+        cls: Any = getattr(diffusers, recipe.pipeline, None)
+        if cls is None or not hasattr(cls, "from_pretrained"):
+            raise EngineError(
+                f"recipe {recipe.name!r}: diffusers {diffusers.__version__} has no pipeline "
+                f"class {recipe.pipeline!r}"
+            )
+        key = (recipe.model, self.dtype_name(recipe))
+        try:
+            base = self._by_model.get(key)
+            if base is not None:
+                return base if type(base) is cls else share_components(cls, base)
+            pipe = cls.from_pretrained(recipe.model, dtype=self._dtype(recipe))
+            self._place(pipe, recipe)
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise EngineError(
+                f"out of GPU memory loading {recipe.model!r} for recipe {recipe.name!r}; "
+                'use a smaller model or set offload = "model" in the recipe'
+            ) from exc
+        except Exception as exc:
+            raise EngineError(
+                f"could not load model {recipe.model!r} for recipe {recipe.name!r} "
+                f"({recipe.pipeline}): {type(exc).__name__}: {exc}"
+            ) from exc
+        self._by_model[key] = pipe
+        return pipe
+
+    def _place(self, pipe: Any, recipe: Recipe) -> None:
+        assert self.device is not None
+        cuda = self.device.startswith("cuda")
+        if cuda and recipe.offload == "model":
+            pipe.enable_model_cpu_offload(device=self.device)
+        elif cuda and recipe.offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        vae: Any = getattr(pipe, "vae", None)
+        # Tiled decoding keeps long, large clips within memory on a GPU; on a CPU it only slows.
+        if recipe.vae_tiling and cuda and hasattr(vae, "enable_tiling"):
+            vae.enable_tiling()
+        pipe.set_progress_bar_config(disable=True)

@@ -1,0 +1,320 @@
+"""Recipes: which diffusers pipeline and model serve each request mode, and at what shape.
+
+A recipes file is TOML.  ``[modes]`` maps each mode to a recipe; each ``[recipes.NAME]``
+table names a pipeline class, a model (a local folder or a hub id) and how to call it::
+
+    device = "auto"                     # "cuda", "cpu" or "auto"
+
+    [modes]
+    text = "wan-t2v"
+    frame = "wan-i2v"
+    reference = "wan-vace"
+    video = "wan-vace"
+
+    [recipes.wan-t2v]
+    pipeline = "WanPipeline"
+    model = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    inputs = []                         # input adapters, see omniflash.engines.diffusion.inputs
+    steps = 50
+    guidance = 5.0
+    fps = 16
+    frames = "4k+1"                     # valid frame counts
+    max_frames = 81                     # most frames one pipeline call makes
+    multiple = 16                       # native sides are multiples of this
+    pixels = 399360                     # native area for aspect ratios not in `sizes`
+    sizes = { "16:9" = [832, 480], "9:16" = [480, 832] }
+    continue_with = "wan-i2v"           # recipe that extends a clip from its last frame
+
+The built-in default is ``omniflash/engines/recipes.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omniflash.contract import ASPECT_RATIOS, Mode
+from omniflash.engines.diffusion.inputs import ADAPTERS, consumed_by
+
+__all__ = [
+    "DEFAULT_RECIPES",
+    "FrameRule",
+    "Recipe",
+    "RecipeBook",
+    "Segment",
+    "WarmupShape",
+    "load_recipes",
+]
+
+DEFAULT_RECIPES = "built-in omniflash/engines/recipes.toml"
+_FRAME_RULE = re.compile(r"^\s*(\d+)\s*k\s*\+\s*(\d+)\s*$")
+_DTYPES = ("bfloat16", "float16", "float32")
+_EXTEND = ("continue", "stretch")
+_OFFLOAD = ("none", "model", "sequential")
+_INPUT_NAMES = {"first_frame": "first frame", "references": "reference images", "video": "video"}
+# The input each mode brings to its first pipeline call.
+_MODE_NEEDS = {
+    Mode.TEXT: None,
+    Mode.FRAME: "first_frame",
+    Mode.REFERENCE: "references",
+    Mode.VIDEO: "video",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameRule:
+    """Valid frame counts ``multiple·k + remainder`` (Wan: 4k+1, LTX: 8k+1).
+
+    >>> FrameRule(4, 1).round_up(70), FrameRule(8, 1).round_down(100)
+    (73, 97)
+    """
+
+    multiple: int
+    remainder: int
+
+    @classmethod
+    def parse(cls, text: str) -> FrameRule:
+        match = _FRAME_RULE.match(text)
+        if not match or int(match.group(1)) < 1:
+            raise ValueError(f'frame rule {text!r} must look like "4k+1"')
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @property
+    def smallest(self) -> int:
+        return self.multiple + self.remainder
+
+    def round_up(self, n: int) -> int:
+        n = max(n, self.smallest)
+        return self.remainder + math.ceil((n - self.remainder) / self.multiple) * self.multiple
+
+    def round_down(self, n: int) -> int:
+        return max(
+            self.smallest, self.remainder + (n - self.remainder) // self.multiple * self.multiple
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One pipeline call: ``frames`` native frames; after the first, frame 0 repeats the last."""
+
+    index: int
+    recipe: Recipe
+    frames: int
+    start: int
+    """Index of this segment's first frame in the whole native clip."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    pipeline: str
+    model: str
+    inputs: tuple[str, ...] = ()
+    steps: int = 50
+    guidance: float = 5.0
+    dtype: str = "bfloat16"
+    component_dtypes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    fps: int = 16
+    frames: FrameRule = FrameRule(4, 1)
+    max_frames: int = 81
+    multiple: int = 16
+    sizes: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    pixels: int | None = None
+    negative_prompt: str | None = None
+    extend: str = "continue"
+    """``continue``: more calls, each from the last frame; ``stretch``: slow one call down."""
+    continue_with: str | None = None
+    call_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Passed to the pipeline as they are (``frame_rate``, ``flow_shift``, ``decode_timestep``…)."""
+    vae_tiling: bool = True
+    offload: str = "none"
+    seconds_per_step: float = 1.0
+    """Rough GPU seconds per step at ``max_frames``, for ``estimated_time`` only."""
+
+    @property
+    def consumes(self) -> frozenset[str]:
+        return consumed_by(self.inputs)
+
+    @property
+    def frame_limit(self) -> int:
+        return self.frames.round_down(self.max_frames)
+
+    def native_size(self, aspect_ratio: str) -> tuple[int, int]:
+        """Width and height the model generates for ``aspect_ratio``."""
+        if aspect_ratio in self.sizes:
+            return self.sizes[aspect_ratio]
+        if self.pixels is None:
+            raise ValueError(f"recipe {self.name!r} has no size for aspect ratio {aspect_ratio}")
+        a, b = (int(p) for p in aspect_ratio.split(":"))
+        width = math.sqrt(self.pixels * a / b)
+        height = width * b / a
+        m = self.multiple
+        return max(m, round(width / m) * m), max(m, round(height / m) * m)
+
+    def frames_for(self, seconds: float) -> int:
+        """Native frames that cover ``seconds`` at this recipe's frame rate."""
+        return max(1, math.ceil(seconds * self.fps - 1e-9))
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmupShape:
+    mode: Mode
+    aspect_ratio: str
+    steps: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeBook:
+    """Recipes by name, the recipe for each mode, and the engine-wide options."""
+
+    recipes: Mapping[str, Recipe]
+    modes: Mapping[Mode, str]
+    device: str = "auto"
+    warmup: tuple[WarmupShape, ...] = ()
+    source: str = DEFAULT_RECIPES
+
+    def for_mode(self, mode: Mode) -> Recipe:
+        return self.recipes[self.modes[mode]]
+
+    def in_use(self) -> list[Recipe]:
+        """The recipes the modes reach, directly or as continuations, in a stable order."""
+        names: list[str] = []
+        for mode in Mode:
+            name: str | None = self.modes[mode]
+            while name is not None and name not in names:
+                names.append(name)
+                name = self.recipes[name].continue_with
+        return [self.recipes[n] for n in names]
+
+    def plan(self, mode: Mode, seconds: float) -> tuple[list[Segment], bool]:
+        """The pipeline calls that cover ``seconds``, and whether the result is stretched."""
+        recipe = self.for_mode(mode)
+        needed = recipe.frames_for(seconds)
+        first = min(recipe.frames.round_up(needed), recipe.frame_limit)
+        segments = [Segment(0, recipe, first, 0)]
+        nxt = self.recipes[recipe.continue_with or recipe.name]
+        # Without a recipe that starts from a frame, the only way to fill the time is slower.
+        can_continue = recipe.extend == "continue" and "first_frame" in nxt.consumes
+        if first >= needed or not can_continue:
+            return segments, first < needed
+        made = first
+        while made < needed:
+            count = min(nxt.frames.round_up(needed - made + 1), nxt.frame_limit)
+            segments.append(Segment(len(segments), nxt, count, made - 1))
+            made += count - 1
+        return segments, False
+
+
+def _pair(value: object, where: str) -> tuple[int, int]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and v > 0 for v in value)
+    ):
+        raise ValueError(f"{where} must be [width, height], got {value!r}")
+    return value[0], value[1]
+
+
+def _recipe(name: str, table: Mapping[str, Any]) -> Recipe:
+    fields = {f.name for f in dataclasses.fields(Recipe)} - {"name"}
+    unknown = set(table) - fields
+    if unknown:
+        raise ValueError(
+            f"recipe {name!r}: unknown keys {sorted(unknown)}; known: {sorted(fields)}"
+        )
+    for key in ("pipeline", "model"):
+        if not isinstance(table.get(key), str) or not table[key]:
+            raise ValueError(f"recipe {name!r}: `{key}` is required")
+    values = dict(table)
+    values["inputs"] = tuple(table.get("inputs", ()))
+    for adapter in values["inputs"]:
+        if adapter not in ADAPTERS:
+            raise ValueError(
+                f"recipe {name!r}: unknown input adapter {adapter!r}; known: {sorted(ADAPTERS)}"
+            )
+    values["frames"] = FrameRule.parse(str(table.get("frames", "4k+1")))
+    values["sizes"] = {
+        ratio: _pair(size, f"recipe {name!r}: sizes.{ratio}")
+        for ratio, size in table.get("sizes", {}).items()
+    }
+    recipe = Recipe(name=name, **values)
+    for key, allowed in (("dtype", _DTYPES), ("extend", _EXTEND), ("offload", _OFFLOAD)):
+        if getattr(recipe, key) not in allowed:
+            raise ValueError(f"recipe {name!r}: `{key}` must be one of {', '.join(allowed)}")
+    for component, dtype in recipe.component_dtypes.items():
+        if dtype not in _DTYPES:
+            raise ValueError(f"recipe {name!r}: component_dtypes.{component} must be in {_DTYPES}")
+    if recipe.steps < 1 or recipe.fps < 1 or recipe.max_frames < recipe.frames.smallest:
+        raise ValueError(f"recipe {name!r}: steps, fps and max_frames must be positive")
+    for ratio in ASPECT_RATIOS:
+        w, h = recipe.native_size(ratio)
+        if w % recipe.multiple or h % recipe.multiple:
+            raise ValueError(
+                f"recipe {name!r}: size {w}x{h} for {ratio} is not a multiple of {recipe.multiple}"
+            )
+    return recipe
+
+
+def parse_recipes(data: Mapping[str, Any], source: str) -> RecipeBook:
+    """A ``RecipeBook`` from decoded TOML; raises ``ValueError`` saying what to fix."""
+    where = f"recipes ({source})"
+    tables = data.get("recipes")
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError(f"{where}: no [recipes.NAME] tables")
+    recipes = {name: _recipe(name, table) for name, table in tables.items()}
+    raw_modes = data.get("modes", {})
+    modes: dict[Mode, str] = {}
+    for mode in Mode:
+        name = raw_modes.get(mode.value)
+        if name not in recipes:
+            raise ValueError(f"{where}: [modes] {mode.value} = {name!r} is not a recipe")
+        needs = _MODE_NEEDS[mode]
+        if needs is not None and needs not in recipes[name].consumes:
+            raise ValueError(
+                f"{where}: recipe {name!r} cannot take the {_INPUT_NAMES[needs]} "
+                f"that mode {mode.value!r} brings; add an input adapter that does"
+            )
+        modes[mode] = name
+    for recipe in recipes.values():
+        nxt = recipe.continue_with
+        if nxt is None:
+            continue
+        if nxt not in recipes:
+            raise ValueError(f"{where}: recipe {recipe.name!r} continues with unknown {nxt!r}")
+        if "first_frame" not in recipes[nxt].consumes:
+            raise ValueError(
+                f"{where}: recipe {recipe.name!r} continues with {nxt!r}, "
+                "which cannot take a first frame"
+            )
+    device = str(data.get("device", "auto"))
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"{where}: device must be auto, cpu, cuda or cuda:N")
+    warmup = tuple(
+        WarmupShape(Mode(w["mode"]), str(w.get("aspect_ratio", "16:9")), int(w.get("steps", 1)))
+        for w in data.get("warmup", [])
+    )
+    return RecipeBook(recipes=recipes, modes=modes, device=device, warmup=warmup, source=source)
+
+
+def load_recipes(path: Path | None) -> RecipeBook:
+    """Read the operator's recipes file, or the built-in default when ``path`` is None."""
+    if path is None:
+        text = resources.files("omniflash.engines").joinpath("recipes.toml").read_text("utf-8")
+        source = DEFAULT_RECIPES
+    else:
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read recipes file {path}: {exc}") from exc
+        source = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"recipes ({source}) is not valid TOML: {exc}") from exc
+    return parse_recipes(data, source)
