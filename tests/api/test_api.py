@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -165,6 +167,20 @@ def test_idempotency_key(api: Api) -> None:
     assert api.store.keys.get(api.info.id).balance == 9000
     other = api.client.post("/v1/videos/generations", json={**body, "duration": 6}, headers=headers)
     assert_error(other, 422, "idempotency_error")
+
+
+def test_idempotency_key_while_the_first_request_runs(api: Api) -> None:
+    body = {"model": "Omni-Flash-Ext", "prompt": "a cat", "duration": 4}
+    # The first request with this key has reserved it and not yet made its task.
+    body_hash = hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert api.store.idempotency.reserve(api.info.id, "busy", body_hash) is None
+    headers = {**api.headers(), "Idempotency-Key": "busy"}
+    second = api.client.post("/v1/videos/generations", json=body, headers=headers)
+    assert_error(second, 409, "conflict_error")
+    assert "still being handled" in second.json()["error"]["message"]
+    assert api.store.keys.get(api.info.id).balance == 10_000, "nothing charged"
 
 
 def test_failed_submit_releases_idempotency_key(api: Api) -> None:

@@ -31,7 +31,40 @@ def _tokenizer() -> Any:
     return _lib("transformers").T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-def _wan_components(tok: Any, *, in_channels: int = 16, vace: bool = False) -> dict[str, Any]:
+def _wan_vae(latent: int) -> Any:
+    """Wan 2.1's VAE (16 latent channels, 8× spatial), or Wan 2.2 TI2V-5B's layout.
+
+    The Wan 2.2 VAE has 48 latent channels, residual blocks and a 2×2 patch: 16× spatial
+    compression in all.
+    """
+    diffusers = _lib("diffusers")
+    common: dict[str, Any] = dict(
+        base_dim=3, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    if latent == 16:
+        return diffusers.AutoencoderKLWan(z_dim=16, **common).eval()
+    return diffusers.AutoencoderKLWan(
+        z_dim=latent,
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_spatial=16,
+        latents_mean=[0.0] * latent,
+        latents_std=[1.0] * latent,
+        **common,
+    ).eval()
+
+
+def _wan_components(
+    tok: Any, *, in_channels: int = 16, latent: int = 16, vace: bool = False
+) -> dict[str, Any]:
+    """Wan 2.1 (``latent=16``) or Wan 2.2 TI2V-5B (``latent=48``) components.
+
+    Wan 2.2 TI2V's folder says ``expand_timesteps``: its image-to-video puts the first
+    frame's latent in place of the noise instead of adding channels, so one transformer
+    serves ``WanPipeline`` and ``WanImageToVideoPipeline``.
+    """
     import torch
 
     diffusers, transformers = _lib("diffusers"), _lib("transformers")
@@ -47,19 +80,13 @@ def _wan_components(tok: Any, *, in_channels: int = 16, vace: bool = False) -> d
             relative_attention_num_buckets=8,
         )
     ).eval()
-    vae = diffusers.AutoencoderKLWan(
-        base_dim=3,
-        z_dim=16,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-    ).eval()
+    vae = _wan_vae(latent)
     kwargs: dict[str, Any] = dict(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=12,
         in_channels=in_channels,
-        out_channels=16,
+        out_channels=latent,
         text_dim=32,
         freq_dim=256,
         ffn_dim=32,
@@ -82,49 +109,6 @@ def _wan_components(tok: Any, *, in_channels: int = 16, vace: bool = False) -> d
         "scheduler": diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
         "transformer": transformer.eval(),
     }
-
-
-def _wan22_ti2v_components(tok: Any) -> dict[str, Any]:
-    """Wan 2.2 TI2V-5B's layout: a 48-channel residual VAE with 16× spatial compression.
-
-    Its folder says ``expand_timesteps``: image-to-video puts the first frame's latent
-    in place of the noise instead of adding channels, so one transformer serves
-    ``WanPipeline`` and ``WanImageToVideoPipeline``.
-    """
-    import torch
-
-    diffusers = _lib("diffusers")
-    components = _wan_components(tok)
-    torch.manual_seed(0)
-    components["vae"] = diffusers.AutoencoderKLWan(
-        base_dim=3,
-        z_dim=48,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        is_residual=True,
-        in_channels=12,
-        out_channels=12,
-        patch_size=2,
-        scale_factor_spatial=16,
-        latents_mean=[0.0] * 48,
-        latents_std=[1.0] * 48,
-    ).eval()
-    components["transformer"] = diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=48,
-        out_channels=48,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=1024,
-    ).eval()
-    return components
 
 
 def _ltx_components(tok: Any) -> dict[str, Any]:
@@ -192,9 +176,9 @@ def build_all(root: Path) -> dict[str, Path]:
     diffusers.WanVACEPipeline(**_wan_components(tok, vace=True)).save_pretrained(
         folders["wan-vace"]
     )
-    diffusers.WanPipeline(**_wan22_ti2v_components(tok), expand_timesteps=True).save_pretrained(
-        folders["wan22-ti2v"]
-    )
+    diffusers.WanPipeline(
+        **_wan_components(tok, in_channels=48, latent=48), expand_timesteps=True
+    ).save_pretrained(folders["wan22-ti2v"])
     # One folder serves LTXPipeline and LTXConditionPipeline: same components.
     diffusers.LTXConditionPipeline(**_ltx_components(tok)).save_pretrained(folders["ltx"])
     return folders
