@@ -70,7 +70,7 @@ def serve(
             f"unknown engine {settings.engine!r}; available: {', '.join(available_engines())}"
         )
     if settings.engine == "diffusers":
-        _require_gpu_extra()
+        _check_diffusers(settings.recipes_path)
     store = Store(settings.database_url)
     if store.keys.count_active() == 0:
         key, _info = store.keys.create(
@@ -86,12 +86,14 @@ def serve(
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())
 
 
-def _require_gpu_extra() -> None:
-    from omniflash.engines.diffusion import require_gpu_extra
+def _check_diffusers(recipes_path: Path | None) -> None:
+    """Stop before anything starts when the extra is missing or the recipes are wrong."""
+    from omniflash.engines.diffusion import load_recipes, require_gpu_extra
 
     try:
         require_gpu_extra()
-    except RuntimeError as exc:
+        load_recipes(recipes_path)
+    except (RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -257,12 +257,25 @@ def test_without_the_gpu_extra_the_start_says_what_to_install(
 ) -> None:
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(
-        RuntimeError, match=r"needs diffusers; install them with: pip install 'omniflash\[gpu\]'"
+        RuntimeError, match=r"needs diffusers; install them .* with: pip install -e '\.\[gpu\]'"
     ):
         create_engine("diffusers", Settings())
     result = CliRunner().invoke(
         cli_main, ["serve", "--engine", "diffusers", "--data-dir", str(tmp_path)]
     )
     assert result.exit_code != 0
-    assert "pip install 'omniflash[gpu]'" in result.output
+    assert "pip install -e '.[gpu]'" in result.output
     assert not (tmp_path / "omniflash.db").exists(), "it stops before anything starts"
+
+
+def test_a_wrong_recipes_file_stops_the_start(tmp_path: Path) -> None:
+    recipes = tmp_path / "recipes.toml"
+    recipes.write_text('[modes]\ntext = "t2v"\n')
+    result = CliRunner().invoke(
+        cli_main,
+        ["serve", "--engine", "diffusers", "--data-dir", str(tmp_path / "data")],
+        env={"OMNIFLASH_RECIPES": str(recipes)},
+    )
+    assert result.exit_code != 0
+    assert f"recipes ({recipes}): no [recipes.NAME] tables" in result.output
+    assert not (tmp_path / "data").exists(), "it stops before anything starts"

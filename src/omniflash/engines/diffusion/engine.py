@@ -33,7 +33,7 @@ __all__ = ["INSTALL_HINT", "DiffusersEngine", "require_gpu_extra"]
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'omniflash[gpu]'"
+INSTALL_HINT = "pip install -e '.[gpu]'"
 _EXTRA = ("torch", "diffusers", "transformers", "ftfy")
 _NAMES = {"first_frame": "a first frame", "references": "reference images", "video": "a video"}
 StepCallback = Callable[[int], None]
@@ -49,7 +49,8 @@ def require_gpu_extra() -> None:
     missing = [name for name in _EXTRA if importlib.util.find_spec(name) is None]
     if missing:
         raise RuntimeError(
-            f"the diffusers engine needs {', '.join(missing)}; install them with: {INSTALL_HINT}"
+            f"the diffusers engine needs {', '.join(missing)}; install them in the omniflash "
+            f"checkout with: {INSTALL_HINT}"
         )
 
 
@@ -113,7 +114,9 @@ class DiffusersEngine:
             )
             started = time.monotonic()
             try:
-                self._call(recipe, "warmup", (width, height, frames), inputs, 0, shape.steps, None)
+                self.run_pipeline(
+                    recipe, "warmup", (width, height, frames), inputs, 0, shape.steps, None
+                )
             except Exception as exc:
                 log.error("warmup of %s (%s) failed: %s", shape.mode.value, recipe.name, exc)
                 continue
@@ -227,7 +230,7 @@ class DiffusersEngine:
                 tracker.at(base + min(step + 1, limit))
 
             call_started = time.monotonic()
-            frames = self._call(
+            frames = self.run_pipeline(
                 recipe, spec.prompt, shape, inputs, job.seed + segment.index, None, on_step
             )
             if frames[0].shape[:2] != (size[1], size[0]):
@@ -297,7 +300,7 @@ class DiffusersEngine:
                 tracker.at(base + span * index / count)
             yield frame
 
-    def _call(
+    def run_pipeline(
         self,
         recipe: Recipe,
         prompt: str,

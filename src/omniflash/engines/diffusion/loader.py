@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook
+from omniflash.engines.diffusion.speed import speed_up
 from omniflash.errors import EngineError
 
 __all__ = ["PipelineLoader", "share_components"]
@@ -109,6 +110,15 @@ class PipelineLoader:
             )  # fmt: skip
         return pipe
 
+    def adopt(self, recipe: Recipe, pipe: Any) -> None:
+        """Serve ``recipe`` with a pipeline built elsewhere (benchmarks, embedding).
+
+        It is placed and sped up as a loaded one would be.
+        """
+        self.start()
+        self._place(pipe, recipe)
+        self.pipes[recipe.name] = self._by_model[(recipe.model, self.dtype_name(recipe))] = pipe
+
     def dtype_name(self, recipe: Recipe) -> str:
         if self.device == "cpu":
             return "float32"
@@ -170,4 +180,7 @@ class PipelineLoader:
         # Tiled decoding keeps long, large clips within memory on a GPU; on a CPU it only slows.
         if recipe.vae_tiling and cuda and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()
+        if cuda:
+            for line in speed_up(pipe, recipe.attention, recipe.compile):
+                log.info("recipe %s: %s", recipe.name, line)
         pipe.set_progress_bar_config(disable=True)

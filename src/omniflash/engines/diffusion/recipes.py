@@ -41,6 +41,7 @@ from typing import Any
 
 from omniflash.contract import ASPECT_RATIOS, Mode
 from omniflash.engines.diffusion.inputs import ADAPTERS, consumed_by
+from omniflash.engines.diffusion.speed import ATTENTION_BACKENDS
 
 __all__ = [
     "DEFAULT_RECIPES",
@@ -134,6 +135,10 @@ class Recipe:
     """Passed to the pipeline as they are (``frame_rate``, ``flow_shift``, ``decode_timestep``…)."""
     vae_tiling: bool = True
     offload: str = "none"
+    attention: str = "default"
+    """The attention kernel on a GPU; see ``omniflash.engines.diffusion.speed``."""
+    compile: bool = False
+    """``torch.compile`` the transformer's repeated blocks on a GPU."""
     seconds_per_step: float = 1.0
     """Rough GPU seconds per step at ``max_frames``, for ``estimated_time`` only."""
 
@@ -244,7 +249,13 @@ def _recipe(name: str, table: Mapping[str, Any]) -> Recipe:
         for ratio, size in table.get("sizes", {}).items()
     }
     recipe = Recipe(name=name, **values)
-    for key, allowed in (("dtype", _DTYPES), ("extend", _EXTEND), ("offload", _OFFLOAD)):
+    checks = (
+        ("dtype", _DTYPES),
+        ("extend", _EXTEND),
+        ("offload", _OFFLOAD),
+        ("attention", ATTENTION_BACKENDS),
+    )
+    for key, allowed in checks:
         if getattr(recipe, key) not in allowed:
             raise ValueError(f"recipe {name!r}: `{key}` must be one of {', '.join(allowed)}")
     for component, dtype in recipe.component_dtypes.items():
