@@ -5,6 +5,7 @@ Every command builds its ``Settings`` once, here, from the environment and its f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -65,12 +66,15 @@ def serve(
     settings = build_settings(
         host=host, port=port, data_dir=data_dir, workers=workers, engine=engine
     )
-    if settings.engine not in available_engines():
+    if settings.engine not in available_engines() and ":" not in settings.engine:
         raise click.UsageError(
             f"unknown engine {settings.engine!r}; available: {', '.join(available_engines())}"
         )
     if settings.engine == "diffusers":
         _check_diffusers(settings.recipes_path)
+        if workers is None and not os.environ.get("OMNIFLASH_WORKERS"):
+            # Each worker holds its own copy of the models: one per GPU, not two on one.
+            settings = dataclasses.replace(settings, workers=1)
     store = Store(settings.database_url)
     if store.keys.count_active() == 0:
         key, _info = store.keys.create(

@@ -31,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationFailed",
     "Conflict",
+    "EngineBroken",
     "EngineError",
     "Forbidden",
     "IdempotencyMismatch",
@@ -142,6 +143,13 @@ class InputError(TaskError):
 
 class EngineError(TaskError):
     """The engine failed to generate the video."""
+
+
+class EngineBroken(EngineError):
+    """The engine failed and cannot run another task (say, a lost GPU context).
+
+    The task fails like any other; then the worker starts a fresh engine process.
+    """
 
 
 class TaskCancelled(TaskError):

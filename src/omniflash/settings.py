@@ -86,6 +86,8 @@ class Settings:
     x264_preset: str = "veryfast"
     secret_override: str | None = None
     pricing: Pricing = dataclasses.field(default_factory=Pricing)
+    worker_index: int = 0
+    """Which of the server's workers an engine process serves (it picks a GPU by it)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:

@@ -121,9 +121,11 @@ def available_engines() -> list[str]:
 
 
 def create_engine(name: str, settings: Settings) -> Engine:
-    """Build the engine named ``name``; unknown names list the known ones."""
+    """Build the engine named ``name`` (or at ``module:factory``); unknown names list the known."""
     if name in _registered:
         return _registered[name](settings)
+    if ":" in name:
+        return _load_target(name)(settings)
     targets = _entry_point_targets()
     if name not in targets:
         raise ValueError(f"unknown engine {name!r}; available: {', '.join(available_engines())}")

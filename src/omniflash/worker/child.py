@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from omniflash.contract import GenerationSpec, Mode
-from omniflash.errors import InputError, TaskCancelled, TaskError
+from omniflash.errors import EngineBroken, InputError, TaskCancelled, TaskError
 from omniflash.settings import Settings
 
 __all__ = ["child_main"]
@@ -56,7 +56,8 @@ def child_main(conn: Connection, cancel: Event, settings: Settings, log_level: i
         log.exception("engine %s failed to load", settings.engine)
         conn.send(("error", "load", f"engine {settings.engine!r} failed to load: {exc}"))
         return
-    conn.send(("ready", {"engine": engine.name}))
+    grace = getattr(engine, "cancel_grace_s", None)
+    conn.send(("ready", {"engine": engine.name, **({"cancel_grace_s": grace} if grace else {})}))
     while True:
         try:
             message = conn.recv()
@@ -67,6 +68,11 @@ def child_main(conn: Connection, cancel: Event, settings: Settings, log_level: i
         try:
             conn.send(_run_job(engine, message[1], conn, cancel, settings))
         except (BrokenPipeError, OSError):
+            return
+        except EngineBroken as exc:
+            # The reply first (the task fails and is refunded), then a fresh process.
+            conn.send(("error", "engine", str(exc)))
+            log.error("the engine cannot go on (%s); its process exits to be restarted", exc)
             return
 
 
@@ -119,6 +125,8 @@ def _run_job(
         )
     except TaskCancelled:
         return ("error", "cancelled", "cancelled")
+    except EngineBroken:
+        raise
     except InputError as exc:
         return ("error", "input", str(exc))
     except TaskError as exc:

@@ -8,6 +8,7 @@ one is then started.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing as mp
 import shutil
@@ -41,6 +42,8 @@ class EngineProcess:
         self.conn: Connection | None = None
         self.cancel: Event = self._ctx.Event()
         self.starts = 0
+        self.cancel_grace_s = CANCEL_GRACE_S
+        """How long the engine may take to honour a cancel before it is killed."""
 
     def ensure(self, stop: threading.Event) -> bool:
         """Start the child if needed and wait until its engine is loaded."""
@@ -66,6 +69,8 @@ class EngineProcess:
                 except (EOFError, OSError):
                     message = ("error", "load", "engine process exited while loading")
                 if message[0] == "ready":
+                    info = message[1] if isinstance(message[1], dict) else {}
+                    self.cancel_grace_s = float(info.get("cancel_grace_s", CANCEL_GRACE_S))
                     return True
                 log.error("%s: %s", self.name, message[2])
                 self.kill()
@@ -107,7 +112,7 @@ class Worker(threading.Thread):
         self.wakeup = wakeup
         self.stop = stop
         self.owner = f"{self.name}-{uuid.uuid4().hex[:8]}"
-        self.engine = EngineProcess(settings, self.name)
+        self.engine = EngineProcess(dataclasses.replace(settings, worker_index=index), self.name)
         self.completed = self.failed = self.cancelled = 0
 
     def __repr__(self) -> str:
@@ -186,7 +191,7 @@ class Worker(threading.Thread):
                         log.info("%s: %s is no longer ours; stopping it", self.name, task.id)
                         self.engine.cancel.set()
                         cancel_sent_at = now
-                if cancel_sent_at is not None and now - cancel_sent_at > CANCEL_GRACE_S:
+                if cancel_sent_at is not None and now - cancel_sent_at > self.engine.cancel_grace_s:
                     log.warning(
                         "%s: engine ignored the cancel of %s; killing it", self.name, task.id
                     )

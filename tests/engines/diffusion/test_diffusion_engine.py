@@ -20,7 +20,7 @@ from omniflash.contract import Mode
 from omniflash.engines import GenerationResult, Job, create_engine
 from omniflash.engines.diffusion import DiffusersEngine
 from omniflash.engines.diffusion.loader import share_components
-from omniflash.errors import EngineError, TaskCancelled
+from omniflash.errors import EngineBroken, EngineError, TaskCancelled
 from omniflash.media.decode import VideoClip
 from omniflash.settings import Settings
 from tests.engines.diffusion.tiny_inputs import OUT_SIZE, Decoded, make_job, solid
@@ -279,3 +279,47 @@ def test_a_wrong_recipes_file_stops_the_start(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert f"recipes ({recipes}): no [recipes.NAME] tables" in result.output
     assert not (tmp_path / "data").exists(), "it stops before anything starts"
+
+
+@pytest.mark.parametrize(
+    ("error", "broken"),
+    [
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+        (RuntimeError("CUDA error: device-side assert triggered"), True),
+        (ValueError("`num_frames - 1` has to be divisible by 4"), False),
+    ],
+)
+def test_a_lost_device_restarts_the_engine_other_errors_do_not(
+    engine: DiffusersEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    broken: bool,
+) -> None:
+    def fail(*_args: Any, **_kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(engine, "run_pipeline", fail)
+    with pytest.raises(EngineError, match=r"recipe 't2v' \(WanPipeline\) failed: ") as caught:
+        engine.generate(make_job(tmp_path, Mode.TEXT), lambda _: None, lambda: False)
+    assert isinstance(caught.value, EngineBroken) is broken
+    assert str(error) in str(caught.value)
+
+
+def test_recipe_scheduler_settings_and_call_arguments(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    text = recipes_toml(tiny_models).replace(
+        'continue_with = "i2v"', 'continue_with = "i2v"\nscheduler = { shift = 7.0 }'
+    )
+    engine = diffusers_engine(text, tmp_path / "shift")
+    engine.load()
+    assert engine.loader.pipes["t2v"].scheduler.config.shift == 7.0
+    assert engine.loader.pipes["i2v"].scheduler.config.shift == 3.0, "the folder's own"
+    # A scheduler setting given as a call argument is caught when the model loads.
+    text = recipes_toml(tiny_models).replace(
+        'continue_with = "i2v"', 'continue_with = "i2v"\ncall_kwargs = { flow_shift = 5.0 }'
+    )
+    engine = diffusers_engine(text, tmp_path / "bad")
+    with pytest.raises(EngineError, match=r"\['flow_shift'\] are not arguments of WanPipeline"):
+        engine.generate(make_job(tmp_path, Mode.TEXT), lambda _: None, lambda: False)

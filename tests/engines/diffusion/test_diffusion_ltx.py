@@ -122,3 +122,16 @@ def test_a_mode_mapped_to_a_recipe_without_its_input(
     (tmp_path / "r.toml").write_text(ltx_recipes(tiny_models, reference="ltx"))
     with pytest.raises(ValueError, match="'ltx' cannot take the reference images"):
         create_engine("diffusers", Settings(recipes_path=tmp_path / "r.toml"))
+
+
+def test_a_video_condition_guides_rather_than_copies() -> None:
+    from PIL import Image
+
+    from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs
+
+    frames = tuple(Image.new("RGB", (64, 32), (9, 9, 9)) for _ in range(9))
+    kwargs = build_call_kwargs(
+        ["conditions"], Inputs(video=frames, video_strength=0.3), (64, 32, 9)
+    )
+    (condition,) = kwargs["conditions"]
+    assert condition.strength == 0.3 and len(condition.video) == 9

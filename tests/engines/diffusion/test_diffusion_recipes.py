@@ -97,6 +97,7 @@ def test_plan_continues_or_stretches(tmp_path: Path) -> None:
         (('continue_with = "vace"', 'continue_with = "nope"'), "continues with unknown 'nope'"),
         (("[modes]", "[modes"), "not valid TOML"),
         (('model = "some/model"', 'model = "some/model"\ndtype = "int8"'), "`dtype` must be"),
+        (('model = "some/model"', 'model = "some/model"\nfps = 24'), "need one frame rate"),
     ],
 )
 def test_bad_recipes_say_what_to_fix(tmp_path: Path, edit: tuple[str, str], message: str) -> None:

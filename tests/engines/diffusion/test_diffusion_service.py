@@ -36,8 +36,6 @@ def server(
         root,
         "--engine",
         "diffusers",
-        "--workers",
-        "1",
         OMNIFLASH_RECIPES=str(recipes),
         # A shared 2-core machine: one steady thread beats threads spinning against others.
         OMP_NUM_THREADS="1",
@@ -89,6 +87,7 @@ def test_text_and_first_frame_tasks_finish_as_requested_mp4s(server: LiveServer)
     assert frame_data["request"]["mode"] == "frame"
     # The worker says what it runs: engine, recipes file, CUDA, and each model it loaded.
     log = server.log()
+    assert "engine diffusers, 1 worker(s)" in log, "one copy of the models unless asked"
     assert "diffusers engine: recipes " in log and "recipes.toml" in log
     assert "text→t2v, frame→i2v, reference→vace, video→vace); CUDA absent; device cpu" in log
     assert "recipe t2v: WanPipeline from " in log

@@ -38,17 +38,20 @@ def test_speed_options_reach_the_transformer(tiny_models: dict[str, Path]) -> No
     assert getattr(pipe.transformer, "_compiled_call_impl", None) is None
 
 
-def test_recipes_check_the_attention_backend(tmp_path: Path) -> None:
+def test_recipes_check_the_speed_options(tmp_path: Path) -> None:
     base = (ROOT / "src" / "omniflash" / "engines" / "recipes.toml").read_text()
+    model = 'model = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"\n'
     path = tmp_path / "r.toml"
-    path.write_text(
-        base.replace(
-            "inputs = []\n", 'inputs = []\nattention = "_native_flash"\ncompile = true\n', 1
-        )
-    )
+    fast = model + 'attention = "_native_flash"\ncompile = true\n'
+    path.write_text(base.replace(model, fast))  # both recipes of the shared model
     recipe = load_recipes(path).recipes["wan22-t2v"]
     assert (recipe.attention, recipe.compile) == ("_native_flash", True)
-    path.write_text(base.replace("inputs = []\n", 'inputs = []\nattention = "fastest"\n', 1))
+    path.write_text(base.replace(model, fast, 1))
+    with pytest.raises(
+        ValueError, match=r"'wan22-t2v' and 'wan22-i2v' share the model .* attention"
+    ):
+        load_recipes(path)
+    path.write_text(base.replace(model, model + 'attention = "fastest"\n'))
     with pytest.raises(ValueError, match="`attention` must be one of default, native"):
         load_recipes(path)
 

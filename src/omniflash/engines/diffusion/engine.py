@@ -8,6 +8,7 @@ frame rate, scaled to the requested size and encoded as H.264.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import time
@@ -20,10 +21,10 @@ from PIL import Image
 from omniflash.contract import GenerationSpec, Mode
 from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
 from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs, cover
-from omniflash.engines.diffusion.loader import PipelineLoader
+from omniflash.engines.diffusion.loader import PipelineLoader, device_lost, free_device_memory
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook, Segment, load_recipes
 from omniflash.engines.diffusion.timeline import native_indices, sample_clip, scaled_frames
-from omniflash.errors import EngineError, TaskCancelled, TaskError
+from omniflash.errors import EngineBroken, EngineError, TaskCancelled, TaskError
 from omniflash.media.encode import Mp4Writer
 
 if TYPE_CHECKING:
@@ -71,12 +72,16 @@ class DiffusersEngine:
     """Generates with Hugging Face diffusers pipelines named by ``Settings.recipes_path``."""
 
     name = "diffusers"
+    cancel_grace_s = 120.0
+    """A cancel is seen between denoising steps; text encoding and the VAE decode of a
+    long clip run longer than that without a check, so the worker waits this long before
+    it kills the engine (and the models must load again)."""
 
     def __init__(self, settings: Settings) -> None:
         require_gpu_extra()
         self.settings = settings
         self.book: RecipeBook = load_recipes(settings.recipes_path)
-        self.loader = PipelineLoader(self.book, settings.workers)
+        self.loader = PipelineLoader(self.book, settings.workers, settings.worker_index)
 
     def __repr__(self) -> str:
         return f"<DiffusersEngine {self.book.source} {self.loader!r}>"
@@ -144,22 +149,25 @@ class DiffusersEngine:
         segments, stretched = self.book.plan(spec.mode, spec.duration)
         steps = sum(s.recipe.steps + 1 for s in segments)
         tracker = _Progress(progress, steps + max(1, steps // 10))
+        head = segments[0].recipe
         try:
             return self._generate(job, segments, stretched, tracker, cancelled)
         except TaskError:
             raise
-        except torch.cuda.OutOfMemoryError as exc:
-            torch.cuda.empty_cache()
-            raise EngineError(
+        except torch.cuda.OutOfMemoryError:
+            failure: EngineError = EngineError(
                 f"out of GPU memory generating {spec.width}x{spec.height}, {spec.duration} s "
-                f"with recipe {segments[0].recipe.name!r}; lower max_frames or the native "
-                "size in the recipe, or enable offload"
-            ) from exc
+                f"with recipe {head.name!r}; lower max_frames or the native size in the "
+                "recipe, or enable offload"
+            )
         except Exception as exc:
-            raise EngineError(
-                f"recipe {segments[0].recipe.name!r} ({segments[0].recipe.pipeline}) "
-                f"failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            log.exception("task %s: recipe %s failed", job.task_id, head.name)
+            message = f"recipe {head.name!r} ({head.pipeline}) failed: {type(exc).__name__}: {exc}"
+            failure = EngineBroken(message) if device_lost(exc) else EngineError(message)
+        # Outside the except block the traceback, and the GPU tensors its frames held, are
+        # gone: only now can the memory go back.
+        free_device_memory()
+        raise failure
 
     def _job_inputs(self, job: Job) -> tuple[Image.Image | None, tuple[Image.Image, ...]]:
         """The first frame and the reference images the job's mode asks for."""
@@ -336,6 +344,7 @@ class DiffusersEngine:
         if recipe.negative_prompt:
             kwargs["negative_prompt"] = recipe.negative_prompt
         kwargs.update(recipe.call_kwargs)
+        inputs = dataclasses.replace(inputs, video_strength=recipe.video_strength)
         kwargs.update(build_call_kwargs(recipe.inputs, inputs, shape))
         video = numpy.asarray(pipe(**kwargs).frames[0])
         video = (numpy.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(numpy.uint8)

@@ -39,6 +39,8 @@ class Inputs:
     references: tuple[Image.Image, ...] = ()
     video: tuple[Image.Image, ...] | None = None
     """Exactly as many frames as the call generates."""
+    video_strength: float = 1.0
+    """How strongly a conditioning video holds, where the adapter can say (LTX)."""
 
     def present(self) -> set[str]:
         found = set()
@@ -98,7 +100,9 @@ def _conditions(inputs: Inputs, shape: Shape) -> dict[str, Any]:
         frames = [cover(f, (width, height)) for f in inputs.video]
         if first is not None:
             frames[0] = first
-        return {"conditions": [LTXVideoCondition(video=frames, frame_index=0)]}
+        # At strength 1 LTX keeps the video's latents as they are: a copy, not a guide.
+        strength = inputs.video_strength
+        return {"conditions": [LTXVideoCondition(video=frames, frame_index=0, strength=strength)]}
     if first is not None:
         return {"conditions": [LTXVideoCondition(image=first, frame_index=0)]}
     return {}

@@ -17,13 +17,35 @@ from omniflash.engines.diffusion.recipes import Recipe, RecipeBook
 from omniflash.engines.diffusion.speed import speed_up
 from omniflash.errors import EngineError
 
-__all__ = ["PipelineLoader", "share_components"]
+__all__ = ["PipelineLoader", "device_lost", "free_device_memory", "share_components"]
 
 log = logging.getLogger(__name__)
 
 
+def device_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` leaves the GPU unusable for this process (not an out-of-memory)."""
+    import torch
+
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    text = str(exc)
+    return "CUDA error" in text or "device-side assert" in text
+
+
+def free_device_memory() -> None:
+    """Give cached GPU memory back after a failure (a no-op without CUDA)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def share_components(cls: Any, base: Any) -> Any:
-    """A pipeline of class ``cls`` around ``base``'s modules and matching config values.
+    """A pipeline of class ``cls`` (``base``'s own, or another) around ``base``'s modules.
 
     ``from_pipe`` would do this too, but it casts every shared module to one dtype,
     undoing a recipe's per-component dtypes (a float32 VAE beside a bfloat16
@@ -40,12 +62,15 @@ def share_components(cls: Any, base: Any) -> Any:
 class PipelineLoader:
     """Loads each recipe's pipeline once per process and keeps it."""
 
-    def __init__(self, book: RecipeBook, workers: int) -> None:
+    def __init__(self, book: RecipeBook, workers: int, worker_index: int = 0) -> None:
         self.book = book
         self.workers = workers
+        self.worker_index = worker_index
         self.device: str | None = None
         self.pipes: dict[str, Any] = {}
         self._by_model: dict[tuple[str, str], Any] = {}
+        self._schedulers: dict[tuple[str, str], dict[str, Any]] = {}
+        """The model folder's own scheduler config, before any recipe's settings."""
 
     def __repr__(self) -> str:
         return f"<PipelineLoader device={self.device} loaded={sorted(self.pipes)}>"
@@ -59,6 +84,9 @@ class PipelineLoader:
         cuda = torch.cuda.is_available()
         wanted = self.book.device
         device = ("cuda" if cuda else "cpu") if wanted == "auto" else wanted
+        if device == "cuda" and torch.cuda.device_count() > 1:
+            # One worker per GPU: worker i takes GPU i (round robin past the last one).
+            device = f"cuda:{self.worker_index % torch.cuda.device_count()}"
         if device.startswith("cuda") and not cuda:
             raise EngineError(f"recipes ask for device {wanted!r} but torch sees no CUDA device")
         if device == "cpu":
@@ -68,7 +96,9 @@ class PipelineLoader:
             "diffusers engine: recipes %s (%s); CUDA %s; device %s; dtype %s",
             self.book.source,
             ", ".join(f"{m.value}→{n}" for m, n in self.book.modes.items()),
-            f"present ({torch.cuda.get_device_name()})" if cuda else "absent",
+            f"present ({torch.cuda.device_count()} × {torch.cuda.get_device_name()})"
+            if cuda
+            else "absent",
             device,
             "float32" if device == "cpu" else "per recipe",
         )
@@ -110,14 +140,31 @@ class PipelineLoader:
             )  # fmt: skip
         return pipe
 
+    def _configure(self, pipe: Any, recipe: Recipe, key: tuple[str, str]) -> Any:
+        """Check the recipe's call arguments; give the pipeline the recipe's scheduler."""
+        params = inspect.signature(type(pipe).__call__).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        unknown = sorted(set(recipe.call_kwargs) - set(params))
+        if unknown and not takes_any:
+            raise ValueError(
+                f"call_kwargs {unknown} are not arguments of {recipe.pipeline}; scheduler "
+                "settings such as flow_shift go in the recipe's `scheduler` table"
+            )
+        # Each recipe its own scheduler: the folder's config and the recipe's settings.
+        config = self._schedulers.get(key, dict(pipe.scheduler.config))
+        pipe.scheduler = type(pipe.scheduler).from_config(config, **recipe.scheduler)
+        return pipe
+
     def adopt(self, recipe: Recipe, pipe: Any) -> None:
         """Serve ``recipe`` with a pipeline built elsewhere (benchmarks, embedding).
 
         It is placed and sped up as a loaded one would be.
         """
         self.start()
+        key = (recipe.model, self.dtype_name(recipe))
+        self._schedulers[key] = dict(pipe.scheduler.config)
         self._place(pipe, recipe)
-        self.pipes[recipe.name] = self._by_model[(recipe.model, self.dtype_name(recipe))] = pipe
+        self.pipes[recipe.name] = self._by_model[key] = self._configure(pipe, recipe, key)
 
     def dtype_name(self, recipe: Recipe) -> str:
         if self.device == "cpu":
@@ -147,25 +194,33 @@ class PipelineLoader:
                 f"class {recipe.pipeline!r}"
             )
         key = (recipe.model, self.dtype_name(recipe))
+        pipe: Any = None
         try:
             base = self._by_model.get(key)
-            if base is not None:
-                return base if type(base) is cls else share_components(cls, base)
+            # Offload hooks belong to one pipeline: an offloaded model is loaded per recipe.
+            if base is not None and recipe.offload == "none":
+                return self._configure(share_components(cls, base), recipe, key)
             pipe = cls.from_pretrained(recipe.model, dtype=self._dtype(recipe))
+            self._schedulers[key] = dict(pipe.scheduler.config)
             self._place(pipe, recipe)
-        except torch.cuda.OutOfMemoryError as exc:
-            torch.cuda.empty_cache()
-            raise EngineError(
+            self._configure(pipe, recipe, key)
+        except torch.cuda.OutOfMemoryError:
+            failure = EngineError(
                 f"out of GPU memory loading {recipe.model!r} for recipe {recipe.name!r}; "
                 'use a smaller model or set offload = "model" in the recipe'
-            ) from exc
+            )
         except Exception as exc:
-            raise EngineError(
+            failure = EngineError(
                 f"could not load model {recipe.model!r} for recipe {recipe.name!r} "
                 f"({recipe.pipeline}): {type(exc).__name__}: {exc}"
-            ) from exc
-        self._by_model[key] = pipe
-        return pipe
+            )
+        else:
+            self._by_model[key] = pipe
+            return pipe
+        # Outside the except block nothing holds the half-loaded model: its memory can go.
+        pipe = None
+        free_device_memory()
+        raise failure
 
     def _place(self, pipe: Any, recipe: Recipe) -> None:
         assert self.device is not None

@@ -132,7 +132,11 @@ class Recipe:
     """``continue``: more calls, each from the last frame; ``stretch``: slow one call down."""
     continue_with: str | None = None
     call_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Passed to the pipeline as they are (``frame_rate``, ``flow_shift``, ``decode_timestep``…)."""
+    """Passed to the pipeline call as they are (``frame_rate``, ``decode_timestep``…)."""
+    scheduler: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Scheduler settings over the folder's (Wan's ``flow_shift``: 3.0 at 480p, 5.0 at 720p)."""
+    video_strength: float = 0.5
+    """How strongly a reference video holds where the adapter can say (LTX ``conditions``)."""
     vae_tiling: bool = True
     offload: str = "none"
     attention: str = "default"
@@ -272,6 +276,23 @@ def _recipe(name: str, table: Mapping[str, Any]) -> Recipe:
     return recipe
 
 
+_PLACEMENT = ("offload", "vae_tiling", "attention", "compile")
+
+
+def _check_shared(recipes: Mapping[str, Recipe], where: str) -> None:
+    """Recipes that load one model share its modules, so they must place them alike."""
+    first: dict[tuple[str, str, str], Recipe] = {}
+    for recipe in recipes.values():
+        key = (recipe.model, recipe.dtype, repr(sorted(recipe.component_dtypes.items())))
+        other = first.setdefault(key, recipe)
+        differ = [k for k in _PLACEMENT if getattr(recipe, k) != getattr(other, k)]
+        if differ:
+            raise ValueError(
+                f"{where}: recipes {other.name!r} and {recipe.name!r} share the model "
+                f"{recipe.model!r} but differ in {', '.join(differ)}; set them alike"
+            )
+
+
 def parse_recipes(data: Mapping[str, Any], source: str) -> RecipeBook:
     """A ``RecipeBook`` from decoded TOML; raises ``ValueError`` saying what to fix."""
     where = f"recipes ({source})"
@@ -303,6 +324,12 @@ def parse_recipes(data: Mapping[str, Any], source: str) -> RecipeBook:
                 f"{where}: recipe {recipe.name!r} continues with {nxt!r}, "
                 "which cannot take a first frame"
             )
+        if recipes[nxt].fps != recipe.fps:
+            raise ValueError(
+                f"{where}: recipe {recipe.name!r} ({recipe.fps} fps) continues with {nxt!r} "
+                f"({recipes[nxt].fps} fps); a clip and its continuation need one frame rate"
+            )
+    _check_shared(recipes, where)
     device = str(data.get("device", "auto"))
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"{where}: device must be auto, cpu, cuda or cuda:N")
