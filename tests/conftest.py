@@ -6,6 +6,7 @@ each test session gets a fresh database there, dropped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -188,15 +189,22 @@ def make_live_server(tmp_path: Path, *args: str, **env: str) -> LiveServer:
     return server
 
 
-@pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[LiveServer]:
-    """``omniflash serve`` with 2 workers and the preview engine, and a key with 100 credits."""
-    server = make_live_server(tmp_path, "--workers", "2")
+@contextlib.contextmanager
+def running_server(tmp_path: Path, *args: str, **env: str) -> Iterator[LiveServer]:
+    """``make_live_server``'s server, started, and stopped on exit."""
+    server = make_live_server(tmp_path, *args, **env)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """``omniflash serve`` with 2 workers and the preview engine, and a key with 100 credits."""
+    with running_server(tmp_path, "--workers", "2") as server:
+        yield server
 
 
 def wait_for_task(

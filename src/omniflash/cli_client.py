@@ -242,7 +242,7 @@ def tasks() -> None:
 @tasks.command("list")
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
 @click.option("--after", default=None, metavar="TASK_ID", help="Start after this task.")
-@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the tasks as a JSON array.")
 @connection_options
 def tasks_list(
     limit: int, after: str | None, as_json: bool, server: str, api_key: str | None
@@ -273,7 +273,7 @@ def tasks_list(
     default=None,
     help="Save the video here (a completed task).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the task's data as JSON.")
 @connection_options
 def tasks_get(
     task_id: str, output: Path | None, as_json: bool, server: str, api_key: str | None

@@ -6,13 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.client.stubs import ImageHost, running_server
+from tests.client.stubs import ImageHost, preview_server
 from tests.conftest import LiveServer
 
 
 @pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with running_server(tmp_path_factory.mktemp("cli")) as live:
+    with preview_server(tmp_path_factory.mktemp("cli")) as live:
         yield live
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.client.stubs import ImageHost, ScriptedServer, running_server
+from tests.client.stubs import ImageHost, ScriptedServer, preview_server
 from tests.conftest import LiveServer
 
 
@@ -14,7 +14,7 @@ from tests.conftest import LiveServer
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One ``omniflash serve`` (preview engine) shared by the SDK tests: starting one is
     the slowest step, and each test that counts tasks uses a key of its own."""
-    with running_server(tmp_path_factory.mktemp("sdk")) as live:
+    with preview_server(tmp_path_factory.mktemp("sdk")) as live:
         yield live
 
 

@@ -5,7 +5,7 @@
   on demand (5xx, a dropped connection, a 409 while a key is in flight).
 - ``ImageHost`` serves a PNG to the live server's workers, at once or held back until
   released, so that a task stays ``processing`` for as long as a test needs.
-- ``running_server`` starts a real ``omniflash serve`` for a group of tests.
+- ``preview_server`` starts a real ``omniflash serve`` for a group of tests.
 """
 
 from __future__ import annotations
@@ -15,25 +15,18 @@ import dataclasses
 import io
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from tests.conftest import LiveServer, make_live_server
+from tests.conftest import LiveServer, running_server
 
 
-@contextlib.contextmanager
-def running_server(tmp_path: Path) -> Iterator[LiveServer]:
+def preview_server(tmp_path: Path) -> contextlib.AbstractContextManager[LiveServer]:
     """``omniflash serve`` with 2 workers and the preview engine, stopped on exit."""
-    server = make_live_server(tmp_path, "--workers", "2")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return running_server(tmp_path, "--workers", "2")
 
 
 def png_bytes(width: int = 96, height: int = 64) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.client.stubs import ImageHost, running_server
+from tests.client.stubs import ImageHost, preview_server
 from tests.conftest import LiveServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,7 +44,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with running_server(tmp_path_factory.mktemp("playground")) as live:
+    with preview_server(tmp_path_factory.mktemp("playground")) as live:
         yield live
 
 

@@ -72,6 +72,13 @@ class GenerationResult:
 
 @runtime_checkable
 class Engine(Protocol):
+    """What a worker's engine process runs.
+
+    An engine may also set ``cancel_grace_s``: how long its worker waits for a cancel to
+    be honoured before it kills the process (10 s when unset).  An engine that raises
+    ``EngineBroken`` fails the task and its process exits, to be started afresh.
+    """
+
     name: str
 
     def load(self) -> None:

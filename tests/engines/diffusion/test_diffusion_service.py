@@ -15,7 +15,7 @@ import httpx
 import numpy
 import pytest
 
-from tests.conftest import LiveServer, make_live_server, wait_for_task
+from tests.conftest import LiveServer, running_server, wait_for_task
 from tests.engines.diffusion.tiny_inputs import Decoded, data_uri, solid
 from tests.engines.diffusion.tiny_models import recipes_toml
 
@@ -32,19 +32,15 @@ def server(
     root = tmp_path_factory.mktemp("diffusers-server")
     recipes = root / "recipes.toml"
     recipes.write_text(recipes_toml(dict(tiny_models, **{"wan-vace": root / "missing-vace"})))
-    live = make_live_server(
+    with running_server(
         root,
         "--engine",
         "diffusers",
         OMNIFLASH_RECIPES=str(recipes),
         # A shared 2-core machine: one steady thread beats threads spinning against others.
         OMP_NUM_THREADS="1",
-    )
-    live.start()
-    try:
+    ) as live:
         yield live
-    finally:
-        live.stop()
 
 
 def submit(server: LiveServer, **fields: Any) -> str:

@@ -12,11 +12,15 @@ import string
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LTX_SIZE", "WAN_SIZE", "build_all", "recipes_toml"]
+__all__ = ["LTX_SIZE", "TINY_T5", "WAN_SIZE", "build_all", "recipes_toml"]
 
 # Wan needs sides in multiples of 16 and 4k+1 frames; LTX multiples of 32 and 8k+1.
 WAN_SIZE = (64, 48)
 LTX_SIZE = (64, 32)
+# The text encoders of both families: a T5 of 2 layers of width 32.
+TINY_T5: dict[str, Any] = dict(
+    d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8
+)
 
 
 def _lib(name: str) -> Any:
@@ -70,15 +74,7 @@ def _wan_components(
     diffusers, transformers = _lib("diffusers"), _lib("transformers")
     torch.manual_seed(0)
     text_encoder = transformers.UMT5EncoderModel(
-        transformers.UMT5Config(
-            vocab_size=len(tok),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-        )
+        transformers.UMT5Config(vocab_size=len(tok), **TINY_T5)
     ).eval()
     vae = _wan_vae(latent)
     kwargs: dict[str, Any] = dict(
@@ -143,15 +139,7 @@ def _ltx_components(tok: Any) -> dict[str, Any]:
         patch_size_t=1,
     ).eval()
     text_encoder = transformers.T5EncoderModel(
-        transformers.T5Config(
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            vocab_size=len(tok),
-        )
+        transformers.T5Config(vocab_size=len(tok), **TINY_T5)
     ).eval()
     return {
         "tokenizer": tok,
