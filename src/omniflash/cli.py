@@ -76,10 +76,11 @@ def serve(
             # Each worker holds its own copy of the models: one per GPU, not two on one.
             settings = dataclasses.replace(settings, workers=1)
     store = Store(settings.database_url)
-    if store.keys.count_active() == 0:
-        key, _info = store.keys.create(
-            "default", to_millicredits(100), settings.default_rpm, settings.default_max_concurrent
-        )
+    first = store.keys.create_first(
+        "default", to_millicredits(100), settings.default_rpm, settings.default_max_concurrent
+    )
+    if first is not None:
+        key, _info = first
         click.echo("No API keys yet; created one with 100 credits. It is shown only once:")
         click.echo(f"  {key}")
     app = create_app(settings, store=store)

@@ -99,18 +99,25 @@ class GenerationSpec:
         """Seconds charged at submit: a reference video is held at the maximum length."""
         return self.duration if self.duration is not None else VIDEO_SECONDS_RANGE[1]
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["mode"] = self.mode.value
         data["image_urls"] = list(self.image_urls)
-        return json.dumps(data, separators=(",", ":"))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationSpec:
+        fields = dict(data)
+        fields["mode"] = Mode(fields["mode"])
+        fields["image_urls"] = tuple(fields["image_urls"])
+        return cls(**fields)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> GenerationSpec:
-        data = json.loads(text)
-        data["mode"] = Mode(data["mode"])
-        data["image_urls"] = tuple(data["image_urls"])
-        return cls(**data)
+        return cls.from_dict(json.loads(text))
 
     def with_duration(self, seconds: int) -> GenerationSpec:
         return dataclasses.replace(self, duration=seconds)

@@ -7,7 +7,7 @@ import secrets
 import threading
 import time
 
-__all__ = ["hash_key", "new_api_key", "new_task_id", "ulid"]
+__all__ = ["hash_key", "new_api_key", "new_task_id", "new_worker_token", "ulid"]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -38,6 +38,11 @@ def new_task_id(now: float | None = None) -> str:
 
 def new_api_key() -> str:
     return "of_" + secrets.token_urlsafe(32)
+
+
+def new_worker_token() -> str:
+    # Another prefix than API keys', so a token pasted in the wrong place is recognisable.
+    return "ofw_" + secrets.token_urlsafe(32)
 
 
 def hash_key(key: str) -> str:

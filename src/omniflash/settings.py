@@ -11,7 +11,6 @@ is called by the entry point, and tests build their own::
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -42,6 +41,12 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "recipes_path": "OMNIFLASH_RECIPES",
     "x264_preset": "OMNIFLASH_X264_PRESET",
     "secret_override": "OMNIFLASH_SECRET",
+    "storage_url": "OMNIFLASH_STORAGE_URL",
+    "s3_endpoint_url": "OMNIFLASH_S3_ENDPOINT_URL",
+    "presign_results": "OMNIFLASH_PRESIGN_RESULTS",
+    "server_url": "OMNIFLASH_SERVER",
+    "worker_token": "OMNIFLASH_WORKER_TOKEN",
+    "claim_wait_s": "OMNIFLASH_CLAIM_WAIT",
 }
 PRICE_VARS: Final[Mapping[str, str]] = {
     "720p": "OMNIFLASH_PRICE_720P",
@@ -86,6 +91,18 @@ class Settings:
     x264_preset: str = "veryfast"
     secret_override: str | None = None
     pricing: Pricing = dataclasses.field(default_factory=Pricing)
+    storage_url: str | None = None
+    """``s3://BUCKET/PREFIX`` for an S3-compatible bucket; by default the data dir's ``blobs``."""
+    s3_endpoint_url: str | None = None
+    """The S3 API's URL for non-AWS buckets (MinIO, R2, Ceph RGW…)."""
+    presign_results: bool = False
+    """Result URLs as presigned bucket URLs (S3 only) instead of the API's signed URLs."""
+    server_url: str | None = None
+    """A remote worker's API server (``omniflash worker --server``)."""
+    worker_token: str | None = None
+    """A remote worker's token (``omniflash workers create``)."""
+    claim_wait_s: float = 20.0
+    """How long a remote worker's claim long-polls before it asks again."""
     worker_index: int = 0
     """Which of the server's workers an engine process serves (it picks a GPU by it)."""
 
@@ -132,19 +149,3 @@ class Settings:
     @property
     def scratch_dir(self) -> Path:
         return self.data_dir / "scratch"
-
-    def secret(self) -> bytes:
-        """The key that signs result URLs: ``OMNIFLASH_SECRET``, else a file in the data dir."""
-        if self.secret_override:
-            return self.secret_override.encode()
-        path = self.data_dir / "secret.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
-            try:
-                tmp.rename(path) if not path.exists() else tmp.unlink()
-            except FileExistsError:
-                tmp.unlink()
-        return path.read_text().strip().encode()

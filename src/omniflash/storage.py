@@ -17,20 +17,48 @@ import hashlib
 import hmac
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
-__all__ = ["LocalStorage", "Storage", "UrlSigner"]
+__all__ = ["LocalStorage", "Storage", "UrlSigner", "create_storage"]
+
+if TYPE_CHECKING:
+    from omniflash.settings import Settings
+
+CHUNK = 1024 * 1024
 
 
 class Storage(Protocol):
-    def put(self, key: str, source: Path) -> None:
-        """Store ``source`` under ``key`` (moving it when possible); atomic for readers."""
+    """Where blobs live: result videos (``results/…``) and task inputs (``inputs/…``).
 
-    def open(self, key: str) -> Path:
-        """A local path to read the blob from; ``FileNotFoundError`` when absent."""
+    Keys are relative, ``/``-separated paths.  Every method is safe to call from several
+    threads and processes at once; a reader never sees a half-written blob.
+    """
+
+    def put(self, key: str, source: Path) -> None:
+        """Store the file ``source`` under ``key`` (moving it when possible)."""
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` under ``key``."""
+
+    def download(self, key: str, dest: Path) -> None:
+        """Copy the blob to the local file ``dest``; ``FileNotFoundError`` when absent."""
+
+    def size(self, key: str) -> int:
+        """The blob's size in bytes; ``FileNotFoundError`` when absent."""
+
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The bytes ``start`` to ``end`` (inclusive; ``None``: to the end), in chunks."""
+
+    def local_path(self, key: str) -> Path | None:
+        """A local file holding the blob, when the backend has one (lets a server sendfile)."""
+
+    def presigned_url(self, key: str, expires_at: int, *, method: str = "GET") -> str | None:
+        """A URL that reads (``GET``) or writes (``PUT``) the blob without credentials until
+        ``expires_at``; ``None`` when the backend has no such URLs (a local directory)."""
 
     def delete(self, key: str) -> None:
         """Remove the blob; absent blobs are fine."""
@@ -54,7 +82,7 @@ class LocalStorage:
     def put(self, key: str, source: Path) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
+        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
             os.replace(source, tmp)
         except OSError:
@@ -63,7 +91,41 @@ class LocalStorage:
             os.fsync(handle.fileno())
         os.replace(tmp, dest)
 
-    def open(self, key: str) -> Path:
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+
+    def download(self, key: str, dest: Path) -> None:
+        shutil.copyfile(self._existing(key), dest)
+
+    def size(self, key: str) -> int:
+        return self._existing(key).stat().st_size
+
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        path = self._existing(key)
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            left = None if end is None else end - start + 1
+            while left is None or left > 0:
+                chunk = handle.read(CHUNK if left is None else min(CHUNK, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def presigned_url(self, key: str, expires_at: int, *, method: str = "GET") -> str | None:
+        return None
+
+    def _existing(self, key: str) -> Path:
         path = self._path(key)
         if not path.is_file():
             raise FileNotFoundError(key)
@@ -100,3 +162,10 @@ class UrlSigner:
         if now > expires_at:
             return False
         return hmac.compare_digest(self.signature(key, expires_at), sig)
+
+
+def create_storage(settings: Settings) -> Storage:
+    """The storage ``settings.storage_url`` names: the data dir's ``blobs`` by default."""
+    if settings.storage_url:
+        raise ValueError(f"unsupported storage URL {settings.storage_url!r}")
+    return LocalStorage(settings.blobs_dir)

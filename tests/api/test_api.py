@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import base64
+import io
 import re
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from omniflash.api.app import create_app
 from omniflash.settings import Settings
@@ -45,6 +46,13 @@ def api(tmp_path: Path) -> Iterator[Api]:
     store = Store(settings.database_url)
     with TestClient(create_app(settings, store=store, start_workers=False)) as client:
         yield Api(client, store, settings)
+
+
+@pytest.fixture
+def png_data_uri() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def assert_error(response: Any, status: int, type_: str) -> str:
@@ -169,18 +177,52 @@ def test_idempotency_key(api: Api) -> None:
     assert_error(other, 422, "idempotency_error")
 
 
-def test_idempotency_key_while_the_first_request_runs(api: Api) -> None:
+def test_concurrent_requests_with_one_idempotency_key_make_one_task(api: Api) -> None:
     body = {"model": "Omni-Flash-Ext", "prompt": "a cat", "duration": 4}
-    # The first request with this key has reserved it and not yet made its task.
-    body_hash = hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
-    assert api.store.idempotency.reserve(api.info.id, "busy", body_hash) is None
-    headers = {**api.headers(), "Idempotency-Key": "busy"}
-    second = api.client.post("/v1/videos/generations", json=body, headers=headers)
-    assert_error(second, 409, "conflict_error")
-    assert "still being handled" in second.json()["error"]["message"]
-    assert api.store.keys.get(api.info.id).balance == 10_000, "nothing charged"
+    headers = {**api.headers(), "Idempotency-Key": "same"}
+    answers: list[Any] = []
+
+    def post() -> None:
+        answers.append(api.client.post("/v1/videos/generations", json=body, headers=headers))
+
+    threads = [threading.Thread(target=post) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in answers] == [200] * 6
+    assert len({r.json()["data"][0]["task_id"] for r in answers}) == 1
+    assert sum(r.headers.get("Idempotency-Replayed") == "true" for r in answers) == 5
+    assert api.store.keys.get(api.info.id).balance == 9000, "charged once"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model":"Omni-Flash-Ext","prompt":"a cat","duration":' + b"7" * 5000 + b"}",
+        b'{"model":"Omni-Flash-Ext","prompt":"a cat","seed":1' + b"0" * 5000 + b"}",
+        b'{"model":"Omni-Flash-Ext","prompt":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b'{"model":"Omni-Flash-Ext","prompt":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+    ids=["huge-duration", "huge-seed", "deep-prompt", "deeper-prompt", "deep-body"],
+)
+def test_malformed_bodies_are_invalid_requests(api: Api, raw: bytes) -> None:
+    headers = {**api.headers(), "Content-Type": "application/json"}
+    response = api.client.post("/v1/videos/generations", content=raw, headers=headers)
+    assert_error(response, 400, "invalid_request_error")
+    assert api.store.keys.get(api.info.id).balance == 10_000
+    assert api.submit().status_code == 200, "the server still answers"
+
+
+def test_inline_images_are_stored_as_blobs_not_in_the_task(api: Api, png_data_uri: str) -> None:
+    response = api.submit(image_urls=[png_data_uri])
+    task_id = response.json()["data"][0]["task_id"]
+    task = api.store.tasks.get(task_id)
+    (url,) = task.spec.image_urls
+    assert url.startswith("blob:inputs/") and len(task.spec.to_json()) < 1000
+    storage = api.client.app.state.services.storage  # type: ignore[attr-defined]
+    assert storage.exists(url.removeprefix("blob:"))
 
 
 def test_failed_submit_releases_idempotency_key(api: Api) -> None:
@@ -192,24 +234,25 @@ def test_failed_submit_releases_idempotency_key(api: Api) -> None:
     assert api.client.post("/v1/videos/generations", json=body, headers=headers).status_code == 200
 
 
-def _complete(api: Api, task_id: str, expires_at: float, content: bytes = b"mp4") -> str:
+def _complete(api: Api, task_id: str, ttl_s: float, content: bytes = b"mp4") -> str:
     claim = api.store.tasks.claim("test", 30)
     assert claim is not None and claim.task.id == task_id
     src = api.settings.data_dir / "src.mp4"
     src.write_bytes(content)
     api.client.app.state.services.storage.put(f"results/{task_id}.1.mp4", src)  # type: ignore[attr-defined]
-    api.store.tasks.complete(claim, result_key=f"results/{task_id}.1.mp4", expires_at=expires_at)
+    api.store.tasks.complete(
+        task_id, claim.epoch, result_key=f"results/{task_id}.1.mp4", ttl_s=ttl_s
+    )
     data: dict[str, Any] = api.get(f"/v1/tasks/{task_id}").json()["data"]
     return str(data["result"]["videos"][0]["url"][0])
 
 
 def test_signed_file_urls(api: Api) -> None:
     task_id = api.submit().json()["data"][0]["task_id"]
-    expires = time.time() + 3600
-    url = _complete(api, task_id, expires, b"video-bytes")
+    url = _complete(api, task_id, 3600, b"video-bytes")
     data = api.get(f"/v1/tasks/{task_id}").json()["data"]
     assert data["status"] == "completed" and data["progress"] == 100
-    assert data["result"]["videos"][0]["expires_at"] == int(expires)
+    assert 0 <= data["result"]["videos"][0]["expires_at"] - (data["completed"] + 3600) <= 1
     assert data["actual_time"] == data["completed"] - data["created"]
     path = url.split("testserver", 1)[1]
     download = api.client.get(path)  # no API key: the signature is the permission
@@ -223,7 +266,7 @@ def test_signed_file_urls(api: Api) -> None:
 
 def test_expired_url_is_refused(api: Api) -> None:
     task_id = api.submit().json()["data"][0]["task_id"]
-    url = _complete(api, task_id, time.time() - 1)
+    url = _complete(api, task_id, -1)
     assert_error(api.client.get(url.split("testserver", 1)[1]), 403, "permission_error")
 
 

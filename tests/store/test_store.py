@@ -17,7 +17,7 @@ from omniflash.errors import (
     RateLimited,
 )
 from omniflash.pricing import Pricing
-from omniflash.store import KeyInfo, Store, TaskStatus
+from omniflash.store import IdempotencyRequest, KeyInfo, Store, TaskStatus
 
 P = Pricing()
 
@@ -30,7 +30,11 @@ def spec(**fields: Any) -> Any:
 
 def submit(store: Store, key: KeyInfo, **fields: Any) -> Any:
     s = spec(**fields)
-    return store.tasks.submit(key, s, millicredits=P.hold(s), estimated_time=5, seed=7)
+    return store.tasks.submit(key, s, millicredits=P.hold(s), estimated_time=5, seed=7).task
+
+
+def held(claim: Any) -> tuple[str, int]:
+    return claim.task.id, claim.epoch
 
 
 def balanced(store: Store, key: KeyInfo) -> int:
@@ -65,7 +69,7 @@ def test_submit_charges_and_failure_refunds(store: Store) -> None:
     assert balanced(store, key) == 1000
     claim = store.tasks.claim("w1", 30)
     assert claim is not None and claim.task.id == task.id
-    assert store.tasks.fail(claim, "boom", retry=False, max_attempts=3)
+    assert store.tasks.fail(*held(claim), "boom", retry=False, max_attempts=3)
     done = store.tasks.get(task.id, key.id)
     assert (done.status, done.credits, done.error, done.progress) == (
         TaskStatus.FAILED,
@@ -111,13 +115,13 @@ def test_claim_lease_heartbeat_complete_and_settle(store: Store) -> None:
     assert task.credits == P.millicredits("720p", 10)
     claim = store.tasks.claim("w1", 30)
     assert claim is not None
-    assert store.tasks.heartbeat(claim, progress=40, lease_s=30)
-    assert store.tasks.heartbeat(claim, progress=20, lease_s=30)  # progress never goes back
+    assert store.tasks.heartbeat(*held(claim), progress=40, lease_s=30)
+    assert store.tasks.heartbeat(*held(claim), progress=20, lease_s=30)  # progress never goes back
     assert store.tasks.get(task.id).progress == 40
     ok = store.tasks.complete(
-        claim,
+        *held(claim),
         result_key="r.mp4",
-        expires_at=time.time() + 60,
+        ttl_s=60,
         final_millicredits=P.millicredits("720p", 6),
     )
     assert ok
@@ -134,10 +138,11 @@ def test_stale_epoch_cannot_finish(store: Store) -> None:
     assert store.tasks.reap(max_attempts=3, now=200.0) == 1
     second = store.tasks.claim("w2", 30)
     assert second is not None and second.epoch == first.epoch + 1
-    assert not store.tasks.heartbeat(first, progress=50, lease_s=30)
-    assert not store.tasks.complete(first, result_key="old.mp4", expires_at=1e12)
-    assert not store.tasks.fail(first, "late", retry=False, max_attempts=3)
-    assert store.tasks.complete(second, result_key="new.mp4", expires_at=1e12)
+    assert not store.tasks.heartbeat(*held(first), progress=50, lease_s=30)
+    assert not store.tasks.complete(*held(first), result_key="old.mp4", ttl_s=60)
+    assert not store.tasks.fail(*held(first), "late", retry=False, max_attempts=3)
+    assert not store.tasks.release(*held(first))
+    assert store.tasks.complete(*held(second), result_key="new.mp4", ttl_s=60)
     assert store.tasks.get(task.id).result_key == "new.mp4"
 
 
@@ -159,7 +164,7 @@ def test_retryable_failure_requeues(store: Store) -> None:
     task = submit(store, key)
     claim = store.tasks.claim("w1", 30)
     assert claim is not None
-    store.tasks.fail(claim, "crash", retry=True, max_attempts=3)
+    store.tasks.fail(*held(claim), "crash", retry=True, max_attempts=3)
     assert store.tasks.get(task.id).status is TaskStatus.PENDING
     assert balanced(store, key) == 9000
 
@@ -175,7 +180,7 @@ def test_cancel(store: Store) -> None:
         store.tasks.cancel(running.id, other.id)
     cancelled = store.tasks.cancel(pending.id, key.id)
     assert (cancelled.status, cancelled.credits) == (TaskStatus.CANCELLED, 0)
-    assert not store.tasks.heartbeat(claim, progress=10, lease_s=30)
+    assert not store.tasks.heartbeat(*held(claim), progress=10, lease_s=30)
     assert store.tasks.cancel(running.id, key.id).status is TaskStatus.CANCELLED
     with pytest.raises(Conflict):
         store.tasks.cancel(running.id, key.id)
@@ -232,30 +237,59 @@ def test_concurrent_submits_respect_balance(store: Store) -> None:
     assert balanced(store, key) == 0
 
 
-def test_idempotency(store: Store) -> None:
+def idem_submit(store: Store, key: KeyInfo, idem: str, body_hash: str, **kw: Any) -> Any:
+    s = spec()
+    return store.tasks.submit(
+        key,
+        s,
+        millicredits=P.hold(s),
+        estimated_time=5,
+        seed=7,
+        idempotency_key=IdempotencyRequest(idem, body_hash),
+        **kw,
+    )
+
+
+def test_idempotency_replays_in_the_submit_transaction(store: Store) -> None:
     _, key = store.keys.create("k", 10_000, 60, 4)
-    assert store.idempotency.reserve(key.id, "a", "h1") is None
-    with pytest.raises(Conflict):
-        store.idempotency.reserve(key.id, "a", "h1")
+    first = idem_submit(store, key, "a", "h1")
+    assert not first.replayed
+    again = idem_submit(store, key, "a", "h1")
+    assert again.replayed and again.task.id == first.task.id
     with pytest.raises(IdempotencyMismatch):
-        store.idempotency.reserve(key.id, "a", "h2")
-    store.idempotency.attach(key.id, "a", "task_X")
-    assert store.idempotency.reserve(key.id, "a", "h1") == "task_X"
-    assert store.idempotency.reserve(key.id, "a", "h1", now=time.time() + 25 * 3600) is None
-    assert store.idempotency.reserve(key.id, "b", "h1") is None
-    store.idempotency.release(key.id, "b")
-    assert store.idempotency.reserve(key.id, "b", "h2") is None
+        idem_submit(store, key, "a", "h2")
+    assert balanced(store, key) == 9000  # one charge
+    # After 24 h the key is free again: a new task.
+    later = idem_submit(store, key, "a", "h1", now=time.time() + 25 * 3600)
+    assert not later.replayed and later.task.id != first.task.id
 
 
-def test_expired_results(store: Store) -> None:
+def test_a_failed_submit_leaves_its_idempotency_key_unused(store: Store) -> None:
+    _, key = store.keys.create("k", 500, 60, 4)  # less than one 1-credit task
+    with pytest.raises(PaymentRequired):
+        idem_submit(store, key, "b", "h1")
+    store.keys.topup(key.prefix, 1000)
+    assert not idem_submit(store, key, "b", "h2").replayed
+
+
+def test_expired_files(store: Store) -> None:
     _, key = store.keys.create("k", 10_000, 60, 4)
-    task = submit(store, key)
+    done = submit(store, key)
+    failed = submit(store, key)
+    running = submit(store, key)
     claim = store.tasks.claim("w", 30)
     assert claim is not None
-    store.tasks.complete(claim, result_key="r.mp4", expires_at=time.time() - 1)
-    assert [t.id for t in store.tasks.expired_results()] == [task.id]
-    store.tasks.mark_result_deleted(task.id)
-    assert store.tasks.expired_results() == []
+    store.tasks.complete(*held(claim), result_key="r.mp4", ttl_s=-1)
+    claim = store.tasks.claim("w", 30)
+    assert claim is not None
+    store.tasks.fail(*held(claim), "x", retry=False, max_attempts=1)
+    assert store.tasks.claim("w", 30) is not None
+    # A completed task's files go with its result URL; a failed one's a TTL after it ended.
+    assert [t.id for t in store.tasks.expired(ttl_s=3600)] == [done.id]
+    assert {t.id for t in store.tasks.expired(ttl_s=-1)} == {done.id, failed.id}
+    assert running.id not in {t.id for t in store.tasks.expired(ttl_s=-1)}
+    store.tasks.mark_result_deleted(done.id)
+    assert [t.id for t in store.tasks.expired(ttl_s=-1)] == [failed.id]
 
 
 def test_migrations_are_idempotent(store: Store) -> None:
@@ -274,7 +308,8 @@ def test_postgres_notifies_workers_of_new_tasks(postgres_url: str) -> None:
     )
     listener.start()
     try:
-        time.sleep(0.5)  # let LISTEN run first
+        assert woken.wait(5.0)  # one look as soon as it listens
+        woken.clear()
         _, key = store.keys.create("n", 10_000, 60, 4)
         submit(store, key)
         assert woken.wait(5.0)

@@ -17,14 +17,16 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omniflash import __version__
+from omniflash.api import files
 from omniflash.api.deps import Services
 from omniflash.api.routes import router
 from omniflash.engines import create_engine
 from omniflash.errors import InvalidRequest, NotFound, OmniflashError, RateLimited
 from omniflash.settings import Settings
-from omniflash.storage import LocalStorage, Storage, UrlSigner
+from omniflash.storage import Storage, UrlSigner, create_storage
 from omniflash.store import Store
-from omniflash.worker import WorkerPool
+from omniflash.worker import Listener, Maintenance, StoreTaskSource, WorkerPool
+from omniflash.worker.wake import Waker
 
 __all__ = ["create_app", "error_response"]
 
@@ -53,8 +55,18 @@ def create_app(
     start_workers: bool = True,
 ) -> FastAPI:
     store = store or Store(settings.database_url)
-    storage = storage or LocalStorage(settings.blobs_dir)
-    pool = WorkerPool(settings, store, storage) if start_workers and settings.workers > 0 else None
+    storage = storage or create_storage(settings)
+    waker = Waker()
+    pool = None
+    if start_workers and settings.workers > 0:
+        pool = WorkerPool(settings, StoreTaskSource(settings, store, storage, waker))
+    # Every replica reaps and sweeps (safe in parallel), and listens for tasks queued
+    # elsewhere: its own workers and the remote workers long-polling it wait on ``waker``.
+    background: list[Maintenance | Listener] = []
+    if start_workers:
+        background.append(Maintenance(settings, store, storage, waker))
+    if not store.db.is_sqlite:
+        background.append(Listener(store, waker))
     try:
         estimator = create_engine(settings.engine, settings)
     except Exception as exc:  # the workers report the real problem; estimates just fall back
@@ -64,13 +76,20 @@ def create_app(
         settings=settings,
         store=store,
         storage=storage,
-        signer=UrlSigner(settings.secret()),
+        signer=UrlSigner(
+            settings.secret_override.encode()
+            if settings.secret_override
+            else store.meta.url_secret()
+        ),
         pool=pool,
         estimator=estimator,
+        waker=waker,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        for thread in background:
+            thread.start()
         if pool is not None:
             pool.start()
         try:
@@ -78,6 +97,8 @@ def create_app(
         finally:
             if pool is not None:
                 pool.close()
+            for thread in background:
+                thread.close()
 
     app = FastAPI(
         title="omniflash",
@@ -87,6 +108,7 @@ def create_app(
     )
     app.state.services = services
     app.include_router(router)
+    app.include_router(files.router)
 
     @app.exception_handler(OmniflashError)
     async def _omniflash_error(_request: Request, exc: OmniflashError) -> JSONResponse:
@@ -113,10 +135,22 @@ def create_app(
         return error_response(OmniflashError())
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, object]:
-        pending = store.tasks.pending_count()
-        alive = sum(w.is_alive() for w in pool.workers) if pool is not None else 0
-        return {"status": "ok", "engine": settings.engine, "workers": alive, "pending": pending}
+    def healthz() -> JSONResponse:
+        """200 when the database answers and every in-process worker is alive; else 503."""
+        expected = len(pool.workers) if pool is not None else 0
+        alive = pool.alive() if pool is not None else 0
+        body: dict[str, object] = {"engine": settings.engine, "workers": alive}
+        problems = []
+        try:
+            body["pending"] = store.tasks.pending_count()
+        except Exception as exc:  # any database failure makes this replica unhealthy
+            problems.append(f"database: {type(exc).__name__}")
+        if alive < expected:
+            problems.append(f"{expected - alive} of {expected} workers stopped")
+        body["status"] = "degraded" if problems else "ok"
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=503 if problems else 200)
 
     @app.get("/", include_in_schema=False)
     def playground() -> Response:

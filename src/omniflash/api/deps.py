@@ -13,6 +13,7 @@ from omniflash.settings import Settings
 from omniflash.storage import Storage, UrlSigner
 from omniflash.store import KeyInfo, Store
 from omniflash.worker import WorkerPool
+from omniflash.worker.wake import Waker
 
 __all__ = ["Caller", "Services", "authenticate", "get_services"]
 
@@ -25,6 +26,7 @@ class Services:
     signer: UrlSigner
     pool: WorkerPool | None
     estimator: Engine | None
+    waker: Waker
 
     def base_url(self, request: Request) -> str:
         return self.settings.public_url or str(request.base_url)

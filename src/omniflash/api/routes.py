@@ -1,23 +1,24 @@
-"""The Omni-Flash-Ext routes: submit, get, list, cancel, and signed file downloads."""
+"""The Omni-Flash-Ext routes: submit, get, list, cancel, account."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import secrets
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from omniflash.api.deps import Caller, Services, ServicesDep
 from omniflash.api.presenters import task_public
 from omniflash.contract import MAX_SEED, parse_generation_request
-from omniflash.errors import Forbidden, InvalidRequest, NotFound
+from omniflash.errors import InvalidRequest
+from omniflash.ids import ulid
+from omniflash.media.inputs import store_inline_inputs
 from omniflash.pricing import credits
-from omniflash.store import KeyInfo, TaskRow
+from omniflash.store import IdempotencyRequest, KeyInfo, TaskRow
 
 __all__ = ["router"]
 
@@ -39,7 +40,13 @@ async def _read_json(request: Request, limit: int) -> Any:
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("The request body is not valid JSON: it is not UTF-8") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("The request body is not valid JSON: it is nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer of thousands of digits
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
 
 
@@ -61,37 +68,44 @@ async def submit(request: Request, key: Caller, services: ServicesDep) -> JSONRe
 
 
 def _submit(body: Any, idem_key: str | None, key: KeyInfo, services: Services) -> JSONResponse:
-    spec = parse_generation_request(body)
-    if idem_key is not None:
-        idem_key = idem_key.strip()
-        if not idem_key or len(idem_key) > IDEMPOTENCY_KEY_MAX:
-            raise InvalidRequest(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
-        body_hash = hashlib.sha256(
-            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()
-        replay = services.store.idempotency.reserve(key.id, idem_key, body_hash)
-        if replay is not None:
-            return _submitted(replay, replayed=True)
+    try:
+        spec = parse_generation_request(body)
+        idempotency = None
+        if idem_key is not None:
+            idem_key = idem_key.strip()
+            if not idem_key or len(idem_key) > IDEMPOTENCY_KEY_MAX:
+                raise InvalidRequest(
+                    f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters"
+                )
+            body_hash = hashlib.sha256(
+                json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+            ).hexdigest()
+            idempotency = IdempotencyRequest(idem_key, body_hash)
+    except RecursionError as exc:
+        raise InvalidRequest("The request body is nested too deeply") from exc
     estimate = 60
     if services.estimator is not None:
         estimate = max(1, round(services.estimator.estimate_seconds(spec)))
+    # Inline images go to blob storage before the transaction, under a name of their own;
+    # they are deleted again if the submit does not make a task of them.
+    spec, written = store_inline_inputs(spec, services.storage, f"inputs/{ulid()}")
+    submitted = None
     try:
-        task = services.store.tasks.submit(
+        submitted = services.store.tasks.submit(
             key,
             spec,
             millicredits=services.settings.pricing.hold(spec),
             estimated_time=estimate,
             seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED + 1),
+            idempotency_key=idempotency,
         )
-    except BaseException:
-        if idem_key is not None:
-            services.store.idempotency.release(key.id, idem_key)
-        raise
-    if idem_key is not None:
-        services.store.idempotency.attach(key.id, idem_key, task.id)
-    if services.pool is not None:
-        services.pool.notify()
-    return _submitted(task.id)
+    finally:
+        if written and (submitted is None or submitted.replayed):
+            for blob in written:
+                services.storage.delete(blob)
+    if not submitted.replayed:
+        services.waker.notify()
+    return _submitted(submitted.task.id, replayed=submitted.replayed)
 
 
 def _one_task(task: TaskRow, request: Request, services: Services) -> dict[str, Any]:
@@ -151,22 +165,3 @@ def account(key: Caller, services: ServicesDep) -> dict[str, Any]:
             "max_concurrent": fresh.max_concurrent,
         },
     }
-
-
-@router.get("/v1/files/{blob_key:path}", summary="Download a result by its signed URL")
-def download(blob_key: str, services: ServicesDep, expires: int = 0, sig: str = "") -> FileResponse:
-    """No API key needed: the signature is the permission, until it expires."""
-    if not sig or not services.signer.verify(blob_key, expires, sig, now=time.time()):
-        raise Forbidden()
-    try:
-        path = services.storage.open(blob_key)
-    except (FileNotFoundError, ValueError) as exc:
-        raise NotFound("This result file no longer exists") from exc
-    max_age = max(0, int(expires - time.time()))
-    return FileResponse(
-        path,
-        media_type="video/mp4",
-        filename=blob_key.rsplit("/", 1)[-1].split(".", 1)[0] + ".mp4",
-        headers={"Cache-Control": f"private, max-age={max_age}"},
-        content_disposition_type="inline",
-    )

@@ -7,20 +7,76 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import math
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from omniflash.contract import VIDEO_SECONDS_RANGE, GenerationSpec
+from omniflash.errors import InputError
 from omniflash.media.decode import VideoClip, decode_image, probe_video
 from omniflash.media.fetch import FetchPolicy, fetch_bytes, fetch_to_file
 from omniflash.settings import Settings
 
-__all__ = ["VIDEO_LABEL", "clip_seconds", "fetch_inputs", "image_label"]
+if TYPE_CHECKING:
+    from omniflash.storage import Storage
+
+__all__ = [
+    "BLOB_SCHEME",
+    "VIDEO_LABEL",
+    "blob_inputs",
+    "clip_seconds",
+    "fetch_inputs",
+    "image_label",
+    "store_inline_inputs",
+]
 
 VIDEO_LABEL = "video_urls[0]"
+BLOB_SCHEME = "blob:"
+"""An input URL ``blob:inputs/…`` names a blob the server stored at submit."""
+
+
+def blob_inputs(spec: GenerationSpec) -> dict[str, str]:
+    """The inputs stored as blobs, by label: ``{"image_urls[0]": "inputs/…/0.png", …}``."""
+    found = {
+        image_label(i): url[len(BLOB_SCHEME) :]
+        for i, url in enumerate(spec.image_urls)
+        if url.startswith(BLOB_SCHEME)
+    }
+    if spec.video_url and spec.video_url.startswith(BLOB_SCHEME):
+        found[VIDEO_LABEL] = spec.video_url[len(BLOB_SCHEME) :]
+    return found
+
+
+def store_inline_inputs(
+    spec: GenerationSpec, storage: Storage, prefix: str
+) -> tuple[GenerationSpec, list[str]]:
+    """Move inline (``data:``) images into blob storage under ``prefix``.
+
+    Returns the spec with ``blob:`` references in their place, and the keys written, so
+    that a task row holds a few bytes per image instead of megabytes of base64.  The
+    contract has validated the URIs already.
+    """
+    urls: list[str] = []
+    written: list[str] = []
+    for index, url in enumerate(spec.image_urls):
+        if url[:5].lower() != "data:":
+            urls.append(url)
+            continue
+        header, _, payload = url.partition(",")
+        subtype = header[len("data:image/") :].split(";", 1)[0].lower() or "bin"
+        key = f"{prefix}/{index}.{''.join(c for c in subtype if c.isalnum())[:8] or 'bin'}"
+        storage.put_bytes(key, base64.b64decode(payload), f"image/{subtype}")
+        written.append(key)
+        urls.append(BLOB_SCHEME + key)
+    if not written:
+        return spec, []
+    return dataclasses.replace(spec, image_urls=tuple(urls)), written
 
 
 def image_label(index: int) -> str:
@@ -28,14 +84,19 @@ def image_label(index: int) -> str:
 
 
 def fetch_inputs(
-    spec: GenerationSpec, workdir: Path, settings: Settings
+    spec: GenerationSpec,
+    workdir: Path,
+    settings: Settings,
+    local: Mapping[str, Path] | None = None,
 ) -> tuple[list[Image.Image], VideoClip | None]:
     """Fetch every input at once, then decode them in order; the first failure (by input) wins.
 
     Images come back as RGB ``PIL`` images in ``spec.image_urls`` order; the video is
-    downloaded into ``workdir`` and probed.  Any failure is an ``InputError`` naming
-    its input, e.g. ``image_urls[1]: HTTP 404``.
+    downloaded into ``workdir`` and probed.  ``local`` maps labels of inputs already on
+    disk (blob inputs the worker downloaded) to their files.  Any failure is an
+    ``InputError`` naming its input, e.g. ``image_urls[1]: HTTP 404``.
     """
+    local = local or {}
     image_policy = FetchPolicy(
         allow_private=settings.allow_private_urls,
         timeout_s=settings.fetch_timeout_s,
@@ -51,11 +112,15 @@ def fetch_inputs(
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="omniflash-fetch")
     try:
         image_jobs = [
-            pool.submit(fetch_bytes, url, label=image_label(index), policy=image_policy)
+            pool.submit(_read_local, local[image_label(index)], image_label(index))
+            if image_label(index) in local
+            else pool.submit(fetch_bytes, url, label=image_label(index), policy=image_policy)
             for index, url in enumerate(spec.image_urls)
         ]
         video_job: Future[Path] | None = None
-        if spec.video_url:
+        if VIDEO_LABEL in local:
+            video_job = pool.submit(lambda: local[VIDEO_LABEL])
+        elif spec.video_url:
             video_job = pool.submit(
                 fetch_to_file,
                 spec.video_url,
@@ -81,6 +146,13 @@ def fetch_inputs(
         # After a failure, fetches still running end at their own deadline; don't wait for them.
         pool.shutdown(wait=False, cancel_futures=True)
     return images, clip
+
+
+def _read_local(path: Path, label: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{label}: the stored input could not be read") from exc
 
 
 def clip_seconds(clip: VideoClip) -> int:

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 from omniflash.store.db import Database
-from omniflash.store.idempotency import IdempotencyStore
 from omniflash.store.keys import KeyInfo, KeyStore
-from omniflash.store.tasks import Claim, TaskRow, TaskStatus, TaskStore
+from omniflash.store.meta import MetaStore
+from omniflash.store.tasks import (
+    Claim,
+    IdempotencyRequest,
+    Submission,
+    TaskRow,
+    TaskStatus,
+    TaskStore,
+)
+from omniflash.store.workers import WorkerInfo, WorkerStore
 
 __all__ = [
     "Claim",
     "Database",
-    "IdempotencyStore",
+    "IdempotencyRequest",
     "KeyInfo",
     "KeyStore",
+    "MetaStore",
     "Store",
+    "Submission",
     "TaskRow",
     "TaskStatus",
     "TaskStore",
+    "WorkerInfo",
+    "WorkerStore",
 ]
 
 
@@ -29,7 +41,8 @@ class Store:
             self.db.migrate()
         self.keys = KeyStore(self.db)
         self.tasks = TaskStore(self.db)
-        self.idempotency = IdempotencyStore(self.db)
+        self.meta = MetaStore(self.db)
+        self.workers = WorkerStore(self.db)
 
     def close(self) -> None:
         self.db.dispose()

@@ -20,6 +20,8 @@ from omniflash.store.schema import MIGRATIONS, schema_version
 
 __all__ = ["Database"]
 
+MIGRATION_LOCK = 0x6F6D6E69  # any constant no other application of the database uses
+
 
 class Database:
     def __init__(self, url: str) -> None:
@@ -74,13 +76,33 @@ class Database:
             return stmt
         return stmt.with_for_update(skip_locked=skip_locked)
 
+    def clock(self) -> sa.ColumnElement[float]:
+        """The database's time, in Unix seconds: the one clock every process of a fleet shares."""
+        if self.is_sqlite:
+            return sa.cast((sa.func.julianday("now") - 2440587.5) * 86400.0, sa.Float)
+        return sa.cast(sa.func.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+
+    def insert_ignore(self, table: sa.Table) -> sa.Insert:
+        """An INSERT that does nothing when the row's key exists (``ON CONFLICT DO NOTHING``)."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects import sqlite
+
+            return sqlite.insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table).on_conflict_do_nothing()
+
     def migrate(self) -> int:
-        """Apply pending migrations; returns the schema version."""
+        """Apply pending migrations in one transaction; returns the schema version.
+
+        Processes starting together on an empty database queue on one lock (an advisory
+        lock on PostgreSQL, taken before anything is created; SQLite's write lock), so
+        the first migrates and the others find the work done.
+        """
         with self.write() as conn:
-            schema_version.create(conn, checkfirst=True)
             if not self.is_sqlite:
-                # Two processes starting at once must not both run a migration.
-                conn.exec_driver_sql("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+            schema_version.create(conn, checkfirst=True)
             done = {row[0] for row in conn.execute(sa.select(schema_version.c.version))}
             for version, _name, apply in MIGRATIONS:
                 if version in done:
@@ -100,6 +122,8 @@ class Database:
             try:
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute(f'LISTEN "{channel}"')
+                    # Tasks queued while this was not listening: look once now.
+                    on_notify()
                     while not stop.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             on_notify()

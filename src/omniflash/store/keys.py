@@ -52,31 +52,54 @@ class KeyStore:
         self, name: str, millicredits: int, rpm: int, max_concurrent: int
     ) -> tuple[str, KeyInfo]:
         """Create a key; returns the plaintext (shown once) and its record."""
+        with self.db.write() as conn:
+            return self._create(conn, name, millicredits, rpm, max_concurrent)
+
+    def create_first(
+        self, name: str, millicredits: int, rpm: int, max_concurrent: int
+    ) -> tuple[str, KeyInfo] | None:
+        """Create a key only if there is no active one; ``None`` when there is.
+
+        Servers starting together on one database make one first key between them.
+        """
+        with self.db.write() as conn:
+            if not self.db.is_sqlite:
+                # Conflicts with itself and with inserts: the count below cannot go stale.
+                conn.exec_driver_sql("LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE")
+            active = conn.execute(
+                sa.select(sa.func.count()).where(api_keys.c.revoked_at.is_(None))
+            ).scalar_one()
+            if active:
+                return None
+            return self._create(conn, name, millicredits, rpm, max_concurrent)
+
+    def _create(
+        self, conn: sa.Connection, name: str, millicredits: int, rpm: int, max_concurrent: int
+    ) -> tuple[str, KeyInfo]:
         if millicredits < 0 or rpm < 1 or max_concurrent < 1:
             raise ValueError("credits must be >= 0, rpm and max_concurrent >= 1")
         key = new_api_key()
         now = time.time()
-        with self.db.write() as conn:
-            key_id = conn.execute(
-                api_keys.insert()
-                .values(
-                    prefix=key[:10],
-                    key_hash=hash_key(key),
-                    name=name,
-                    balance=millicredits,
-                    rpm=rpm,
-                    max_concurrent=max_concurrent,
-                    created_at=now,
+        key_id = conn.execute(
+            api_keys.insert()
+            .values(
+                prefix=key[:10],
+                key_hash=hash_key(key),
+                name=name,
+                balance=millicredits,
+                rpm=rpm,
+                max_concurrent=max_concurrent,
+                created_at=now,
+            )
+            .returning(api_keys.c.id)
+        ).scalar_one()
+        if millicredits:
+            conn.execute(
+                ledger.insert().values(
+                    key_id=key_id, delta=millicredits, reason="grant", created_at=now
                 )
-                .returning(api_keys.c.id)
-            ).scalar_one()
-            if millicredits:
-                conn.execute(
-                    ledger.insert().values(
-                        key_id=key_id, delta=millicredits, reason="grant", created_at=now
-                    )
-                )
-            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
+            )
+        row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
         return key, KeyInfo.from_row(row)
 
     def authenticate(self, key: str) -> KeyInfo | None:

@@ -1,7 +1,10 @@
 """Tables and versioned migrations.
 
 Every schema change is a new entry in ``MIGRATIONS``; ``Database.migrate()`` applies
-the ones a database has not seen, in order, each in its own transaction.
+the ones a database has not seen, in order, all in one transaction that holds the
+migration lock (an advisory lock on PostgreSQL, the write lock on SQLite), so that
+processes starting together on an empty database migrate it once, and a failed
+migration leaves the schema as it was.
 """
 
 from __future__ import annotations
@@ -10,7 +13,17 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-__all__ = ["MIGRATIONS", "api_keys", "idempotency", "ledger", "metadata", "rate_windows", "tasks"]
+__all__ = [
+    "MIGRATIONS",
+    "api_keys",
+    "idempotency",
+    "ledger",
+    "meta",
+    "metadata",
+    "rate_windows",
+    "tasks",
+    "worker_tokens",
+]
 
 metadata = sa.MetaData()
 
@@ -92,11 +105,40 @@ rate_windows = sa.Table(
 )
 
 
+worker_tokens = sa.Table(
+    "worker_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("last_seen_at", sa.Float, nullable=True),
+)
+
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+"""Values every process of a deployment shares, such as the URL-signing secret."""
+
+
 def _v1(conn: sa.Connection) -> None:
     for table in (api_keys, ledger, tasks, idempotency, rate_windows):
         table.create(conn)
 
 
+def _v2(conn: sa.Connection) -> None:
+    for table in (worker_tokens, meta):
+        table.create(conn)
+    # Claims look for the oldest pending task; reaps for expired leases.
+    conn.exec_driver_sql("CREATE INDEX ix_tasks_lease ON tasks (status, lease_expires_at)")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "keys, ledger, tasks, idempotency, rate windows", _v1),
+    (2, "worker tokens, shared meta values, lease index", _v2),
 ]

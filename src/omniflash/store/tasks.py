@@ -1,10 +1,19 @@
 """Tasks are the queue: submit (charge + insert), claim with a lease, heartbeat, finish, reap.
 
-A worker holds a task through a ``Claim`` (owner, epoch).  Every write a worker makes
-checks ``status = 'processing' AND lease_epoch = :epoch``, so a worker that paused past
-its lease (and whose task was handed to someone else, or cancelled) cannot overwrite
-the newer state.  Every way a task ends without a result refunds it in the same
-transaction.
+A worker holds a task through its lease epoch.  Every write on a worker's behalf
+(heartbeat, complete, fail, release) matches ``status = 'processing' AND lease_epoch =
+:epoch`` and checks the row count it got, so a worker that paused past its lease (and
+whose task was reaped, handed to someone else, or cancelled) changes nothing.  Every way
+a task ends without a result refunds it in the transaction that ends it, and that
+transaction moves the epoch on, so a task is refunded at most once.
+
+Locks, on PostgreSQL (SQLite's ``BEGIN IMMEDIATE`` serialises every writer anyway):
+a transaction that ends a task locks the task row first (``FOR UPDATE``, re-checking
+its status and epoch once it holds the lock), then touches the key row (refund, settle).
+A submit locks the key row and inserts a new task row.  No transaction locks a key row
+and then an existing task row, and no transaction refunds two keys, so the locks are
+always taken in the same order and two replicas can neither deadlock nor double-refund.
+Lease times come from the database's clock, never a process's own.
 """
 
 from __future__ import annotations
@@ -18,14 +27,24 @@ from typing import Any
 import sqlalchemy as sa
 
 from omniflash.contract import GenerationSpec
-from omniflash.errors import Conflict, NotFound, PaymentRequired, RateLimited
+from omniflash.errors import Conflict, IdempotencyMismatch, NotFound, PaymentRequired, RateLimited
 from omniflash.ids import new_task_id
 from omniflash.pricing import credits as to_credits
 from omniflash.store.db import Database
 from omniflash.store.keys import KeyInfo
-from omniflash.store.schema import api_keys, ledger, tasks
+from omniflash.store.schema import api_keys, idempotency, ledger, tasks
 
-__all__ = ["NOTIFY_CHANNEL", "Claim", "TaskRow", "TaskStatus", "TaskStore"]
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "Claim",
+    "IdempotencyRequest",
+    "Submission",
+    "TaskRow",
+    "TaskStatus",
+    "TaskStore",
+]
+
+IDEMPOTENCY_TTL_S = 24 * 3600
 
 
 class TaskStatus(enum.StrEnum):
@@ -47,6 +66,7 @@ class TaskStatus(enum.StrEnum):
 
 NOTIFY_CHANNEL = "omniflash_tasks"
 ACTIVE = (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value)
+TERMINAL = tuple(s.value for s in TaskStatus if s.terminal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +122,27 @@ class Claim:
     epoch: int
 
 
+@dataclasses.dataclass(frozen=True)
+class IdempotencyRequest:
+    """A submit's ``Idempotency-Key`` and the hash of its body."""
+
+    key: str
+    body_hash: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    task: TaskRow
+    replayed: bool
+    """True when an earlier submit with the same ``Idempotency-Key`` made ``task``."""
+
+
 class TaskStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    def _clock(self, now: float | None) -> sa.ColumnElement[float]:
+        return self.db.clock() if now is None else sa.literal(now, sa.Float)
 
     # -- the API side -------------------------------------------------------------------------
 
@@ -116,21 +154,30 @@ class TaskStore:
         millicredits: int,
         estimated_time: int,
         seed: int,
+        idempotency_key: IdempotencyRequest | None = None,
         now: float | None = None,
-    ) -> TaskRow:
+    ) -> Submission:
         """Charge the key and queue the task in one transaction.
 
-        Raises ``PaymentRequired`` (balance too small) or ``RateLimited`` (too many tasks in
-        flight); either way nothing is charged or stored.
+        With ``idempotency_key``, the same transaction records it, or finds the task an
+        earlier submit with the same key made and returns that (``replayed``), charging
+        nothing.  Raises ``PaymentRequired`` (balance too small), ``RateLimited`` (too
+        many tasks in flight) or ``IdempotencyMismatch`` (the key was used with another
+        body); then nothing is charged or stored.
         """
         now = time.time() if now is None else now
         task_id = new_task_id(now)
         with self.db.write() as conn:
-            # Locking the key row serialises one key's submits on PostgreSQL, so the
-            # in-flight count and the balance check below cannot race.
+            # The key row's lock serialises one key's submits: the in-flight count, the
+            # balance check and the idempotency lookup below cannot race.
             balance = conn.execute(
                 self.db.for_update(sa.select(api_keys.c.balance).where(api_keys.c.id == key.id))
             ).scalar_one()
+            if idempotency_key is not None:
+                replay = self._idempotent(conn, key.id, idempotency_key, task_id, now)
+                if replay is not None:
+                    row = conn.execute(sa.select(tasks).where(tasks.c.id == replay)).one()
+                    return Submission(TaskRow.from_row(row), replayed=True)
             in_flight = conn.execute(
                 sa.select(sa.func.count()).where(
                     tasks.c.key_id == key.id, tasks.c.status.in_(ACTIVE)
@@ -180,7 +227,40 @@ class TaskStore:
             )
             self._announce(conn)
             row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one()
-        return TaskRow.from_row(row)
+        return Submission(TaskRow.from_row(row), replayed=False)
+
+    def _idempotent(
+        self,
+        conn: sa.Connection,
+        key_id: int,
+        request: IdempotencyRequest,
+        task_id: str,
+        now: float,
+    ) -> str | None:
+        """The task to replay, or ``None`` after recording ``request`` for ``task_id``."""
+        where = sa.and_(idempotency.c.key_id == key_id, idempotency.c.idem_key == request.key)
+        row = conn.execute(sa.select(idempotency).where(where)).one_or_none()
+        if row is not None and row.created_at < now - IDEMPOTENCY_TTL_S:
+            conn.execute(idempotency.delete().where(where))
+            row = None
+        if row is None:
+            # Rolled back with the task if the submit fails, so the key can be used again.
+            conn.execute(
+                idempotency.insert().values(
+                    key_id=key_id,
+                    idem_key=request.key,
+                    body_hash=request.body_hash,
+                    task_id=task_id,
+                    created_at=now,
+                )
+            )
+            return None
+        if row.body_hash != request.body_hash:
+            raise IdempotencyMismatch(
+                "This Idempotency-Key was already used with a different request body; "
+                "use a new key for a new request"
+            )
+        return str(row.task_id)
 
     def get(self, task_id: str, key_id: int | None = None) -> TaskRow:
         """A task; with ``key_id``, only that key's (another key's task is simply not found)."""
@@ -228,7 +308,7 @@ class TaskStore:
 
     def claim(self, owner: str, lease_s: float, now: float | None = None) -> Claim | None:
         """Take the oldest pending task under a lease, or ``None`` when the queue is empty."""
-        now = time.time() if now is None else now
+        clock = self._clock(now)
         with self.db.write() as conn:
             task_id = conn.execute(
                 self.db.for_update(
@@ -241,42 +321,49 @@ class TaskStore:
             ).scalar_one_or_none()
             if task_id is None:
                 return None
-            conn.execute(
+            taken = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, tasks.c.status == TaskStatus.PENDING.value)
                 .values(
                     status=TaskStatus.PROCESSING.value,
                     lease_owner=owner,
-                    lease_expires_at=now + lease_s,
+                    lease_expires_at=clock + lease_s,
                     lease_epoch=tasks.c.lease_epoch + 1,
                     attempts=tasks.c.attempts + 1,
-                    started_at=sa.func.coalesce(tasks.c.started_at, now),
+                    started_at=sa.func.coalesce(tasks.c.started_at, clock),
                 )
-            )
+            ).rowcount
+            if taken != 1:  # the row is locked and pending: this cannot happen
+                raise RuntimeError(f"claim of {task_id} changed {taken} rows")
             row = TaskRow.from_row(
                 conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one()
             )
         return Claim(task=row, owner=owner, epoch=row.lease_epoch)
 
-    def _held(self, claim: Claim) -> sa.ColumnElement[bool]:
+    @staticmethod
+    def _held(task_id: str, epoch: int) -> sa.ColumnElement[bool]:
         return sa.and_(
-            tasks.c.id == claim.task.id,
+            tasks.c.id == task_id,
             tasks.c.status == TaskStatus.PROCESSING.value,
-            tasks.c.lease_epoch == claim.epoch,
+            tasks.c.lease_epoch == epoch,
         )
 
+    def _lock_held(self, conn: sa.Connection, task_id: str, epoch: int) -> sa.Row[Any] | None:
+        return conn.execute(
+            self.db.for_update(sa.select(tasks).where(self._held(task_id, epoch)))
+        ).one_or_none()
+
     def heartbeat(
-        self, claim: Claim, *, progress: int, lease_s: float, now: float | None = None
+        self, task_id: str, epoch: int, *, progress: int, lease_s: float, now: float | None = None
     ) -> bool:
-        """Renew the lease and record progress; False once the task is no longer this claim's."""
-        now = time.time() if now is None else now
+        """Renew the lease and record progress; False once the task is no longer this lease's."""
         progress = max(0, min(99, progress))
         with self.db.write() as conn:
             result = conn.execute(
                 tasks.update()
-                .where(self._held(claim))
+                .where(self._held(task_id, epoch))
                 .values(
-                    lease_expires_at=now + lease_s,
+                    lease_expires_at=self._clock(now) + lease_s,
                     progress=sa.case(
                         (tasks.c.progress < progress, progress), else_=tasks.c.progress
                     ),
@@ -286,36 +373,45 @@ class TaskStore:
 
     def complete(
         self,
-        claim: Claim,
+        task_id: str,
+        epoch: int,
         *,
         result_key: str,
-        expires_at: float,
+        ttl_s: float,
         final_millicredits: int | None = None,
         info: dict[str, Any] | None = None,
         now: float | None = None,
     ) -> bool:
-        """Record the result; a smaller final price than the hold is refunded in the same step."""
+        """Record the result; a smaller final price than the hold is refunded in the same step.
+
+        False (and nothing written) when the lease is no longer held: the caller's file is
+        nobody's result then.
+        """
         now = time.time() if now is None else now
         with self.db.write() as conn:
-            row = conn.execute(sa.select(tasks).where(self._held(claim))).one_or_none()
+            row = self._lock_held(conn, task_id, epoch)
             if row is None:
                 return False
             held = int(row._mapping["credits"])
             final = held if final_millicredits is None else min(held, final_millicredits)
-            conn.execute(
-                tasks.update()
-                .where(self._held(claim))
-                .values(
-                    status=TaskStatus.COMPLETED.value,
-                    progress=100,
-                    completed_at=now,
-                    result_key=result_key,
-                    result_expires_at=expires_at,
-                    credits=final,
-                    info=json.dumps(info or {}),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
+            self._one(
+                conn.execute(
+                    tasks.update()
+                    .where(self._held(task_id, epoch))
+                    .values(
+                        status=TaskStatus.COMPLETED.value,
+                        progress=100,
+                        completed_at=now,
+                        result_key=result_key,
+                        result_expires_at=now + ttl_s,
+                        credits=final,
+                        info=json.dumps(info or {}),
+                        lease_owner=None,
+                        lease_expires_at=None,
+                    )
+                ),
+                "complete",
+                task_id,
             )
             if final < held:
                 self._credit(conn, row, held - final, "settle", now)
@@ -323,7 +419,8 @@ class TaskStore:
 
     def fail(
         self,
-        claim: Claim,
+        task_id: str,
+        epoch: int,
         message: str,
         *,
         retry: bool,
@@ -333,40 +430,61 @@ class TaskStore:
         """End an attempt with an error: back to pending if ``retry`` and attempts remain."""
         now = time.time() if now is None else now
         with self.db.write() as conn:
-            row = conn.execute(sa.select(tasks).where(self._held(claim))).one_or_none()
+            row = self._lock_held(conn, task_id, epoch)
             if row is None:
                 return False
             if retry and int(row._mapping["attempts"]) < max_attempts:
-                self._requeue(conn, claim.task.id)
+                self._requeue(conn, row)
             else:
                 self._end(conn, row, TaskStatus.FAILED, now, error=message)
         return True
 
-    def reap(self, max_attempts: int, now: float | None = None) -> int:
-        """Expired leases go back to pending, or fail (refunded) after ``max_attempts``."""
-        now = time.time() if now is None else now
+    def release(self, task_id: str, epoch: int) -> bool:
+        """Hand a task back to the queue untried, as a worker that is stopping does.
+
+        The attempt is not counted, so a graceful restart never uses up a task's attempts.
+        """
         with self.db.write() as conn:
-            rows = conn.execute(
-                self.db.for_update(
-                    sa.select(tasks).where(
-                        tasks.c.status == TaskStatus.PROCESSING.value,
-                        tasks.c.lease_expires_at < now,
-                    ),
-                    skip_locked=True,
-                )
-            ).all()
-            for row in rows:
+            row = self._lock_held(conn, task_id, epoch)
+            if row is None:
+                return False
+            self._requeue(conn, row, count_attempt=False)
+        return True
+
+    def reap(self, max_attempts: int, now: float | None = None) -> int:
+        """Expired leases go back to pending, or fail (refunded) after ``max_attempts``.
+
+        Each task is reaped in its own short transaction, so two replicas reaping at once
+        take one lock each and never wait on each other in a cycle.
+        """
+        clock = self._clock(now)
+        expired = sa.and_(
+            tasks.c.status == TaskStatus.PROCESSING.value, tasks.c.lease_expires_at < clock
+        )
+        with self.db.read() as conn:
+            ids = conn.execute(sa.select(tasks.c.id).where(expired).limit(500)).scalars().all()
+        reaped = 0
+        for task_id in ids:
+            with self.db.write() as conn:
+                row = conn.execute(
+                    self.db.for_update(
+                        sa.select(tasks).where(tasks.c.id == task_id, expired), skip_locked=True
+                    )
+                ).one_or_none()
+                if row is None:  # finished, renewed, or being reaped elsewhere meanwhile
+                    continue
                 if int(row._mapping["attempts"]) >= max_attempts:
                     self._end(
                         conn,
                         row,
                         TaskStatus.FAILED,
-                        now,
+                        time.time() if now is None else now,
                         error=f"the worker stopped responding {max_attempts} times; giving up",
                     )
                 else:
-                    self._requeue(conn, row._mapping["id"])
-        return len(rows)
+                    self._requeue(conn, row)
+                reaped += 1
+        return reaped
 
     def pending_count(self) -> int:
         with self.db.read() as conn:
@@ -376,15 +494,21 @@ class TaskStore:
                 ).scalar_one()
             )
 
-    def expired_results(self, now: float | None = None, limit: int = 500) -> list[TaskRow]:
+    def expired(self, ttl_s: float, now: float | None = None, limit: int = 500) -> list[TaskRow]:
+        """Ended tasks whose files (result and inputs) are due for deletion.
+
+        A completed task's files go when its result URL expires; a failed or cancelled
+        task's inputs ``ttl_s`` after it ended.
+        """
         now = time.time() if now is None else now
+        due = sa.func.coalesce(tasks.c.result_expires_at, tasks.c.completed_at + ttl_s)
         with self.db.read() as conn:
             rows = conn.execute(
                 sa.select(tasks)
                 .where(
-                    tasks.c.status == TaskStatus.COMPLETED.value,
+                    tasks.c.status.in_(TERMINAL),
                     tasks.c.result_deleted.is_(False),
-                    tasks.c.result_expires_at < now,
+                    due < now,
                 )
                 .limit(limit)
             ).all()
@@ -396,11 +520,31 @@ class TaskStore:
 
     # -- shared steps -------------------------------------------------------------------------
 
-    def _requeue(self, conn: sa.Connection, task_id: str) -> None:
-        conn.execute(
-            tasks.update()
-            .where(tasks.c.id == task_id)
-            .values(status=TaskStatus.PENDING.value, lease_owner=None, lease_expires_at=None)
+    @staticmethod
+    def _one(result: sa.CursorResult[Any], what: str, task_id: str) -> None:
+        # The row is locked and matched a moment ago in this transaction.
+        if result.rowcount != 1:
+            raise RuntimeError(f"{what} of {task_id} changed {result.rowcount} rows")
+
+    def _requeue(
+        self, conn: sa.Connection, row: sa.Row[Any], *, count_attempt: bool = True
+    ) -> None:
+        m = row._mapping
+        values: dict[str, Any] = {
+            "status": TaskStatus.PENDING.value,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        if not count_attempt:
+            values["attempts"] = tasks.c.attempts - 1
+        self._one(
+            conn.execute(
+                tasks.update()
+                .where(tasks.c.id == m["id"], tasks.c.lease_epoch == m["lease_epoch"])
+                .values(**values)
+            ),
+            "requeue",
+            m["id"],
         )
         self._announce(conn)
 
@@ -427,21 +571,33 @@ class TaskStore:
     def _end(
         self, conn: sa.Connection, row: sa.Row[Any], status: TaskStatus, now: float, *, error: str
     ) -> None:
-        """Fail or cancel a task and refund what it was charged, in the caller's transaction."""
+        """Fail or cancel a task ``row`` (locked by the caller) and refund what it was charged.
+
+        The update matches the epoch and an active status it had when locked, and must
+        change exactly that row: the refund below can then happen only once.
+        """
         m = row._mapping
+        self._one(
+            conn.execute(
+                tasks.update()
+                .where(
+                    tasks.c.id == m["id"],
+                    tasks.c.lease_epoch == m["lease_epoch"],
+                    tasks.c.status.in_(ACTIVE),
+                )
+                .values(
+                    status=status.value,
+                    progress=100,
+                    completed_at=now,
+                    error=error,
+                    credits=0,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    lease_epoch=tasks.c.lease_epoch + 1,
+                )
+            ),
+            status.value,
+            m["id"],
+        )
         if int(m["credits"]):
             self._credit(conn, row, int(m["credits"]), "refund", now)
-        conn.execute(
-            tasks.update()
-            .where(tasks.c.id == m["id"])
-            .values(
-                status=status.value,
-                progress=100,
-                completed_at=now,
-                error=error,
-                credits=0,
-                lease_owner=None,
-                lease_expires_at=None,
-                lease_epoch=tasks.c.lease_epoch + 1,
-            )
-        )

@@ -1,6 +1,20 @@
 """Workers: the claim loop, heartbeats, cancellation, timeouts, engine processes."""
 
-from omniflash.worker.pool import WorkerPool, sweep_expired_results
+from omniflash.worker.pool import Listener, Maintenance, WorkerPool, sweep_expired_files
+from omniflash.worker.source import Lease, SourceUnavailable, StoreTaskSource, TaskSource
 from omniflash.worker.supervisor import EngineProcess, Worker
+from omniflash.worker.wake import Waker
 
-__all__ = ["EngineProcess", "Worker", "WorkerPool", "sweep_expired_results"]
+__all__ = [
+    "EngineProcess",
+    "Lease",
+    "Listener",
+    "Maintenance",
+    "SourceUnavailable",
+    "StoreTaskSource",
+    "TaskSource",
+    "Waker",
+    "Worker",
+    "WorkerPool",
+    "sweep_expired_files",
+]

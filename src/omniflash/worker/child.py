@@ -94,7 +94,8 @@ def _run_job(
             conn.send(("progress", float(fraction)))
 
     try:
-        images, video = fetch_inputs(spec, workdir, settings)
+        local = {label: Path(path) for label, path in payload.get("inputs", {}).items()}
+        images, video = fetch_inputs(spec, workdir, settings, local)
         if cancel.is_set():
             raise TaskCancelled("cancelled")
         if spec.mode is Mode.VIDEO and video is not None:
@@ -135,4 +136,8 @@ def _run_job(
         return ("error", "engine", "the engine ran out of memory")
     except Exception as exc:
         log.error("task %s: engine error\n%s", payload["task_id"], traceback.format_exc())
-        return ("error", "engine", f"generation failed: {type(exc).__name__}: {exc}")
+        # The user sees the error, not this machine's directories.
+        detail = str(exc)
+        for prefix in {str(workdir.resolve()), str(workdir)}:
+            detail = detail.replace(prefix + "/", "").replace(prefix, "")
+        return ("error", "engine", f"generation failed: {type(exc).__name__}: {detail}")

@@ -1,94 +1,170 @@
-"""The in-process worker pool a server runs: N workers plus the reaper and the file sweep."""
+"""What a server process runs beside its API: workers, the reaper and file sweep, the listener.
+
+- ``WorkerPool``: N workers over one ``TaskSource``, each with its own engine process,
+  and this process's own scratch directory.
+- ``Maintenance``: requeues tasks whose lease expired and deletes expired files.  Every
+  API replica runs it; two replicas reaping at once is safe (see ``TaskStore.reap``).
+- ``Listener``: on PostgreSQL, turns ``NOTIFY`` from any process into ``Waker.notify``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import threading
 import time
+import uuid
+from pathlib import Path
+from typing import IO
 
+from omniflash.media.inputs import blob_inputs
 from omniflash.settings import Settings
 from omniflash.storage import Storage
 from omniflash.store import Store
 from omniflash.store.tasks import NOTIFY_CHANNEL
+from omniflash.worker.source import TaskSource
 from omniflash.worker.supervisor import Worker
+from omniflash.worker.wake import Waker
 
-__all__ = ["WorkerPool", "sweep_expired_results"]
+__all__ = ["Listener", "Maintenance", "ScratchDir", "WorkerPool", "sweep_expired_files"]
 
 log = logging.getLogger(__name__)
 REAP_INTERVAL_S = 2.0
 
 
-def sweep_expired_results(store: Store, storage: Storage) -> int:
-    """Delete result files whose signed URLs have expired; returns how many."""
+def sweep_expired_files(store: Store, storage: Storage, ttl_s: float) -> int:
+    """Delete the files (result, inputs) of ended tasks whose time is up; returns how many."""
     count = 0
-    for task in store.tasks.expired_results():
-        if task.result_key:
-            storage.delete(task.result_key)
+    for task in store.tasks.expired(ttl_s):
+        for key in [task.result_key, *blob_inputs(task.spec).values()]:
+            if key:
+                storage.delete(key)
         store.tasks.mark_result_deleted(task.id)
         count += 1
     return count
 
 
+class ScratchDir:
+    """This process's own scratch directory under the shared scratch root.
+
+    Each process holds a lock on its directory for as long as it lives, so a starting
+    process removes only the directories of processes that are gone, never the files
+    of running tasks elsewhere.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._lock: IO[bytes] | None = None
+
+    def open(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for other in self.root.iterdir():
+            if other.is_dir() and self._abandoned(other):
+                shutil.rmtree(other, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / ".lock", "wb")  # noqa: SIM115 - held for our lifetime
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return self.path
+
+    @staticmethod
+    def _abandoned(directory: Path) -> bool:
+        try:
+            with open(directory / ".lock", "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except FileNotFoundError:
+            # Not yet locked by a process that is just creating it, or a stray directory:
+            # leave anything younger than a minute alone.
+            return time.time() - directory.stat().st_mtime > 60
+        except OSError:
+            return False  # locked: its process is alive
+        return True
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
 class WorkerPool:
-    def __init__(self, settings: Settings, store: Store, storage: Storage) -> None:
+    def __init__(self, settings: Settings, source: TaskSource, count: int | None = None) -> None:
         self.settings = settings
-        self.store = store
-        self.storage = storage
+        self.source = source
         self.stop_event = threading.Event()
-        self.wakeup = threading.Condition()
+        self.scratch = ScratchDir(settings.scratch_dir)
         self.workers = [
-            Worker(settings, store, storage, self.wakeup, self.stop_event, index=i)
-            for i in range(settings.workers)
+            Worker(settings, source, self.scratch.path, self.stop_event, index=i)
+            for i in range(settings.workers if count is None else count)
         ]
-        self._maintenance = threading.Thread(target=self._maintain, name="reaper", daemon=True)
-        self._listener: threading.Thread | None = None
-        if not store.db.is_sqlite:
-            self._listener = threading.Thread(
-                target=store.db.listen,
-                args=(NOTIFY_CHANNEL, self.notify, self.stop_event),
-                name="listener",
-                daemon=True,
-            )
 
     def __repr__(self) -> str:
         return f"<WorkerPool {self.workers!r}>"
 
     def start(self) -> None:
-        # Scratch files belong to attempts that died with a previous process.
-        shutil.rmtree(self.settings.scratch_dir, ignore_errors=True)
-        self.settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+        self.scratch.open()
         for worker in self.workers:
             worker.start()
-        self._maintenance.start()
-        if self._listener is not None:
-            self._listener.start()
 
-    def notify(self) -> None:
-        """Wake an idle worker: a task was just queued."""
-        with self.wakeup:
-            self.wakeup.notify()
+    def alive(self) -> int:
+        return sum(w.is_alive() for w in self.workers)
 
-    def _maintain(self) -> None:
+    def close(self, timeout: float = 15.0) -> None:
+        self.stop_event.set()
+        for worker in self.workers:
+            worker.join(timeout)
+        self.scratch.close()
+
+
+class Maintenance(threading.Thread):
+    """The reaper and the file sweep, every couple of seconds."""
+
+    def __init__(self, settings: Settings, store: Store, storage: Storage, waker: Waker) -> None:
+        super().__init__(name="maintenance", daemon=True)
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.waker = waker
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
         last_sweep = 0.0
         while not self.stop_event.wait(REAP_INTERVAL_S):
             try:
                 if self.store.tasks.reap(self.settings.max_attempts):
-                    self.notify()
+                    self.waker.notify()
                 if time.monotonic() - last_sweep >= self.settings.sweep_interval_s:
                     last_sweep = time.monotonic()
-                    swept = sweep_expired_results(self.store, self.storage)
+                    swept = sweep_expired_files(
+                        self.store, self.storage, self.settings.result_ttl_s
+                    )
                     if swept:
-                        log.info("deleted %d expired result files", swept)
+                        log.info("deleted the expired files of %d tasks", swept)
             except Exception:
-                log.exception("maintenance pass failed")
+                log.exception("maintenance pass failed; trying again shortly")
 
     def close(self, timeout: float = 15.0) -> None:
         self.stop_event.set()
-        with self.wakeup:
-            self.wakeup.notify_all()
-        for worker in self.workers:
-            worker.join(timeout)
-        self._maintenance.join(timeout)
-        if self._listener is not None:
-            self._listener.join(timeout)
+        with contextlib.suppress(RuntimeError):
+            self.join(timeout)
+
+
+class Listener(threading.Thread):
+    """PostgreSQL: wake this process's waiters on every task queued anywhere."""
+
+    def __init__(self, store: Store, waker: Waker) -> None:
+        super().__init__(name="listener", daemon=True)
+        self.store = store
+        self.waker = waker
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        self.store.db.listen(NOTIFY_CHANNEL, self.waker.notify, self.stop_event)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        with contextlib.suppress(RuntimeError):
+            self.join(timeout)

@@ -1,9 +1,11 @@
-"""One worker: claims tasks, feeds them to its engine process, heartbeats, finishes.
+"""One worker: claims tasks from a ``TaskSource``, runs them in its engine process, finishes.
 
 The engine runs in a long-lived child process so that a model stays loaded between
 tasks, and so that a cancel or the per-task timeout can always stop a generation: the
 child is asked first (between steps) and killed if it does not stop in time; a fresh
-one is then started.
+one is then started.  The loop outlives every error of its source (a database restart,
+a lost server): it backs off and tries again, and it never finishes a task twice,
+since every write names the lease's epoch.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
+from pathlib import Path
 from typing import Any
 
 from omniflash.settings import Settings
-from omniflash.storage import Storage
-from omniflash.store import Claim, Store
 from omniflash.worker.child import child_main
+from omniflash.worker.source import Lease, SourceUnavailable, TaskSource
 
-__all__ = ["EngineProcess", "Worker"]
+__all__ = ["EngineProcess", "Worker", "duration_text"]
 
 log = logging.getLogger(__name__)
 CANCEL_GRACE_S = 10.0
@@ -93,69 +96,148 @@ class EngineProcess:
         self.proc, self.conn = None, None
 
 
+def duration_text(seconds: float) -> str:
+    """``duration_text(8) == "8 s"``, ``duration_text(90) == "1 min 30 s"``."""
+    whole = max(0, round(seconds))
+    minutes, secs = divmod(whole, 60)
+    if not minutes:
+        return f"{secs} s"
+    return f"{minutes} min" + (f" {secs} s" if secs else "")
+
+
 class Worker(threading.Thread):
-    """Claims one task at a time from the store and runs it in its engine process."""
+    """Claims one task at a time from its source and runs it in its engine process."""
+
+    BACKOFF_S = (0.5, 10.0)
+    FINISH_RETRY_S = 60.0
+    """How long a finished task's result keeps being offered to an unreachable source."""
 
     def __init__(
         self,
         settings: Settings,
-        store: Store,
-        storage: Storage,
-        wakeup: threading.Condition,
+        source: TaskSource,
+        scratch_dir: Path,
         stop: threading.Event,
         index: int = 0,
+        *,
+        claim_wait_s: float | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(name=f"worker-{index}", daemon=True)
+        super().__init__(name=name or f"worker-{index}", daemon=True)
         self.settings = settings
-        self.store = store
-        self.storage = storage
-        self.wakeup = wakeup
+        self.source = source
+        self.scratch_dir = scratch_dir
         self.stop = stop
+        self.claim_wait_s = settings.poll_interval_s if claim_wait_s is None else claim_wait_s
         self.owner = f"{self.name}-{uuid.uuid4().hex[:8]}"
         self.engine = EngineProcess(dataclasses.replace(settings, worker_index=index), self.name)
-        self.completed = self.failed = self.cancelled = 0
+        self.completed = self.failed = self.cancelled = self.released = self.source_errors = 0
 
     def __repr__(self) -> str:
         return (
             f"<Worker {self.owner} completed={self.completed} failed={self.failed} "
-            f"cancelled={self.cancelled} engine_starts={self.engine.starts}>"
+            f"cancelled={self.cancelled} released={self.released} "
+            f"source_errors={self.source_errors} engine_starts={self.engine.starts}>"
         )
 
     def run(self) -> None:
+        backoff = self.BACKOFF_S[0]
         try:
             while not self.stop.is_set():
-                if not self.engine.ensure(self.stop):
+                try:
+                    if not self.engine.ensure(self.stop):
+                        continue
+                    lease = self.source.claim(self.owner, self.claim_wait_s)
+                except SourceUnavailable as exc:
+                    self.source_errors += 1
+                    log.warning(
+                        "%s: task source unavailable (%s); retrying in %.1f s",
+                        self.name,
+                        exc,
+                        backoff,
+                    )
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, self.BACKOFF_S[1])
                     continue
-                claim = self.store.tasks.claim(self.owner, self.settings.lease_s)
-                if claim is None:
-                    with self.wakeup:
-                        self.wakeup.wait(self.settings.poll_interval_s)
+                except Exception:
+                    self.source_errors += 1
+                    log.exception("%s: claiming failed; retrying in %.1f s", self.name, backoff)
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, self.BACKOFF_S[1])
+                    continue
+                backoff = self.BACKOFF_S[0]
+                if lease is None:
                     continue
                 try:
-                    self._run(claim)
+                    self._run(lease)
                 except Exception:
-                    log.exception("%s: task %s crashed the supervisor", self.name, claim.task.id)
-                    self._fail(claim, "internal error while running the task", retry=True)
+                    log.exception("%s: task %s crashed the supervisor", self.name, lease.task_id)
                     self.engine.kill()
+                    self._fail(lease, "internal error while running the task", retry=True)
         finally:
             self.engine.kill()
 
-    def _fail(self, claim: Claim, message: str, *, retry: bool) -> None:
-        self.failed += 1
-        self.store.tasks.fail(claim, message, retry=retry, max_attempts=self.settings.max_attempts)
+    def _settle(self, what: str, call: Callable[[], bool]) -> bool:
+        """A finishing call, retried while the source is unreachable; False if never done."""
+        deadline = time.monotonic() + self.FINISH_RETRY_S
+        delay = self.BACKOFF_S[0]
+        while True:
+            try:
+                return call()
+            except SourceUnavailable as exc:
+                self.source_errors += 1
+                if time.monotonic() + delay > deadline:
+                    log.error(
+                        "%s: could not %s (%s); the lease will run out and the task "
+                        "will be run again",
+                        self.name,
+                        what,
+                        exc,
+                    )
+                    return False
+                log.warning("%s: could not %s (%s); retrying", self.name, what, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, self.BACKOFF_S[1])
+            except Exception:
+                log.exception("%s: could not %s", self.name, what)
+                return False
 
-    def _run(self, claim: Claim) -> None:
-        task = claim.task
-        s = self.settings
+    def _fail(self, lease: Lease, message: str, *, retry: bool) -> None:
+        self.failed += 1
+        self._settle(f"fail {lease.task_id}", lambda: self.source.fail(lease, message, retry=retry))
+
+    def _beat(self, lease: Lease, progress: int) -> bool | None:
+        """The heartbeat's answer; ``None`` when the source could not be reached this time."""
+        try:
+            return self.source.heartbeat(lease, progress)
+        except SourceUnavailable as exc:
+            self.source_errors += 1
+            log.warning("%s: heartbeat of %s failed (%s)", self.name, lease.task_id, exc)
+            return None
+
+    def _run(self, lease: Lease) -> None:
         log.info(
             "%s: running %s (%s, attempt %d)",
             self.name,
-            task.id,
-            task.spec.mode.value,
-            task.attempts,
+            lease.task_id,
+            lease.spec.mode.value,
+            lease.attempt,
         )
-        scratch = s.scratch_dir / f"{task.id}.{claim.epoch}"
+        scratch = self.scratch_dir / f"{lease.task_id}.{lease.epoch}"
         output = scratch / "out.mp4"
+        try:
+            self._attempt(lease, scratch, output)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _attempt(self, lease: Lease, scratch: Path, output: Path) -> None:
+        s = self.settings
+        try:
+            inputs = self.source.fetch_inputs(lease, scratch / "inputs")
+        except (SourceUnavailable, FileNotFoundError) as exc:
+            log.warning("%s: inputs of %s unavailable: %s", self.name, lease.task_id, exc)
+            self._fail(lease, "a stored input could not be read", retry=True)
+            return
         conn = self.engine.conn
         assert conn is not None
         self.engine.cancel.clear()
@@ -163,11 +245,12 @@ class Worker(threading.Thread):
             (
                 "job",
                 {
-                    "task_id": task.id,
-                    "spec": task.spec.to_json(),
-                    "seed": task.seed,
+                    "task_id": lease.task_id,
+                    "spec": lease.spec.to_json(),
+                    "seed": lease.seed,
                     "workdir": str(scratch),
                     "output_path": str(output),
+                    "inputs": {label: str(path) for label, path in inputs.items()},
                 },
             )
         )
@@ -178,92 +261,78 @@ class Worker(threading.Thread):
         progress = beat_progress = 0
         cancel_sent_at: float | None = None
         outcome: tuple[Any, ...] | None = None
-        try:
-            while outcome is None:
-                now = time.monotonic()
-                due = now - last_beat >= beat_every or (
-                    progress != beat_progress and now - last_beat >= 0.5
+        while outcome is None:
+            now = time.monotonic()
+            due = now - last_beat >= beat_every or (
+                progress != beat_progress and now - last_beat >= 0.5
+            )
+            if cancel_sent_at is None and due:
+                last_beat, beat_progress = now, progress
+                if self._beat(lease, progress) is False:
+                    # Cancelled by its owner, or reaped and handed to another worker.
+                    log.info("%s: %s is no longer ours; stopping it", self.name, lease.task_id)
+                    self.engine.cancel.set()
+                    cancel_sent_at = now
+            if cancel_sent_at is not None and now - cancel_sent_at > self.engine.cancel_grace_s:
+                log.warning(
+                    "%s: engine ignored the cancel of %s; killing it", self.name, lease.task_id
                 )
-                if cancel_sent_at is None and due:
-                    last_beat, beat_progress = now, progress
-                    if not self.store.tasks.heartbeat(claim, progress=progress, lease_s=s.lease_s):
-                        # Cancelled by its owner, or reaped and handed to another worker.
-                        log.info("%s: %s is no longer ours; stopping it", self.name, task.id)
-                        self.engine.cancel.set()
-                        cancel_sent_at = now
-                if cancel_sent_at is not None and now - cancel_sent_at > self.engine.cancel_grace_s:
-                    log.warning(
-                        "%s: engine ignored the cancel of %s; killing it", self.name, task.id
-                    )
-                    self.engine.kill()
-                    self.cancelled += 1
-                    return
-                if now > deadline:
-                    self.engine.kill()
-                    minutes = s.task_timeout_s / 60
-                    self._fail(
-                        claim,
-                        f"generation timed out after {minutes:g} min and was stopped",
-                        retry=False,
-                    )
-                    return
-                if self.stop.is_set():
-                    # Shutting down: leave the task to be reaped and run again.
-                    self.engine.kill()
-                    return
-                try:
-                    ready = conn.poll(0.1)
-                    message = conn.recv() if ready else None
-                except (EOFError, OSError):
-                    self.engine.kill()
-                    if cancel_sent_at is None:
-                        self._fail(claim, "the engine process crashed", retry=True)
-                    return
-                if message is None:
-                    continue
-                if message[0] == "progress":
-                    # The last percent is the upload and bookkeeping after the engine is done.
-                    progress = max(progress, min(99, int(float(message[1]) * 99)))
-                else:
-                    outcome = message
-            if cancel_sent_at is not None:
+                self.engine.kill()
                 self.cancelled += 1
                 return
-            self._finish(claim, outcome, output)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if now > deadline:
+                self.engine.kill()
+                self._fail(
+                    lease,
+                    f"generation timed out after {duration_text(s.task_timeout_s)} and was stopped",
+                    retry=False,
+                )
+                return
+            if self.stop.is_set():
+                # Shutting down: hand the task back untried, for another worker to run now.
+                self.engine.kill()
+                if self._settle(f"release {lease.task_id}", lambda: self.source.release(lease)):
+                    self.released += 1
+                return
+            try:
+                ready = conn.poll(0.1)
+                message = conn.recv() if ready else None
+            except (EOFError, OSError):
+                self.engine.kill()
+                if cancel_sent_at is None:
+                    self._fail(lease, "the engine process crashed", retry=True)
+                return
+            if message is None:
+                continue
+            if message[0] == "progress":
+                # The last percent is the upload and bookkeeping after the engine is done.
+                progress = max(progress, min(99, int(float(message[1]) * 99)))
+            else:
+                outcome = message
+        if cancel_sent_at is not None:
+            self.cancelled += 1
+            return
+        self._finish(lease, outcome, output)
 
-    def _finish(self, claim: Claim, outcome: tuple[Any, ...], output: Any) -> None:
-        task = claim.task
+    def _finish(self, lease: Lease, outcome: tuple[Any, ...], output: Path) -> None:
         if outcome[0] == "error":
             kind, message = outcome[1], outcome[2]
             if kind == "cancelled":
                 self.cancelled += 1
                 return
-            log.info("%s: %s failed: %s", self.name, task.id, message)
-            self._fail(claim, message, retry=False)
+            log.info("%s: %s failed: %s", self.name, lease.task_id, message)
+            self._fail(lease, message, retry=False)
             return
         result = outcome[1]
-        # One key per attempt: a stale attempt can never overwrite or delete the live one's file.
-        key = f"results/{task.id}.{claim.epoch}.mp4"
-        self.storage.put(key, output)
-        now = time.time()
-        final = self.settings.pricing.millicredits(task.spec.resolution, int(result["duration"]))
         info = dict(result["info"])
         info.update({k: result[k] for k in ("frames", "width", "height", "fps", "duration")})
-        ok = self.store.tasks.complete(
-            claim,
-            result_key=key,
-            expires_at=now + self.settings.result_ttl_s,
-            final_millicredits=final,
-            info=info,
-            now=now,
-        )
-        if ok:
+        if self._settle(
+            f"complete {lease.task_id}", lambda: self.source.complete(lease, output, info)
+        ):
             self.completed += 1
             log.info(
-                "%s: %s completed in %.1f s", self.name, task.id, info.get("generate_seconds", 0)
+                "%s: %s completed in %.1f s",
+                self.name,
+                lease.task_id,
+                info.get("generate_seconds", 0),
             )
-        else:
-            # Another attempt owns the task now (or it was cancelled): this file is nobody's result.
-            self.storage.delete(key)

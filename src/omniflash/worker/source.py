@@ -1,0 +1,178 @@
+"""Where a worker gets its tasks: the store in-process, or the API's worker endpoints remotely.
+
+The worker loop (``omniflash.worker.supervisor.Worker``) is written once against
+``TaskSource``; ``StoreTaskSource`` talks to the database and the blob storage directly,
+``omniflash.worker.remote.HttpTaskSource`` to an API server over ``/worker/v1/``.  Every
+write names the lease's ``epoch``: a worker that lost its lease (reaped, cancelled) gets
+``False`` back and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from omniflash.contract import GenerationSpec
+from omniflash.media.inputs import blob_inputs
+from omniflash.settings import Settings
+from omniflash.storage import Storage
+from omniflash.store import Store
+from omniflash.worker.wake import Waker
+
+__all__ = [
+    "Lease",
+    "SourceUnavailable",
+    "StoreTaskSource",
+    "TaskSource",
+    "result_key",
+]
+
+log = logging.getLogger(__name__)
+
+
+class SourceUnavailable(Exception):
+    """The task source cannot be reached just now (database or server down); retry later."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """A claimed task, as a worker needs it."""
+
+    task_id: str
+    spec: GenerationSpec
+    seed: int
+    attempt: int
+    epoch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "spec": self.spec.to_dict(),
+            "seed": self.seed,
+            "attempt": self.attempt,
+            "epoch": self.epoch,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lease:
+        return cls(
+            task_id=str(data["task_id"]),
+            spec=GenerationSpec.from_dict(data["spec"]),
+            seed=int(data["seed"]),
+            attempt=int(data["attempt"]),
+            epoch=int(data["epoch"]),
+        )
+
+
+def result_key(lease: Lease) -> str:
+    """One key per attempt: a stale attempt can never overwrite or delete the live one's file."""
+    return f"results/{lease.task_id}.{lease.epoch}.mp4"
+
+
+class TaskSource(Protocol):
+    """What a worker loop needs; every method may raise ``SourceUnavailable``."""
+
+    def claim(self, owner: str, wait_s: float) -> Lease | None:
+        """The oldest pending task under a new lease, waiting up to ``wait_s`` for one."""
+
+    def heartbeat(self, lease: Lease, progress: int) -> bool:
+        """Renew the lease, record progress (0–99); ``False`` once the task is not ours."""
+
+    def fetch_inputs(self, lease: Lease, dest: Path) -> dict[str, Path]:
+        """Download the task's blob inputs into ``dest``: ``{label: local file}``."""
+
+    def complete(self, lease: Lease, output: Path, result: dict[str, Any]) -> bool:
+        """Store ``output`` as the result and end the task; ``False`` when not ours."""
+
+    def fail(self, lease: Lease, message: str, *, retry: bool) -> bool:
+        """End this attempt with an error (queued again when ``retry`` and attempts remain)."""
+
+    def release(self, lease: Lease) -> bool:
+        """Hand the task back to the queue untried (a graceful stop); no attempt is used."""
+
+
+class StoreTaskSource:
+    """Tasks straight from the database, blobs straight from storage (in-process workers)."""
+
+    def __init__(self, settings: Settings, store: Store, storage: Storage, waker: Waker) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.waker = waker
+
+    def claim(self, owner: str, wait_s: float) -> Lease | None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            seen = self.waker.generation
+            with _unavailable():
+                claim = self.store.tasks.claim(owner, self.settings.lease_s)
+            if claim is not None:
+                task = claim.task
+                return Lease(task.id, task.spec, task.seed, task.attempts, claim.epoch)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.waker.wait(seen, min(left, self.settings.poll_interval_s))
+
+    def heartbeat(self, lease: Lease, progress: int) -> bool:
+        with _unavailable():
+            return self.store.tasks.heartbeat(
+                lease.task_id, lease.epoch, progress=progress, lease_s=self.settings.lease_s
+            )
+
+    def fetch_inputs(self, lease: Lease, dest: Path) -> dict[str, Path]:
+        dest.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for n, (label, key) in enumerate(blob_inputs(lease.spec).items()):
+            path = dest / f"input-{n}"
+            self.storage.download(key, path)
+            paths[label] = path
+        return paths
+
+    def complete(self, lease: Lease, output: Path, result: dict[str, Any]) -> bool:
+        key = result_key(lease)
+        self.storage.put(key, output)
+        final = self.settings.pricing.millicredits(lease.spec.resolution, int(result["duration"]))
+        with _unavailable():
+            ok = self.store.tasks.complete(
+                lease.task_id,
+                lease.epoch,
+                result_key=key,
+                ttl_s=self.settings.result_ttl_s,
+                final_millicredits=final,
+                info=result,
+            )
+        if not ok:
+            # Another attempt owns the task now (or it was cancelled): this file is nobody's.
+            self.storage.delete(key)
+        return ok
+
+    def fail(self, lease: Lease, message: str, *, retry: bool) -> bool:
+        with _unavailable():
+            return self.store.tasks.fail(
+                lease.task_id,
+                lease.epoch,
+                message,
+                retry=retry,
+                max_attempts=self.settings.max_attempts,
+            )
+
+    def release(self, lease: Lease) -> bool:
+        with _unavailable():
+            return self.store.tasks.release(lease.task_id, lease.epoch)
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Database errors become ``SourceUnavailable``: the loop backs off and tries again."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise SourceUnavailable(str(exc).splitlines()[0]) from exc
