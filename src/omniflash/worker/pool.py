@@ -91,13 +91,27 @@ class ScratchDir:
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings, source: TaskSource, count: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: TaskSource,
+        count: int | None = None,
+        *,
+        claim_wait_s: float | None = None,
+    ) -> None:
         self.settings = settings
         self.source = source
         self.stop_event = threading.Event()
         self.scratch = ScratchDir(settings.scratch_dir)
         self.workers = [
-            Worker(settings, source, self.scratch.path, self.stop_event, index=i)
+            Worker(
+                settings,
+                source,
+                self.scratch.path,
+                self.stop_event,
+                index=i,
+                claim_wait_s=claim_wait_s,
+            )
             for i in range(settings.workers if count is None else count)
         ]
 
