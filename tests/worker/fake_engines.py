@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from omniflash.contract import GenerationSpec
 from omniflash.engines import GenerationResult, Job
 from omniflash.engines.base import CancelCheck, ProgressCallback
-from omniflash.errors import EngineBroken
+from omniflash.errors import EngineBroken, TaskCancelled
 from omniflash.settings import Settings
 
 
@@ -31,3 +33,17 @@ class LostDevice:
         self, job: Job, progress: ProgressCallback, cancelled: CancelCheck
     ) -> GenerationResult:
         raise EngineBroken("CUDA error: an illegal memory access was encountered")
+
+
+class Slow(LostDevice):
+    """Runs until cancelled: a task that is still going whenever a test looks."""
+
+    name = "slow"
+    cancel_grace_s = 5.0
+
+    def generate(
+        self, job: Job, progress: ProgressCallback, cancelled: CancelCheck
+    ) -> GenerationResult:
+        while not cancelled():
+            time.sleep(0.05)
+        raise TaskCancelled("cancelled")

@@ -137,8 +137,9 @@ def create_app(
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
         """200 when the database answers and every in-process worker is alive; else 503."""
-        expected = len(pool.workers) if pool is not None else 0
-        alive = pool.alive() if pool is not None else 0
+        workers = services.pool
+        expected = len(workers.workers) if workers is not None else 0
+        alive = workers.alive() if workers is not None else 0
         body: dict[str, object] = {"engine": settings.engine, "workers": alive}
         problems = []
         try:

@@ -138,7 +138,9 @@ class StoreTaskSource:
 
     def complete(self, lease: Lease, output: Path, result: dict[str, Any]) -> bool:
         key = result_key(lease)
-        self.storage.put(key, output)
+        if output.exists() or not self.storage.exists(key):
+            # A retry after the database failed has stored the file already (put moves it).
+            self.storage.put(key, output)
         final = self.settings.pricing.millicredits(lease.spec.resolution, int(result["duration"]))
         with _unavailable():
             ok = self.store.tasks.complete(

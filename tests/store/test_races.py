@@ -1,0 +1,253 @@
+"""Write paths raced by several processes on one PostgreSQL database, as a fleet runs them.
+
+Each test starts real processes (spawned, each with its own connection pool), lets them
+collide on the same rows for many rounds, then checks the money: every key's balance
+equals its ledger, every task was charged once and refunded at most once, and a task
+shows ``credits == 0`` exactly when it was refunded in full.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from omniflash.contract import parse_generation_request
+from omniflash.errors import Conflict, NotFound
+from omniflash.pricing import Pricing
+from omniflash.store import IdempotencyRequest, Store, TaskStatus
+from omniflash.store.schema import ledger, tasks
+
+pytestmark = pytest.mark.timeout(240)
+
+P = Pricing()
+ROUNDS = 40
+SPEC = parse_generation_request({"model": "Omni-Flash-Ext", "prompt": "a race", "duration": 4})
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Iterator[Store]:
+    store = Store(postgres_url)
+    with store.db.write() as conn:
+        conn.exec_driver_sql(
+            "TRUNCATE rate_windows, idempotency, tasks, ledger, api_keys, worker_tokens, meta "
+            "RESTART IDENTITY CASCADE"
+        )
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _run(target: Any, *args: Any) -> list[Any]:
+    """Run ``target(*args, i)`` in processes i = 0..n-1 at once; their results, in order."""
+    ctx = mp.get_context("spawn")
+    n = args[-1]
+    with ctx.Pool(n) as pool:
+        return pool.starmap(target, [(*args[:-1], i) for i in range(n)])
+
+
+def assert_money(store: Store) -> None:
+    """balance = ledger for every key; one charge a task; at most one refund; credits agree."""
+    for key in store.keys.all():
+        assert key.balance == store.keys.ledger_sum(key.id), key
+    with store.db.read() as conn:
+        entries = conn.execute(sa.select(ledger.c.task_id, ledger.c.reason, ledger.c.delta)).all()
+        rows = {r.id: r for r in conn.execute(sa.select(tasks)).all()}
+    charges = Counter(t for t, reason, _ in entries if reason == "charge")
+    refunds = Counter(t for t, reason, _ in entries if reason == "refund")
+    assert set(charges) == set(rows) and set(charges.values()) == {1}
+    assert not refunds or max(refunds.values()) == 1, "a task was refunded twice"
+    for task_id, row in rows.items():
+        refunded = task_id in refunds
+        assert refunded == (row.status in ("failed", "cancelled")), (task_id, row.status)
+        if refunded:
+            assert row.credits == 0
+
+
+# -- cancel against the worker's complete / fail / release, and the reaper --------------------
+
+
+def _cancel_side(url: str, key_id: int, ids: list[str], _i: int) -> dict[str, int]:
+    store = Store(url, migrate=False)
+    out = Counter[str]()
+    try:
+        for task_id in ids:
+            try:
+                store.tasks.cancel(task_id, key_id)
+                out["cancelled"] += 1
+            except Conflict:
+                out["conflict"] += 1
+    finally:
+        store.close()
+    return dict(out)
+
+
+def _worker_side(url: str, leases: list[tuple[str, int]], i: int) -> dict[str, int]:
+    store = Store(url, migrate=False)
+    out = Counter[str]()
+    try:
+        for n, (task_id, epoch) in enumerate(leases):
+            match (n + i) % 4:
+                case 0 | 1:
+                    ok = store.tasks.complete(
+                        task_id, epoch, result_key=f"results/{task_id}.mp4", ttl_s=60
+                    )
+                    out["completed" if ok else "lost"] += 1
+                case 2:
+                    ok = store.tasks.fail(task_id, epoch, "boom", retry=False, max_attempts=3)
+                    out["failed" if ok else "lost"] += 1
+                case _:
+                    ok = store.tasks.release(task_id, epoch)
+                    out["released" if ok else "lost"] += 1
+    finally:
+        store.close()
+    return dict(out)
+
+
+def _reap_side(url: str, _rounds: int, _i: int) -> int:
+    store = Store(url, migrate=False)
+    try:
+        return sum(store.tasks.reap(max_attempts=1) for _ in range(_rounds))
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_cancel_races_complete_fail_release_and_reap(pg: Store, postgres_url: str) -> None:
+    _, key = pg.keys.create("racer", 10**9, 10**6, 10**6)
+    ids = [
+        pg.tasks.submit(key, SPEC, millicredits=P.hold(SPEC), estimated_time=1, seed=1).task.id
+        for _ in range(ROUNDS)
+    ]
+    leases = []
+    for _ in ids:
+        claim = pg.tasks.claim("w", lease_s=0.05 if len(leases) % 5 == 0 else 60)
+        assert claim is not None
+        leases.append((claim.task.id, claim.epoch))
+    time.sleep(0.1)  # every fifth lease has run out: the reaper races for those
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        jobs = [
+            pool.apply_async(_cancel_side, (postgres_url, key.id, ids, 0)),
+            pool.apply_async(_cancel_side, (postgres_url, key.id, ids[::-1], 1)),
+            pool.apply_async(_worker_side, (postgres_url, leases, 0)),
+            pool.apply_async(_reap_side, (postgres_url, 5, 0)),
+        ]
+        results = [job.get(timeout=180) for job in jobs]  # a deadlock or a 500 raises here
+    cancels = results[0].get("cancelled", 0) + results[1].get("cancelled", 0)
+    statuses = Counter(pg.tasks.get(t).status for t in ids)
+    assert statuses[TaskStatus.CANCELLED] == cancels
+    assert statuses[TaskStatus.COMPLETED] == results[2].get("completed", 0)
+    assert_money(pg)
+
+
+# -- idempotent submits from several processes -------------------------------------------------
+
+
+def _idem_submits(url: str, key_id: int, idem_keys: list[str], _i: int) -> list[str]:
+    store = Store(url, migrate=False)
+    try:
+        key = store.keys.get(key_id)
+        out = []
+        for idem in idem_keys:
+            submitted = store.tasks.submit(
+                key,
+                SPEC,
+                millicredits=P.hold(SPEC),
+                estimated_time=1,
+                seed=1,
+                idempotency_key=IdempotencyRequest(idem, "same-body"),
+            )
+            out.append(submitted.task.id)
+        return out
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_one_idempotency_key_makes_one_task_across_processes(pg: Store, postgres_url: str) -> None:
+    _, key = pg.keys.create("idem", 10**9, 10**6, 10**6)
+    idem_keys = [f"k-{n}" for n in range(ROUNDS)]
+    answers = _run(_idem_submits, postgres_url, key.id, idem_keys, 4)
+    for n in range(ROUNDS):
+        assert len({answer[n] for answer in answers}) == 1, "each key made one task"
+    assert len(pg.tasks.list_for_key(key.id, limit=100)) == ROUNDS
+    assert pg.keys.get(key.id).balance == 10**9 - ROUNDS * P.hold(SPEC)
+    assert_money(pg)
+
+
+# -- concurrent first starts ----------------------------------------------------------------
+
+
+def _first_start(url: str, _i: int) -> tuple[bytes, bool]:
+    store = Store(url)  # migrates, as `serve` does
+    try:
+        first = store.keys.create_first("default", 100_000, 60, 4)
+        return store.meta.url_secret(), first is not None
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_concurrent_first_starts_on_an_empty_database(postgres_url: str) -> None:
+    """Migrations, the signing secret and the first key, raced by processes starting at once."""
+    admin_url = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    name = f"omniflash_empty_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        results = _run(_first_start, url, 6)
+        assert len({secret for secret, _ in results}) == 1
+        assert sum(created for _, created in results) == 1
+        store = Store(url, migrate=False)
+        try:
+            assert store.keys.count_active() == 1
+            with store.db.read() as conn:
+                versions = conn.exec_driver_sql("SELECT version FROM schema_version").all()
+            assert sorted(v for (v,) in versions) == [1, 2]
+        finally:
+            store.close()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+# -- leases use the database's clock ----------------------------------------------------------
+
+
+def test_a_fast_process_clock_does_not_reap_live_leases(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, key = store.keys.create("clock", 10_000, 60, 4)
+    store.tasks.submit(key, SPEC, millicredits=P.hold(SPEC), estimated_time=1, seed=1)
+    claim = store.tasks.claim("w", lease_s=30)
+    assert claim is not None
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this machine runs an hour ahead
+    assert store.tasks.reap(max_attempts=3) == 0
+    assert store.tasks.heartbeat(claim.task.id, claim.epoch, progress=10, lease_s=30)
+    monkeypatch.undo()
+    assert store.tasks.get(claim.task.id).status is TaskStatus.PROCESSING
+
+
+def test_release_hands_a_task_back_without_using_an_attempt(store: Store) -> None:
+    _, key = store.keys.create("rel", 10_000, 60, 4)
+    task = store.tasks.submit(key, SPEC, millicredits=P.hold(SPEC), estimated_time=1, seed=1).task
+    first = store.tasks.claim("w1", lease_s=30)
+    assert first is not None and first.task.attempts == 1
+    assert store.tasks.release(task.id, first.epoch)
+    again = store.tasks.claim("w2", lease_s=30)
+    assert again is not None and again.task.attempts == 1 and again.epoch == first.epoch + 1
+    assert not store.tasks.release(task.id, first.epoch)
+    with pytest.raises(NotFound):
+        store.tasks.cancel(task.id, key.id + 999)
