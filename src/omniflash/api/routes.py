@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -13,41 +10,15 @@ from starlette.concurrency import run_in_threadpool
 
 from omniflash.api.deps import Caller, Services, ServicesDep
 from omniflash.api.presenters import task_public
-from omniflash.contract import MAX_SEED, parse_generation_request
+from omniflash.api.submission import idempotency_request, read_json, submit_spec
+from omniflash.contract import parse_generation_request
 from omniflash.errors import InvalidRequest
-from omniflash.ids import ulid
-from omniflash.media.inputs import store_inline_inputs
 from omniflash.pricing import credits
-from omniflash.store import IdempotencyRequest, KeyInfo, TaskRow
+from omniflash.store import KeyInfo, TaskRow
 
 __all__ = ["router"]
 
 router = APIRouter()
-
-IDEMPOTENCY_KEY_MAX = 255
-
-
-async def _read_json(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise InvalidRequest(f"The request body is larger than {limit // (1024 * 1024)} MB")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InvalidRequest(f"The request body is larger than {limit // (1024 * 1024)} MB")
-        chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("The request body is not valid JSON: it is not UTF-8") from exc
-    except RecursionError as exc:
-        raise InvalidRequest("The request body is not valid JSON: it is nested too deeply") from exc
-    except ValueError as exc:  # e.g. an integer of thousands of digits
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
 
 
 def _submitted(task_id: str, replayed: bool = False) -> JSONResponse:
@@ -60,7 +31,7 @@ def _submitted(task_id: str, replayed: bool = False) -> JSONResponse:
 @router.post("/v1/videos/generations", summary="Submit a video generation task")
 async def submit(request: Request, key: Caller, services: ServicesDep) -> JSONResponse:
     """Validate, price, charge and queue a task; answers at once with its id."""
-    body = await _read_json(request, services.settings.max_body_bytes)
+    body = await read_json(request, services.settings.max_body_bytes)
     # The store blocks (SQLite waits on its write lock): keep it off the event loop.
     return await run_in_threadpool(
         _submit, body, request.headers.get("idempotency-key"), key, services
@@ -70,41 +41,9 @@ async def submit(request: Request, key: Caller, services: ServicesDep) -> JSONRe
 def _submit(body: Any, idem_key: str | None, key: KeyInfo, services: Services) -> JSONResponse:
     try:
         spec = parse_generation_request(body)
-        idempotency = None
-        if idem_key is not None:
-            idem_key = idem_key.strip()
-            if not idem_key or len(idem_key) > IDEMPOTENCY_KEY_MAX:
-                raise InvalidRequest(
-                    f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters"
-                )
-            body_hash = hashlib.sha256(
-                json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-            ).hexdigest()
-            idempotency = IdempotencyRequest(idem_key, body_hash)
     except RecursionError as exc:
         raise InvalidRequest("The request body is nested too deeply") from exc
-    estimate = 60
-    if services.estimator is not None:
-        estimate = max(1, round(services.estimator.estimate_seconds(spec)))
-    # Inline images go to blob storage before the transaction, under a name of their own;
-    # they are deleted again if the submit does not make a task of them.
-    spec, written = store_inline_inputs(spec, services.storage, f"inputs/{ulid()}")
-    submitted = None
-    try:
-        submitted = services.store.tasks.submit(
-            key,
-            spec,
-            millicredits=services.settings.pricing.hold(spec),
-            estimated_time=estimate,
-            seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED + 1),
-            idempotency_key=idempotency,
-        )
-    finally:
-        if written and (submitted is None or submitted.replayed):
-            for blob in written:
-                services.storage.delete(blob)
-    if not submitted.replayed:
-        services.waker.notify()
+    submitted = submit_spec(services, key, spec, idempotency_request(idem_key, body))
     return _submitted(submitted.task.id, replayed=submitted.replayed)
 
 

@@ -22,6 +22,7 @@ import dataclasses
 import enum
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,6 +38,7 @@ from omniflash.store.schema import api_keys, idempotency, ledger, tasks
 __all__ = [
     "NOTIFY_CHANNEL",
     "Claim",
+    "EndHook",
     "IdempotencyRequest",
     "Submission",
     "TaskRow",
@@ -137,9 +139,15 @@ class Submission:
     """True when an earlier submit with the same ``Idempotency-Key`` made ``task``."""
 
 
+EndHook = Callable[[sa.Connection, str, "TaskStatus"], None]
+"""Called inside the transaction that ends a task, with its id and final status."""
+
+
 class TaskStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.end_hooks: list[EndHook] = []
+        """Work that must commit or roll back with a task's end (a webhook's outbox row)."""
 
     def _clock(self, now: float | None) -> sa.ColumnElement[float]:
         return self.db.clock() if now is None else sa.literal(now, sa.Float)
@@ -415,6 +423,7 @@ class TaskStore:
             )
             if final < held:
                 self._credit(conn, row, held - final, "settle", now)
+            self._ended(conn, task_id, TaskStatus.COMPLETED)
         return True
 
     def fail(
@@ -601,3 +610,8 @@ class TaskStore:
         )
         if int(m["credits"]):
             self._credit(conn, row, int(m["credits"]), "refund", now)
+        self._ended(conn, m["id"], status)
+
+    def _ended(self, conn: sa.Connection, task_id: str, status: TaskStatus) -> None:
+        for hook in self.end_hooks:
+            hook(conn, task_id, status)

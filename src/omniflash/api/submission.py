@@ -1,0 +1,99 @@
+"""Submitting a task, whatever the dialect: read the body, price, store inputs, charge, queue.
+
+Every dialect (Omni-Flash-Ext, OpenAI videos, MCP tools) parses its own wire format into a
+``GenerationSpec`` with ``omniflash.contract`` and then calls ``submit_spec``, so that the
+charge, the idempotency rules and the inputs' storage are the same for all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from typing import Any
+
+from fastapi import Request
+
+from omniflash.api.deps import Services
+from omniflash.contract import MAX_SEED, GenerationSpec
+from omniflash.errors import InvalidRequest
+from omniflash.ids import ulid
+from omniflash.media.inputs import store_inline_inputs
+from omniflash.store import IdempotencyRequest, KeyInfo, Submission
+
+__all__ = ["IDEMPOTENCY_KEY_MAX", "idempotency_request", "read_json", "submit_spec"]
+
+IDEMPOTENCY_KEY_MAX = 255
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refused with ``InvalidRequest`` past ``limit`` bytes or when malformed."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise InvalidRequest(f"The request body is larger than {limit // (1024 * 1024)} MB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidRequest(f"The request body is larger than {limit // (1024 * 1024)} MB")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("The request body is not valid JSON: it is not UTF-8") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("The request body is not valid JSON: it is nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+
+
+def idempotency_request(idem_key: str | None, body: Any) -> IdempotencyRequest | None:
+    """The ``Idempotency-Key`` header's request for ``body``, or ``None`` without the header."""
+    if idem_key is None:
+        return None
+    idem_key = idem_key.strip()
+    if not idem_key or len(idem_key) > IDEMPOTENCY_KEY_MAX:
+        raise InvalidRequest(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
+    try:
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    except (RecursionError, ValueError) as exc:
+        raise InvalidRequest("The request body cannot be hashed for its Idempotency-Key") from exc
+    return IdempotencyRequest(idem_key, hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def submit_spec(
+    services: Services,
+    key: KeyInfo,
+    spec: GenerationSpec,
+    idempotency: IdempotencyRequest | None = None,
+) -> Submission:
+    """Price, store inline inputs, charge and queue ``spec``; blocking (call it in a thread).
+
+    Raises the store's ``PaymentRequired``, ``RateLimited`` or ``IdempotencyMismatch``.
+    """
+    estimate = 60
+    if services.estimator is not None:
+        estimate = max(1, round(services.estimator.estimate_seconds(spec)))
+    # Inline images go to blob storage before the transaction, under a name of their own;
+    # they are deleted again if the submit does not make a task of them.
+    spec, written = store_inline_inputs(spec, services.storage, f"inputs/{ulid()}")
+    submitted = None
+    try:
+        submitted = services.store.tasks.submit(
+            key,
+            spec,
+            millicredits=services.settings.pricing.hold(spec),
+            estimated_time=estimate,
+            seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED + 1),
+            idempotency_key=idempotency,
+        )
+    finally:
+        if written and (submitted is None or submitted.replayed):
+            for blob in written:
+                services.storage.delete(blob)
+    if not submitted.replayed:
+        services.waker.notify()
+    return submitted
