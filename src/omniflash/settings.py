@@ -35,6 +35,7 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "result_ttl_s": "OMNIFLASH_RESULT_TTL",
     "sweep_interval_s": "OMNIFLASH_SWEEP_INTERVAL",
     "default_rpm": "OMNIFLASH_DEFAULT_RPM",
+    "read_rpm": "OMNIFLASH_READ_RPM",
     "default_max_concurrent": "OMNIFLASH_DEFAULT_MAX_CONCURRENT",
     "allow_private_urls": "OMNIFLASH_ALLOW_PRIVATE_URLS",
     "fetch_timeout_s": "OMNIFLASH_FETCH_TIMEOUT",
@@ -79,6 +80,9 @@ class Settings:
     result_ttl_s: int = 72 * 3600
     sweep_interval_s: float = 300.0
     default_rpm: int = 60
+    """Submits a minute for new keys (exact across replicas)."""
+    read_rpm: int = 1200
+    """Reads (polls, lists, account) a minute per key, per API process."""
     default_max_concurrent: int = 4
     allow_private_urls: bool = False
     fetch_timeout_s: float = 30.0

@@ -114,11 +114,22 @@ def test_payment_required(api: Api) -> None:
 def test_rate_limit_has_retry_after_and_charges_nothing(api: Api) -> None:
     key, info = api.store.keys.create("slow", 10_000, 2, 4)
     assert api.submit(key=key).status_code == 200
-    assert api.get("/v1/tasks", key=key).status_code == 200
+    for _ in range(30):  # reads do not count against the submit limit
+        assert api.get("/v1/tasks", key=key).status_code == 200
+    assert api.submit(key=key).status_code == 200
     response = api.submit(key=key)
     assert_error(response, 429, "rate_limit_error")
     assert 1 <= int(response.headers["Retry-After"]) <= 60
-    assert api.store.keys.get(info.id).balance == 10_000 - 1000
+    assert api.store.keys.get(info.id).balance == 10_000 - 2000
+
+
+def test_reads_neither_lock_nor_write(api: Api) -> None:
+    """A poll takes no write transaction: with the write lock held elsewhere, it still answers."""
+    task_id = api.submit().json()["data"][0]["task_id"]
+    with api.store.db.write() as conn:  # BEGIN IMMEDIATE: SQLite's one write lock
+        conn.exec_driver_sql("SELECT 1")
+        for path in (f"/v1/tasks/{task_id}", "/v1/tasks", "/v1/account"):
+            assert api.get(path).status_code == 200
 
 
 def test_concurrency_limit(api: Api) -> None:

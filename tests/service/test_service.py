@@ -289,16 +289,37 @@ def test_first_start_prints_a_key_and_keys_cli(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "no API key" in bad.stderr
 
 
-def test_rate_limit_on_live_server(tmp_path: Path) -> None:
-    server = make_live_server(tmp_path, "--workers", "0")
+def test_rate_limits_on_live_server(tmp_path: Path) -> None:
+    """Submits: ``rpm``, exact.  Reads: ``OMNIFLASH_READ_RPM`` a key, apart from submits."""
+    server = make_live_server(tmp_path, "--workers", "0", OMNIFLASH_READ_RPM="40")
     key = server.create_key(10, "--rpm", "3")
     server.start()
     try:
         with server.client(key) as client:
-            codes = [client.get("/v1/tasks").status_code for _ in range(4)]
+            for _ in range(30):
+                assert client.get("/v1/tasks").status_code == 200
+            body = {"model": "Omni-Flash-Ext", "prompt": "x", "duration": 4}
+            codes = [client.post("/v1/videos/generations", json=body).status_code for _ in range(4)]
             assert codes == [200, 200, 200, 429]
+            reads = [client.get("/v1/tasks").status_code for _ in range(15)]
+            assert reads.count(429) >= 4 and reads[:9] == [200] * 9
             response = client.get("/v1/tasks")
             assert int(response.headers["Retry-After"]) >= 1
             assert response.json()["error"]["type"] == "rate_limit_error"
+    finally:
+        server.stop()
+
+
+def test_a_revoked_key_stops_working_within_seconds(tmp_path: Path) -> None:
+    server = make_live_server(tmp_path, "--workers", "0")
+    server.start()
+    try:
+        with server.client() as client:
+            assert client.get("/v1/tasks").status_code == 200  # now in the key cache
+            server.cli("keys", "revoke", server.api_key)
+            deadline = time.monotonic() + 10
+            while client.get("/v1/tasks").status_code != 401:
+                assert time.monotonic() < deadline, "a revoked key still works after 10 s"
+                time.sleep(0.2)
     finally:
         server.stop()

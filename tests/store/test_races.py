@@ -22,7 +22,7 @@ from omniflash.contract import parse_generation_request
 from omniflash.errors import Conflict, NotFound
 from omniflash.pricing import Pricing
 from omniflash.store import IdempotencyRequest, Store, TaskStatus
-from omniflash.store.schema import ledger, tasks
+from omniflash.store.schema import MIGRATIONS, ledger, tasks
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -213,7 +213,7 @@ def test_concurrent_first_starts_on_an_empty_database(postgres_url: str) -> None
             assert store.keys.count_active() == 1
             with store.db.read() as conn:
                 versions = conn.exec_driver_sql("SELECT version FROM schema_version").all()
-            assert sorted(v for (v,) in versions) == [1, 2]
+            assert sorted(v for (v,) in versions) == [v for v, _, _ in MIGRATIONS]
         finally:
             store.close()
     finally:
@@ -251,3 +251,26 @@ def test_release_hands_a_task_back_without_using_an_attempt(store: Store) -> Non
     assert not store.tasks.release(task.id, first.epoch)
     with pytest.raises(NotFound):
         store.tasks.cancel(task.id, key.id + 999)
+
+
+@pytest.mark.postgres
+def test_reads_survive_a_database_restart(pg: Store) -> None:
+    """Every pooled connection killed (as a server restart does): the next read still answers."""
+    _, key = pg.keys.create("restart", 10_000, 60, 4)
+    task = pg.tasks.submit(key, SPEC, millicredits=P.hold(SPEC), estimated_time=1, seed=1).task
+    for _ in range(3):  # several pooled connections
+        pg.tasks.get(task.id)
+    admin = sa.create_engine(pg.db.engine.url, poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        killed = conn.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+        conn.commit()
+    admin.dispose()
+    assert killed >= 1
+    assert pg.tasks.get(task.id).id == task.id
+    assert pg.keys.authenticate("of_not_a_key") is None
+    assert len(pg.tasks.list_for_key(key.id)) == 1

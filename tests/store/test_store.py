@@ -317,3 +317,40 @@ def test_postgres_notifies_workers_of_new_tasks(postgres_url: str) -> None:
         stop.set()
         listener.join(5)
         store.close()
+
+
+def test_in_flight_count_uses_the_active_index(store: Store) -> None:
+    """A submit's in-flight count reads the partial index, so it does not grow with history."""
+    from omniflash.store.schema import ACTIVE_INDEX
+
+    query = "SELECT count(*) FROM tasks WHERE key_id = 1 AND status IN ('pending', 'processing')"
+    with store.db.write() as conn:
+        if store.db.is_sqlite:
+            plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + query).all()
+        else:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = conn.exec_driver_sql("EXPLAIN " + query).all()
+    assert ACTIVE_INDEX in " ".join(str(row) for row in plan), plan
+
+
+def test_in_flight_count_follows_every_way_a_task_ends(store: Store) -> None:
+    _, key = store.keys.create("k", 100_000, 60, 3)
+    tasks = [submit(store, key) for _ in range(3)]
+    with pytest.raises(RateLimited):
+        submit(store, key)
+    store.tasks.cancel(tasks[0].id, key.id)  # cancel frees a slot
+    tasks.append(submit(store, key))
+    claim = store.tasks.claim("w", 30)
+    assert claim is not None
+    store.tasks.complete(*held(claim), result_key="r.mp4", ttl_s=60)  # so does completing
+    tasks.append(submit(store, key))
+    claim = store.tasks.claim("w", 30)
+    assert claim is not None
+    store.tasks.fail(*held(claim), "x", retry=False, max_attempts=1)  # and failing
+    tasks.append(submit(store, key))
+    claim = store.tasks.claim("w", 0.01, now=100.0)
+    assert claim is not None
+    store.tasks.reap(max_attempts=1, now=200.0)  # and a reap that gives up
+    submit(store, key)
+    with pytest.raises(RateLimited):
+        submit(store, key)

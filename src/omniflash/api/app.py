@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from omniflash import __version__
 from omniflash.api import files
 from omniflash.api.deps import Services
+from omniflash.api.limits import KeyCache, ReadLimiter
 from omniflash.api.routes import router
-from omniflash.engines import create_engine
+from omniflash.engines.estimates import estimator_for
 from omniflash.errors import InvalidRequest, NotFound, OmniflashError, RateLimited
 from omniflash.settings import Settings
 from omniflash.storage import Storage, UrlSigner, create_storage
@@ -67,11 +68,6 @@ def create_app(
         background.append(Maintenance(settings, store, storage, waker))
     if not store.db.is_sqlite:
         background.append(Listener(store, waker))
-    try:
-        estimator = create_engine(settings.engine, settings)
-    except Exception as exc:  # the workers report the real problem; estimates just fall back
-        log.warning("engine %s unavailable for estimates: %s", settings.engine, exc)
-        estimator = None
     services = Services(
         settings=settings,
         store=store,
@@ -82,8 +78,10 @@ def create_app(
             else store.meta.url_secret()
         ),
         pool=pool,
-        estimator=estimator,
+        estimator=estimator_for(settings),
         waker=waker,
+        key_cache=KeyCache(store.keys),
+        read_limiter=ReadLimiter(settings.read_rpm),
     )
 
     @contextlib.asynccontextmanager

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from omniflash.engines import Engine
-from omniflash.errors import AuthenticationFailed
+from omniflash.api.limits import KeyCache, ReadLimiter
+from omniflash.engines.estimates import Estimator
+from omniflash.errors import AuthenticationFailed, RateLimited
 from omniflash.settings import Settings
 from omniflash.storage import Storage, UrlSigner
 from omniflash.store import KeyInfo, Store
 from omniflash.worker import WorkerPool
 from omniflash.worker.wake import Waker
 
-__all__ = ["Caller", "Services", "authenticate", "get_services"]
+__all__ = [
+    "Caller",
+    "Services",
+    "ServicesDep",
+    "Submitter",
+    "authenticate",
+    "authenticate_submit",
+    "get_services",
+]
 
 
 @dataclasses.dataclass
@@ -25,8 +35,10 @@ class Services:
     storage: Storage
     signer: UrlSigner
     pool: WorkerPool | None
-    estimator: Engine | None
+    estimator: Estimator
     waker: Waker
+    key_cache: KeyCache
+    read_limiter: ReadLimiter
 
     def base_url(self, request: Request) -> str:
         return self.settings.public_url or str(request.base_url)
@@ -37,8 +49,7 @@ def get_services(request: Request) -> Services:
     return services
 
 
-def authenticate(request: Request) -> KeyInfo:
-    services = get_services(request)
+def _key(request: Request, services: Services) -> KeyInfo:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -46,12 +57,34 @@ def authenticate(request: Request) -> KeyInfo:
         raise AuthenticationFailed(
             "Authentication failed: send your API key as `Authorization: Bearer YOUR_API_KEY`"
         )
-    key = services.store.keys.authenticate(token)
+    key = services.key_cache.authenticate(token)
     if key is None:
         raise AuthenticationFailed()
+    return key
+
+
+def authenticate(request: Request) -> KeyInfo:
+    """The caller's key, for reads: counted against its per-process read limit, no writes."""
+    services = get_services(request)
+    key = _key(request, services)
+    wait = services.read_limiter.take(key.id)
+    if wait:
+        raise RateLimited(
+            f"Too many requests: this key allows {services.settings.read_rpm} reads per "
+            f"minute. Try again in {max(1, math.ceil(wait))} s",
+            retry_after=max(1, math.ceil(wait)),
+        )
+    return key
+
+
+def authenticate_submit(request: Request) -> KeyInfo:
+    """The caller's key, for submits: counted against its ``rpm``, exactly, on every replica."""
+    services = get_services(request)
+    key = _key(request, services)
     services.store.keys.hit(key)
     return key
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 Caller = Annotated[KeyInfo, Depends(authenticate)]
+Submitter = Annotated[KeyInfo, Depends(authenticate_submit)]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from omniflash.api.deps import Caller, Services, ServicesDep
+from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
 from omniflash.api.presenters import task_public
 from omniflash.api.submission import idempotency_request, read_json, submit_spec
 from omniflash.contract import parse_generation_request
@@ -29,7 +29,7 @@ def _submitted(task_id: str, replayed: bool = False) -> JSONResponse:
 
 
 @router.post("/v1/videos/generations", summary="Submit a video generation task")
-async def submit(request: Request, key: Caller, services: ServicesDep) -> JSONResponse:
+async def submit(request: Request, key: Submitter, services: ServicesDep) -> JSONResponse:
     """Validate, price, charge and queue a task; answers at once with its id."""
     body = await read_json(request, services.settings.max_body_bytes)
     # The store blocks (SQLite waits on its write lock): keep it off the event loop.

@@ -18,7 +18,7 @@ from omniflash.api.deps import Services
 from omniflash.contract import MAX_SEED, GenerationSpec
 from omniflash.errors import InvalidRequest
 from omniflash.ids import ulid
-from omniflash.media.inputs import store_inline_inputs
+from omniflash.inputs import store_inline_inputs
 from omniflash.store import IdempotencyRequest, KeyInfo, Submission
 
 __all__ = ["IDEMPOTENCY_KEY_MAX", "idempotency_request", "read_json", "submit_spec"]
@@ -74,9 +74,7 @@ def submit_spec(
 
     Raises the store's ``PaymentRequired``, ``RateLimited`` or ``IdempotencyMismatch``.
     """
-    estimate = 60
-    if services.estimator is not None:
-        estimate = max(1, round(services.estimator.estimate_seconds(spec)))
+    estimate = max(1, round(services.estimator(spec)))
     # Inline images go to blob storage before the transaction, under a name of their own;
     # they are deleted again if the submit does not make a task of them.
     spec, written = store_inline_inputs(spec, services.storage, f"inputs/{ulid()}")

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from omniflash.contract import GenerationSpec, Mode
 from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
+from omniflash.engines.estimates import preview_seconds
 from omniflash.errors import InputError, TaskCancelled
 from omniflash.media.encode import Mp4Writer, YuvFrame
 
@@ -333,8 +334,7 @@ class PreviewEngine:
         pass
 
     def estimate_seconds(self, spec: GenerationSpec) -> float:
-        frames = spec.frames or spec.billed_seconds * spec.fps
-        return round(1.0 + frames * spec.width * spec.height * 1.6e-8, 1)
+        return preview_seconds(spec)
 
     def generate(
         self, job: Job, progress: ProgressCallback, cancelled: CancelCheck

@@ -7,80 +7,26 @@
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import math
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from omniflash.contract import VIDEO_SECONDS_RANGE, GenerationSpec
 from omniflash.errors import InputError
+from omniflash.inputs import VIDEO_LABEL, image_label
 from omniflash.media.decode import VideoClip, decode_image, probe_video
 from omniflash.media.fetch import FetchPolicy, fetch_bytes, fetch_to_file
 from omniflash.settings import Settings
 
-if TYPE_CHECKING:
-    from omniflash.storage import Storage
-
 __all__ = [
-    "BLOB_SCHEME",
     "VIDEO_LABEL",
-    "blob_inputs",
     "clip_seconds",
     "fetch_inputs",
     "image_label",
-    "store_inline_inputs",
 ]
-
-VIDEO_LABEL = "video_urls[0]"
-BLOB_SCHEME = "blob:"
-"""An input URL ``blob:inputs/…`` names a blob the server stored at submit."""
-
-
-def blob_inputs(spec: GenerationSpec) -> dict[str, str]:
-    """The inputs stored as blobs, by label: ``{"image_urls[0]": "inputs/…/0.png", …}``."""
-    found = {
-        image_label(i): url[len(BLOB_SCHEME) :]
-        for i, url in enumerate(spec.image_urls)
-        if url.startswith(BLOB_SCHEME)
-    }
-    if spec.video_url and spec.video_url.startswith(BLOB_SCHEME):
-        found[VIDEO_LABEL] = spec.video_url[len(BLOB_SCHEME) :]
-    return found
-
-
-def store_inline_inputs(
-    spec: GenerationSpec, storage: Storage, prefix: str
-) -> tuple[GenerationSpec, list[str]]:
-    """Move inline (``data:``) images into blob storage under ``prefix``.
-
-    Returns the spec with ``blob:`` references in their place, and the keys written, so
-    that a task row holds a few bytes per image instead of megabytes of base64.  The
-    contract has validated the URIs already.
-    """
-    urls: list[str] = []
-    written: list[str] = []
-    for index, url in enumerate(spec.image_urls):
-        if url[:5].lower() != "data:":
-            urls.append(url)
-            continue
-        header, _, payload = url.partition(",")
-        subtype = header[len("data:image/") :].split(";", 1)[0].lower() or "bin"
-        key = f"{prefix}/{index}.{''.join(c for c in subtype if c.isalnum())[:8] or 'bin'}"
-        storage.put_bytes(key, base64.b64decode(payload), f"image/{subtype}")
-        written.append(key)
-        urls.append(BLOB_SCHEME + key)
-    if not written:
-        return spec, []
-    return dataclasses.replace(spec, image_urls=tuple(urls)), written
-
-
-def image_label(index: int) -> str:
-    return f"image_urls[{index}]"
 
 
 def fetch_inputs(

@@ -8,19 +8,42 @@ default READ COMMITTED with explicit row locks where it matters.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
 from omniflash.store.schema import MIGRATIONS, schema_version
 
-__all__ = ["Database"]
+__all__ = ["Database", "retry_disconnect"]
 
+P = ParamSpec("P")
+T = TypeVar("T")
 MIGRATION_LOCK = 0x6F6D6E69  # any constant no other application of the database uses
+
+
+def retry_disconnect(read: Callable[P, T]) -> Callable[P, T]:
+    """Run a read again, once, when the database dropped the connection under it.
+
+    A PostgreSQL restart leaves every pooled connection dead; SQLAlchemy notices on
+    first use, invalidates the pool, and the second try gets a fresh connection.  Only
+    for reads: a write whose connection died may or may not have committed.
+    """
+
+    @functools.wraps(read)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return read(*args, **kwargs)
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            return read(*args, **kwargs)
+
+    return wrapper
 
 
 class Database:
@@ -39,7 +62,12 @@ class Database:
         else:
             if url.startswith("postgresql://") or url.startswith("postgres://"):
                 url = "postgresql+psycopg://" + url.split("://", 1)[1]
-            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+            # No ping before every checkout (a round trip per transaction): connections are
+            # recycled instead, and reads retry once when the server dropped them
+            # (``retry_disconnect``); a worker's writes retry through its loop.
+            self.engine = sa.create_engine(
+                url, pool_size=16, max_overflow=0, pool_timeout=30, pool_recycle=1800
+            )
 
     @staticmethod
     def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from omniflash.errors import NotFound, RateLimited
 from omniflash.ids import hash_key, new_api_key
-from omniflash.store.db import Database
+from omniflash.store.db import Database, retry_disconnect
 from omniflash.store.schema import api_keys, ledger, rate_windows
 
 __all__ = ["KeyInfo", "KeyStore"]
@@ -102,6 +102,7 @@ class KeyStore:
         row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
         return key, KeyInfo.from_row(row)
 
+    @retry_disconnect
     def authenticate(self, key: str) -> KeyInfo | None:
         with self.db.read() as conn:
             row = conn.execute(
@@ -179,6 +180,7 @@ class KeyStore:
                 ).scalar_one()
             )
 
+    @retry_disconnect
     def get(self, key_id: int) -> KeyInfo:
         with self.db.read() as conn:
             return KeyInfo.from_row(

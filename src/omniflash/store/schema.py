@@ -131,14 +131,22 @@ def _v1(conn: sa.Connection) -> None:
         table.create(conn)
 
 
+ACTIVE_INDEX = "ix_tasks_active"
+
+
 def _v2(conn: sa.Connection) -> None:
     for table in (worker_tokens, meta):
         table.create(conn)
-    # Claims look for the oldest pending task; reaps for expired leases.
+    # Reaps look for expired leases.
     conn.exec_driver_sql("CREATE INDEX ix_tasks_lease ON tasks (status, lease_expires_at)")
+    # A submit counts the key's tasks in flight: through this index the count costs what
+    # the key has in flight, not its whole history.
+    conn.exec_driver_sql(
+        f"CREATE INDEX {ACTIVE_INDEX} ON tasks (key_id) WHERE status IN ('pending', 'processing')"
+    )
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "keys, ledger, tasks, idempotency, rate windows", _v1),
-    (2, "worker tokens, shared meta values, lease index", _v2),
+    (2, "worker tokens, shared meta values, lease and in-flight indexes", _v2),
 ]

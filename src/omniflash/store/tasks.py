@@ -31,7 +31,7 @@ from omniflash.contract import GenerationSpec
 from omniflash.errors import Conflict, IdempotencyMismatch, NotFound, PaymentRequired, RateLimited
 from omniflash.ids import new_task_id
 from omniflash.pricing import credits as to_credits
-from omniflash.store.db import Database
+from omniflash.store.db import Database, retry_disconnect
 from omniflash.store.keys import KeyInfo
 from omniflash.store.schema import api_keys, idempotency, ledger, tasks
 
@@ -270,6 +270,7 @@ class TaskStore:
             )
         return str(row.task_id)
 
+    @retry_disconnect
     def get(self, task_id: str, key_id: int | None = None) -> TaskRow:
         """A task; with ``key_id``, only that key's (another key's task is simply not found)."""
         query = sa.select(tasks).where(tasks.c.id == task_id)
@@ -281,6 +282,7 @@ class TaskStore:
             raise NotFound(f"No task {task_id!r} for this API key")
         return TaskRow.from_row(row)
 
+    @retry_disconnect
     def list_for_key(
         self, key_id: int, *, limit: int = 20, after: str | None = None
     ) -> list[TaskRow]:
@@ -495,6 +497,7 @@ class TaskStore:
                 reaped += 1
         return reaped
 
+    @retry_disconnect
     def pending_count(self) -> int:
         with self.db.read() as conn:
             return int(

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import IO
 
-from omniflash.media.inputs import blob_inputs
+from omniflash.inputs import blob_inputs
 from omniflash.settings import Settings
 from omniflash.storage import Storage
 from omniflash.store import Store

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from omniflash.contract import GenerationSpec
-from omniflash.media.inputs import blob_inputs
+from omniflash.inputs import blob_inputs
 from omniflash.settings import Settings
 from omniflash.storage import Storage
 from omniflash.store import Store

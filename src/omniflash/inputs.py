@@ -1,0 +1,70 @@
+"""A task's inputs kept as blobs: the ``blob:`` references a spec holds instead of data.
+
+Images sent inline (``data:`` URIs) are moved into blob storage at submit, and the spec
+keeps ``blob:inputs/…`` in their place, so a task row holds a few bytes per image
+rather than megabytes of base64.  Workers download these blobs before the engine runs
+(``omniflash.worker.source``); the sweep deletes them with the task's other files.
+
+This module is light on purpose (no imaging libraries): the API process imports it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from typing import TYPE_CHECKING
+
+from omniflash.contract import GenerationSpec
+
+if TYPE_CHECKING:
+    from omniflash.storage import Storage
+
+__all__ = ["BLOB_SCHEME", "VIDEO_LABEL", "blob_inputs", "image_label", "store_inline_inputs"]
+
+VIDEO_LABEL = "video_urls[0]"
+
+
+def image_label(index: int) -> str:
+    return f"image_urls[{index}]"
+
+
+BLOB_SCHEME = "blob:"
+"""An input URL ``blob:inputs/…`` names a blob the server stored at submit."""
+
+
+def blob_inputs(spec: GenerationSpec) -> dict[str, str]:
+    """The inputs stored as blobs, by label: ``{"image_urls[0]": "inputs/…/0.png", …}``."""
+    found = {
+        image_label(i): url[len(BLOB_SCHEME) :]
+        for i, url in enumerate(spec.image_urls)
+        if url.startswith(BLOB_SCHEME)
+    }
+    if spec.video_url and spec.video_url.startswith(BLOB_SCHEME):
+        found[VIDEO_LABEL] = spec.video_url[len(BLOB_SCHEME) :]
+    return found
+
+
+def store_inline_inputs(
+    spec: GenerationSpec, storage: Storage, prefix: str
+) -> tuple[GenerationSpec, list[str]]:
+    """Move inline (``data:``) images into blob storage under ``prefix``.
+
+    Returns the spec with ``blob:`` references in their place, and the keys written, so
+    that a task row holds a few bytes per image instead of megabytes of base64.  The
+    contract has validated the URIs already.
+    """
+    urls: list[str] = []
+    written: list[str] = []
+    for index, url in enumerate(spec.image_urls):
+        if url[:5].lower() != "data:":
+            urls.append(url)
+            continue
+        header, _, payload = url.partition(",")
+        subtype = header[len("data:image/") :].split(";", 1)[0].lower() or "bin"
+        key = f"{prefix}/{index}.{''.join(c for c in subtype if c.isalnum())[:8] or 'bin'}"
+        storage.put_bytes(key, base64.b64decode(payload), f"image/{subtype}")
+        written.append(key)
+        urls.append(BLOB_SCHEME + key)
+    if not written:
+        return spec, []
+    return dataclasses.replace(spec, image_urls=tuple(urls)), written
