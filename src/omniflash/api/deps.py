@@ -7,6 +7,7 @@ import math
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from omniflash.api.limits import KeyCache, ReadLimiter
 from omniflash.engines.estimates import Estimator
@@ -49,24 +50,31 @@ def get_services(request: Request) -> Services:
     return services
 
 
-def _key(request: Request, services: Services) -> KeyInfo:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def _token(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationFailed(
             "Authentication failed: send your API key as `Authorization: Bearer YOUR_API_KEY`"
         )
-    key = services.key_cache.authenticate(token)
+    return token
+
+
+async def _key(request: Request, services: Services) -> KeyInfo:
+    token = _token(request)
+    # A cached key costs no thread hop and no query; a miss looks it up off the event loop.
+    key = services.key_cache.cached(token)
+    if key is None:
+        key = await run_in_threadpool(services.key_cache.authenticate, token)
     if key is None:
         raise AuthenticationFailed()
     return key
 
 
-def authenticate(request: Request) -> KeyInfo:
+async def authenticate(request: Request) -> KeyInfo:
     """The caller's key, for reads: counted against its per-process read limit, no writes."""
     services = get_services(request)
-    key = _key(request, services)
+    key = await _key(request, services)
     wait = services.read_limiter.take(key.id)
     if wait:
         raise RateLimited(
@@ -77,11 +85,11 @@ def authenticate(request: Request) -> KeyInfo:
     return key
 
 
-def authenticate_submit(request: Request) -> KeyInfo:
+async def authenticate_submit(request: Request) -> KeyInfo:
     """The caller's key, for submits: counted against its ``rpm``, exactly, on every replica."""
     services = get_services(request)
-    key = _key(request, services)
-    services.store.keys.hit(key)
+    key = await _key(request, services)
+    await run_in_threadpool(services.store.keys.hit, key)
     return key
 
 

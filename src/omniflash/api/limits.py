@@ -31,13 +31,20 @@ class KeyCache:
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, KeyInfo]] = {}
 
-    def authenticate(self, token: str, now: float | None = None) -> KeyInfo | None:
+    def cached(self, token: str, now: float | None = None) -> KeyInfo | None:
+        """The key if it was looked up less than ``ttl_s`` ago; never touches the database."""
         now = time.monotonic() if now is None else now
-        digest = hash_key(token)
         with self._lock:
-            hit = self._entries.get(digest)
-        if hit is not None and now - hit[0] < self.ttl_s:
-            return hit[1]
+            hit = self._entries.get(hash_key(token))
+        return hit[1] if hit is not None and now - hit[0] < self.ttl_s else None
+
+    def authenticate(self, token: str, now: float | None = None) -> KeyInfo | None:
+        """The key, from the cache or the database (blocking); ``None`` when unknown."""
+        now = time.monotonic() if now is None else now
+        hit = self.cached(token, now)
+        if hit is not None:
+            return hit
+        digest = hash_key(token)
         key = self.keys.authenticate(token)
         with self._lock:
             if key is None:

@@ -47,48 +47,59 @@ def _submit(body: Any, idem_key: str | None, key: KeyInfo, services: Services) -
     return _submitted(submitted.task.id, replayed=submitted.replayed)
 
 
-def _one_task(task: TaskRow, request: Request, services: Services) -> dict[str, Any]:
+def _one_task(task: TaskRow, request: Request, services: Services) -> JSONResponse:
     public = task_public(
         task,
         base_url=services.base_url(request),
         signer=services.signer,
         pricing=services.settings.pricing,
     )
-    return {"code": 200, "data": public}
+    return JSONResponse({"code": 200, "data": public})
 
 
+# Polls are most of the traffic: one thread hop for the one query, the rest on the loop.
 @router.get("/v1/tasks/{task_id}", summary="Get a task's status and result")
-def get_task(task_id: str, request: Request, key: Caller, services: ServicesDep) -> dict[str, Any]:
-    return _one_task(services.store.tasks.get(task_id, key.id), request, services)
+async def get_task(
+    task_id: str, request: Request, key: Caller, services: ServicesDep
+) -> JSONResponse:
+    task = await run_in_threadpool(services.store.tasks.get, task_id, key.id)
+    return _one_task(task, request, services)
 
 
 @router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a pending or processing task")
-def cancel_task(
+async def cancel_task(
     task_id: str, request: Request, key: Caller, services: ServicesDep
-) -> dict[str, Any]:
-    return _one_task(services.store.tasks.cancel(task_id, key.id), request, services)
+) -> JSONResponse:
+    task = await run_in_threadpool(services.store.tasks.cancel, task_id, key.id)
+    return _one_task(task, request, services)
 
 
 @router.get("/v1/tasks", summary="List the caller's tasks, newest first")
-def list_tasks(
+async def list_tasks(
     request: Request,
     key: Caller,
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="the last task id of the previous page")] = None,
-) -> dict[str, Any]:
-    rows = services.store.tasks.list_for_key(key.id, limit=limit + 1, after=after)
+) -> JSONResponse:
+    rows = await run_in_threadpool(
+        services.store.tasks.list_for_key, key.id, limit=limit + 1, after=after
+    )
     page = rows[:limit]
     base = services.base_url(request)
-    return {
-        "code": 200,
-        "data": [
-            task_public(t, base_url=base, signer=services.signer, pricing=services.settings.pricing)
-            for t in page
-        ],
-        "has_more": len(rows) > limit,
-        "next_after": page[-1].id if len(rows) > limit else None,
-    }
+    return JSONResponse(
+        {
+            "code": 200,
+            "data": [
+                task_public(
+                    t, base_url=base, signer=services.signer, pricing=services.settings.pricing
+                )
+                for t in page
+            ],
+            "has_more": len(rows) > limit,
+            "next_after": page[-1].id if len(rows) > limit else None,
+        }
+    )
 
 
 @router.get("/v1/account", summary="The caller's key: name, balance and limits")
