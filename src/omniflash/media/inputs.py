@@ -55,6 +55,8 @@ def fetch_inputs(
     )
     workdir.mkdir(parents=True, exist_ok=True)
     jobs = len(spec.image_urls) + (1 if spec.video_url else 0)
+    if not jobs:
+        return [], None
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="omniflash-fetch")
     try:
         image_jobs = [

@@ -257,7 +257,7 @@ class Worker(threading.Thread):
         started = time.monotonic()
         deadline = started + s.task_timeout_s
         beat_every = max(0.2, min(2.0, s.lease_s / 3))
-        last_beat = -1e9
+        last_beat = started  # the claim has just set the lease
         progress = beat_progress = 0
         cancel_sent_at: float | None = None
         outcome: tuple[Any, ...] | None = None
