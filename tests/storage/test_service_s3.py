@@ -23,7 +23,7 @@ from omniflash.settings import Settings
 from omniflash.storage import S3Storage
 from omniflash.store import Store
 from omniflash.worker.pool import sweep_expired_files
-from tests.conftest import running_server, wait_for_task
+from tests.conftest import free_port, running_server, wait_for_task
 from tests.s3_server import S3Server
 from tests.storage.conftest import unique_prefix
 
@@ -210,3 +210,20 @@ def test_omniflash_serve_on_a_bucket(tmp_path: Path, s3: S3Server) -> None:
     finally:
         bucket.close()
     assert not (server.data_dir / "blobs").exists()
+
+
+def test_an_unreachable_bucket_answers_503(tmp_path: Path, s3: S3Server) -> None:
+    settings = Settings(data_dir=tmp_path / "data", workers=0)
+    store = Store(settings.database_url)
+    dead = S3Storage(s3.bucket, endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=1)
+    app = create_app(settings, store=store, storage=dead, start_workers=False)
+    try:
+        with TestClient(app) as client:
+            path = app.state.services.signer.path("results/a.1.mp4", int(time.time()) + 60)
+            for method in ("GET", "HEAD"):
+                assert client.request(method, path).status_code == 503
+            body = client.get(path).json()
+            assert body["error"]["type"] == "api_error" and "try again" in body["error"]["message"]
+    finally:
+        dead.close()
+        store.close()
