@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 
 from omniflash.api.deps import ServicesDep
 from omniflash.errors import Forbidden, InvalidRequest, NotFound, OmniflashError
-from omniflash.storage import StorageUnavailable
+from omniflash.storage import Storage, StorageUnavailable
 
 __all__ = ["RangeNotSatisfiable", "byte_range", "router"]
 
@@ -79,9 +79,7 @@ def download(
     if not sig or not services.signer.verify(blob_key, expires, sig, now=time.time()):
         raise Forbidden()
     storage = services.storage
-    headers = {
-        "Cache-Control": f"private, max-age={max(0, int(expires - time.time()))}",
-    }
+    headers = {"Cache-Control": f"private, max-age={max(0, int(expires - time.time()))}"}
     filename = blob_key.rsplit("/", 1)[-1].split(".", 1)[0] + ".mp4"
     try:
         path = storage.local_path(blob_key)
@@ -100,8 +98,15 @@ def download(
         raise NotFound("This result file no longer exists") from exc
     except StorageUnavailable as exc:
         raise _unavailable() from exc
-    headers["Accept-Ranges"] = "bytes"
     headers["Content-Disposition"] = f'inline; filename="{filename}"'
+    return _streamed(storage, blob_key, size, request, headers)
+
+
+def _streamed(
+    storage: Storage, key: str, size: int, request: Request, headers: dict[str, str]
+) -> Response:
+    """The blob, or the one range asked for, streamed from storage (no body for ``HEAD``)."""
+    headers["Accept-Ranges"] = "bytes"
     # Without the object's validators at hand, a conditional range gets the whole file.
     asked = None if "if-range" in request.headers else request.headers.get("range")
     try:
@@ -109,17 +114,15 @@ def download(
     except RangeNotSatisfiable as exc:
         headers["Content-Range"] = f"bytes */{size}"
         return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
-    status = 200
-    start, end = 0, size - 1
+    status, (start, end) = 200, (0, size - 1)
     if span is not None:
-        status = 206
-        start, end = span
+        status, (start, end) = 206, span
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=MEDIA_TYPE)
     return StreamingResponse(
-        storage.iter_bytes(blob_key, start, end),
+        storage.iter_bytes(key, start, end),
         status_code=status,
         headers=headers,
         media_type=MEDIA_TYPE,
