@@ -35,6 +35,12 @@ MAX_PRESIGN_S = 7 * 24 * 3600
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _METHODS = {"GET": "get_object", "PUT": "put_object"}
+_CHECK_HINTS = {
+    "404": "no such bucket",
+    "NoSuchBucket": "no such bucket",
+    "403": "access denied: the credentials need s3:ListBucket on the bucket, and "
+    "s3:GetObject, s3:PutObject and s3:DeleteObject under the prefix",
+}
 _SESSION: dict[str, Any] = {}
 _SESSION_LOCK = threading.Lock()
 
@@ -85,7 +91,10 @@ class S3Storage:
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         if prefix:
-            check_key(prefix.removesuffix("/"))
+            try:
+                check_key(prefix.removesuffix("/"))
+            except ValueError as exc:
+                raise ValueError(f"invalid S3 key prefix {prefix!r}") from exc
         boto3, config_class, self._errors = _import_boto3()
         from boto3.s3.transfer import TransferConfig
 
@@ -139,8 +148,14 @@ class S3Storage:
 
     def check(self) -> None:
         """Fail now, with a clear message, when the bucket cannot be reached or used."""
-        with self._calling("head bucket"):
-            self._client.head_bucket(Bucket=self.bucket)
+        try:
+            with self._calling("head bucket"):
+                self._client.head_bucket(Bucket=self.bucket)
+        except StorageUnavailable as exc:
+            hint = _CHECK_HINTS.get(_code(exc.__cause__))
+            if hint is None:
+                raise
+            raise StorageUnavailable(f"{exc} ({hint})") from exc.__cause__
 
     def put(self, key: str, source: Path) -> None:
         content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
