@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from omniflash.api.app import create_app
+from omniflash.api.files import RangeNotSatisfiable, byte_range
 from omniflash.settings import Settings
 from omniflash.store import Store
 
@@ -273,6 +274,46 @@ def test_signed_file_urls(api: Api) -> None:
         api.client.get(path[:-1] + ("0" if path[-1] != "0" else "1")), 403, "permission_error"
     )
     assert_error(api.client.get(path.replace("expires=", "expires=9")), 403, "permission_error")
+
+
+def test_file_urls_answer_head_and_ranges(api: Api) -> None:
+    task_id = api.submit().json()["data"][0]["task_id"]
+    path = _complete(api, task_id, 3600, b"0123456789").split("testserver", 1)[1]
+    head = api.client.head(path)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == "10" and head.headers["content-type"] == "video/mp4"
+    assert head.headers["accept-ranges"] == "bytes"
+    part = api.client.get(path, headers={"Range": "bytes=2-5"})
+    assert part.status_code == 206 and part.content == b"2345"
+    assert part.headers["content-range"] == "bytes 2-5/10"
+    assert api.client.get(path, headers={"Range": "bytes=20-"}).status_code == 416
+    assert api.client.head(path.replace("sig=", "sig=0")).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("header", "span"),
+    [
+        (None, None),
+        ("bytes=0-0", (0, 0)),
+        ("bytes=10-19", (10, 19)),
+        ("bytes=90-", (90, 99)),
+        ("bytes=90-500", (90, 99)),
+        ("bytes=-5", (95, 99)),
+        ("bytes=-500", (0, 99)),
+        ("bytes=5-2", None),
+        ("bytes=0-1,5-6", None),
+        ("items=0-1", None),
+        ("bytes=-", None),
+        ("bytes=100-", "416"),
+        ("bytes=-0", "416"),
+    ],
+)
+def test_byte_range(header: str | None, span: tuple[int, int] | str | None) -> None:
+    if span == "416":
+        with pytest.raises(RangeNotSatisfiable):
+            byte_range(header, 100)
+    else:
+        assert byte_range(header, 100) == span
 
 
 def test_expired_url_is_refused(api: Api) -> None:

@@ -1,36 +1,134 @@
-"""Result downloads by signed, expiring URL; no API key needed."""
+"""Result downloads by signed, expiring URL; no API key needed.
+
+``GET`` and ``HEAD`` on ``/v1/files/{key}?expires=…&sig=…`` answer from any backend: a
+local file is sent as a file (ranges, ``ETag``); any other blob is streamed from storage,
+honouring one ``Range`` (``206``, ``Content-Range``).  ``byte_range`` is the sans-I/O
+part: the range a header asks of a blob of a given size.
+"""
 
 from __future__ import annotations
 
+import re
 import time
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from omniflash.api.deps import ServicesDep
-from omniflash.errors import Forbidden, NotFound
+from omniflash.errors import Forbidden, InvalidRequest, NotFound, OmniflashError
+from omniflash.storage import Storage, StorageUnavailable
 
-__all__ = ["router"]
+__all__ = ["RangeNotSatisfiable", "byte_range", "router"]
 
 router = APIRouter()
+PATH = "/v1/files/{blob_key:path}"
+MEDIA_TYPE = "video/mp4"
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
-@router.get("/v1/files/{blob_key:path}", summary="Download a result by its signed URL")
-def download(blob_key: str, services: ServicesDep, expires: int = 0, sig: str = "") -> FileResponse:
+class RangeNotSatisfiable(InvalidRequest):
+    status = 416
+    default_message = "The requested range is outside the file"
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive ``(first, last)`` bytes a ``Range`` header asks for; ``None``: all.
+
+    One range only: several ranges, other units or a malformed header get the whole
+    file, as RFC 9110 lets a server do.  A range that starts past the end raises
+    ``RangeNotSatisfiable``::
+
+        >>> byte_range("bytes=0-99", 1000), byte_range("bytes=900-", 1000)
+        ((0, 99), (900, 999))
+        >>> byte_range("bytes=-100", 1000), byte_range("bytes=500-5000", 1000)
+        ((900, 999), (500, 999))
+    """
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first:
+        if not last:
+            return None
+        suffix = int(last)
+        if suffix == 0:
+            raise RangeNotSatisfiable()
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    end = size - 1 if not last else min(int(last), size - 1)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable()
+    return start, end
+
+
+def _unavailable() -> OmniflashError:
+    error = OmniflashError("The file store cannot be reached just now; try again shortly")
+    error.status = 503
+    return error
+
+
+@router.get(PATH, summary="Download a result by its signed URL")
+def download(
+    blob_key: str, request: Request, services: ServicesDep, expires: int = 0, sig: str = ""
+) -> Response:
     """No API key needed: the signature is the permission, until it expires."""
     if not sig or not services.signer.verify(blob_key, expires, sig, now=time.time()):
         raise Forbidden()
+    storage = services.storage
+    headers = {"Cache-Control": f"private, max-age={max(0, int(expires - time.time()))}"}
+    filename = blob_key.rsplit("/", 1)[-1].split(".", 1)[0] + ".mp4"
     try:
-        path = services.storage.local_path(blob_key)
-    except ValueError as exc:
+        path = storage.local_path(blob_key)
+        if path is not None:
+            if not path.is_file():
+                raise FileNotFoundError(blob_key)
+            return FileResponse(
+                path,
+                media_type=MEDIA_TYPE,
+                filename=filename,
+                headers=headers,
+                content_disposition_type="inline",
+            )
+        size = storage.size(blob_key)
+    except (FileNotFoundError, ValueError) as exc:
         raise NotFound("This result file no longer exists") from exc
-    if path is None or not path.is_file():
-        raise NotFound("This result file no longer exists")
-    max_age = max(0, int(expires - time.time()))
-    return FileResponse(
-        path,
-        media_type="video/mp4",
-        filename=blob_key.rsplit("/", 1)[-1].split(".", 1)[0] + ".mp4",
-        headers={"Cache-Control": f"private, max-age={max_age}"},
-        content_disposition_type="inline",
+    except StorageUnavailable as exc:
+        raise _unavailable() from exc
+    headers["Content-Disposition"] = f'inline; filename="{filename}"'
+    return _streamed(storage, blob_key, size, request, headers)
+
+
+def _streamed(
+    storage: Storage, key: str, size: int, request: Request, headers: dict[str, str]
+) -> Response:
+    """The blob, or the one range asked for, streamed from storage (no body for ``HEAD``)."""
+    headers["Accept-Ranges"] = "bytes"
+    # Without the object's validators at hand, a conditional range gets the whole file.
+    asked = None if "if-range" in request.headers else request.headers.get("range")
+    try:
+        span = byte_range(asked, size)
+    except RangeNotSatisfiable as exc:
+        headers["Content-Range"] = f"bytes */{size}"
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+    status, (start, end) = 200, (0, size - 1)
+    if span is not None:
+        status, (start, end) = 206, span
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end - start + 1)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=MEDIA_TYPE)
+    return StreamingResponse(
+        storage.iter_bytes(key, start, end),
+        status_code=status,
+        headers=headers,
+        media_type=MEDIA_TYPE,
     )
+
+
+# HEAD answers like GET without the body (``curl -I``, download managers); kept out of
+# the schema, where it would repeat GET's operation.
+router.add_api_route(PATH, download, methods=["HEAD"], include_in_schema=False)

@@ -5,16 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from omniflash.pricing import Pricing, credits
-from omniflash.storage import UrlSigner
+from omniflash.storage import Storage, UrlSigner
 from omniflash.store import TaskRow, TaskStatus
 
 __all__ = ["task_public"]
 
 
 def task_public(
-    task: TaskRow, *, base_url: str, signer: UrlSigner, pricing: Pricing
+    task: TaskRow,
+    *,
+    base_url: str,
+    signer: UrlSigner,
+    pricing: Pricing,
+    presigner: Storage | None = None,
 ) -> dict[str, Any]:
-    """``GET /v1/tasks/{id}``'s ``data``: the seed's fields, then a few documented extras."""
+    """``GET /v1/tasks/{id}``'s ``data``: the seed's fields, then a few documented extras.
+
+    A result's URL is the API's signed download URL, or, given a ``presigner`` (the
+    storage, when ``OMNIFLASH_PRESIGN_RESULTS`` is on), the bucket's own presigned URL;
+    either expires at the result's ``expires_at``.
+    """
     completed = int(task.completed_at) if task.completed_at is not None else None
     created = int(task.created_at)
     data: dict[str, Any] = {
@@ -30,7 +40,9 @@ def task_public(
     }
     if task.status is TaskStatus.COMPLETED and task.result_key and task.result_expires_at:
         expires_at = int(task.result_expires_at)
-        url = base_url.rstrip("/") + signer.path(task.result_key, expires_at)
+        url = presigner.presigned_url(task.result_key, expires_at) if presigner else None
+        if url is None:
+            url = base_url.rstrip("/") + signer.path(task.result_key, expires_at)
         data["result"] = {"videos": [{"url": [url], "expires_at": expires_at}]}
     elif task.status is TaskStatus.FAILED:
         data["error"] = {"message": task.error or "generation failed", "code": "task_failed"}

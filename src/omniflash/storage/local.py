@@ -1,0 +1,104 @@
+"""``LocalStorage``: blobs as files in a directory (the data dir's ``blobs`` by default)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from omniflash.storage.protocol import CHUNK, check_key
+
+__all__ = ["LocalStorage"]
+
+
+class LocalStorage:
+    """Blobs as files under ``root``; keys are relative paths like ``results/task_….mp4``.
+
+    A blob is written to a ``.part`` file beside its place, synced, then renamed over it,
+    so a reader sees the old file or the new one, never half of one.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / check_key(key)).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"blob key escapes the storage root: {key!r}")
+        return path
+
+    def _part(self, dest: Path) -> Path:
+        return dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
+
+    def put(self, key: str, source: Path) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._part(dest)
+        try:
+            os.replace(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._part(dest)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+
+    def download(self, key: str, dest: Path) -> None:
+        shutil.copyfile(self._existing(key), dest)
+
+    def size(self, key: str) -> int:
+        return self._existing(key).stat().st_size
+
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        path = self._existing(key)
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            left = None if end is None else end - start + 1
+            while left is None or left > 0:
+                chunk = handle.read(CHUNK if left is None else min(CHUNK, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def presigned_url(self, key: str, expires_at: int, *, method: str = "GET") -> str | None:
+        return None
+
+    def _existing(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        return path
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def keys(self) -> Iterator[str]:
+        """Every blob's key (not part of ``Storage``: for tests and maintenance)."""
+        for path in self.root.rglob("*"):
+            if path.is_file() and not path.name.endswith(".part"):
+                yield path.relative_to(self.root).as_posix()
+
+    def close(self) -> None:
+        """Nothing to release."""
