@@ -15,7 +15,8 @@ API errors carry their HTTP status and the seed's error ``type``; one handler in
     ├── NotFound                         (404, not_found_error)
     ├── Conflict                         (409, conflict_error)
     ├── IdempotencyMismatch              (422, idempotency_error)
-    └── RateLimited                      (429, rate_limit_error) .retry_after
+    ├── RateLimited                      (429, rate_limit_error) .retry_after
+    └── ServiceUnavailable               (503, api_error) blob storage unreachable
 
 Errors while a task runs are ``TaskError``; their message ends up in the task's
 ``data.error.message`` and the task is refunded::
@@ -43,6 +44,7 @@ __all__ = [
     "OmniflashError",
     "PaymentRequired",
     "RateLimited",
+    "ServiceUnavailable",
     "TaskCancelled",
     "TaskError",
     "UnsupportedImageCount",
@@ -154,3 +156,9 @@ class EngineBroken(EngineError):
 
 class TaskCancelled(TaskError):
     """The task was cancelled while it ran."""
+
+
+class ServiceUnavailable(OmniflashError):
+    status = 503
+    type = "api_error"
+    default_message = "A backing service (the file store) cannot be reached just now; try again"

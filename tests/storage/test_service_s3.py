@@ -18,7 +18,7 @@ from PIL import Image
 from omniflash.api.app import create_app
 from omniflash.api.presenters import task_public
 from omniflash.contract import parse_generation_request
-from omniflash.media.inputs import blob_inputs, store_inline_inputs
+from omniflash.inputs import blob_inputs, store_inline_inputs
 from omniflash.settings import Settings
 from omniflash.storage import S3Storage
 from omniflash.store import Store
@@ -130,14 +130,17 @@ def test_a_task_on_s3_from_inline_image_to_downloads(
     data = _wait(client, task_id)
     assert data["status"] == "completed", data
     video = data["result"]["videos"][0]
-    (url,) = video["url"]
-    assert url.startswith("http://testserver/v1/files/results/")
+    (presigned,) = video["url"]
     row = store.tasks.get(task_id)
     assert row.result_key is not None and storage.exists(row.result_key)
     assert not (tmp_path / "data" / "blobs").exists(), "nothing on the local disk"
 
+    # With OMNIFLASH_PRESIGN_RESULTS the task shows the bucket's own URL, expiring with it.
+    assert presigned.startswith(storage.endpoint_url or "") and "X-Amz-Signature=" in presigned
+
     # The API's signed URL streams from the bucket: whole, a range, and HEAD.
-    path = url.removeprefix("http://testserver")
+    services = client.app.state.services  # type: ignore[attr-defined]
+    path = services.signer.path(row.result_key, video["expires_at"])
     whole = client.get(path, headers={"Authorization": ""})
     assert whole.status_code == 200 and whole.headers["content-type"] == "video/mp4"
     assert whole.headers["accept-ranges"] == "bytes"
@@ -164,8 +167,7 @@ def test_a_task_on_s3_from_inline_image_to_downloads(
     assert client.head(path, headers={"Range": "bytes=0-9"}).headers["content-length"] == "10"
     assert client.head(path.replace("sig=", "sig=0")).status_code == 403
 
-    # With OMNIFLASH_PRESIGN_RESULTS the task shows the bucket's own URL, expiring with it.
-    services = client.app.state.services  # type: ignore[attr-defined]
+    # The presigned URL from the task fetches the same bytes, straight from the bucket.
     public = task_public(
         row,
         base_url="http://testserver/",
@@ -173,9 +175,7 @@ def test_a_task_on_s3_from_inline_image_to_downloads(
         pricing=services.settings.pricing,
         presigner=storage,
     )
-    (presigned,) = public["result"]["videos"][0]["url"]
-    assert presigned.startswith(storage.endpoint_url or "") and "X-Amz-Signature=" in presigned
-    assert public["result"]["videos"][0]["expires_at"] == video["expires_at"]
+    assert public["result"]["videos"][0] == video
     fetched = httpx.get(presigned, timeout=10)
     assert fetched.status_code == 200 and fetched.content == whole.content
 

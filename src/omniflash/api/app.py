@@ -22,9 +22,15 @@ from omniflash.api.deps import Services
 from omniflash.api.limits import KeyCache, ReadLimiter
 from omniflash.api.routes import router
 from omniflash.engines.estimates import estimator_for
-from omniflash.errors import InvalidRequest, NotFound, OmniflashError, RateLimited
+from omniflash.errors import (
+    InvalidRequest,
+    NotFound,
+    OmniflashError,
+    RateLimited,
+    ServiceUnavailable,
+)
 from omniflash.settings import Settings
-from omniflash.storage import Storage, UrlSigner, create_storage
+from omniflash.storage import Storage, StorageUnavailable, UrlSigner, create_storage
 from omniflash.store import Store
 from omniflash.worker import Listener, Maintenance, StoreTaskSource, WorkerPool
 from omniflash.worker.wake import Waker
@@ -56,6 +62,7 @@ def create_app(
     start_workers: bool = True,
 ) -> FastAPI:
     store = store or Store(settings.database_url)
+    owns_storage = storage is None
     storage = storage or create_storage(settings)
     waker = Waker()
     pool = None
@@ -97,6 +104,8 @@ def create_app(
                 pool.close()
             for thread in background:
                 thread.close()
+            if owns_storage:
+                storage.close()
 
     app = FastAPI(
         title="omniflash",
@@ -111,6 +120,11 @@ def create_app(
     @app.exception_handler(OmniflashError)
     async def _omniflash_error(_request: Request, exc: OmniflashError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_down(_request: Request, exc: StorageUnavailable) -> JSONResponse:
+        log.error("blob storage unavailable: %s", exc)
+        return error_response(ServiceUnavailable())
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

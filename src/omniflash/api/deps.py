@@ -41,6 +41,11 @@ class Services:
     key_cache: KeyCache
     read_limiter: ReadLimiter
 
+    @property
+    def presigner(self) -> Storage | None:
+        """The storage that signs result URLs itself, when results are presigned."""
+        return self.storage if self.settings.presign_results else None
+
     def base_url(self, request: Request) -> str:
         return self.settings.public_url or str(request.base_url)
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from omniflash.api.deps import ServicesDep
-from omniflash.errors import Forbidden, InvalidRequest, NotFound, OmniflashError
+from omniflash.errors import Forbidden, InvalidRequest, NotFound, OmniflashError, ServiceUnavailable
 from omniflash.storage import Storage, StorageUnavailable
 
 __all__ = ["RangeNotSatisfiable", "byte_range", "router"]
@@ -66,9 +66,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def _unavailable() -> OmniflashError:
-    error = OmniflashError("The file store cannot be reached just now; try again shortly")
-    error.status = 503
-    return error
+    return ServiceUnavailable("The file store cannot be reached just now; try again shortly")
 
 
 @router.get(PATH, summary="Download a result by its signed URL")

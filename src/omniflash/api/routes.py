@@ -53,6 +53,7 @@ def _one_task(task: TaskRow, request: Request, services: Services) -> JSONRespon
         base_url=services.base_url(request),
         signer=services.signer,
         pricing=services.settings.pricing,
+        presigner=services.presigner,
     )
     return JSONResponse({"code": 200, "data": public})
 
@@ -92,7 +93,11 @@ async def list_tasks(
             "code": 200,
             "data": [
                 task_public(
-                    t, base_url=base, signer=services.signer, pricing=services.settings.pricing
+                    t,
+                    base_url=base,
+                    signer=services.signer,
+                    pricing=services.settings.pricing,
+                    presigner=services.presigner,
                 )
                 for t in page
             ],

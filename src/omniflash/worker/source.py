@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from omniflash.contract import GenerationSpec
 from omniflash.inputs import blob_inputs
 from omniflash.settings import Settings
-from omniflash.storage import Storage
+from omniflash.storage import Storage, StorageUnavailable
 from omniflash.store import Store
 from omniflash.worker.wake import Waker
 
@@ -132,15 +132,17 @@ class StoreTaskSource:
         paths = {}
         for n, (label, key) in enumerate(blob_inputs(lease.spec).items()):
             path = dest / f"input-{n}"
-            self.storage.download(key, path)
+            with _unavailable():
+                self.storage.download(key, path)
             paths[label] = path
         return paths
 
     def complete(self, lease: Lease, output: Path, result: dict[str, Any]) -> bool:
         key = result_key(lease)
-        if output.exists() or not self.storage.exists(key):
-            # A retry after the database failed has stored the file already (put moves it).
-            self.storage.put(key, output)
+        with _unavailable():
+            if output.exists() or not self.storage.exists(key):
+                # A retry after the database failed has stored the file already (put moves it).
+                self.storage.put(key, output)
         final = self.settings.pricing.millicredits(lease.spec.resolution, int(result["duration"]))
         with _unavailable():
             ok = self.store.tasks.complete(
@@ -173,8 +175,8 @@ class StoreTaskSource:
 
 @contextlib.contextmanager
 def _unavailable() -> Iterator[None]:
-    """Database errors become ``SourceUnavailable``: the loop backs off and tries again."""
+    """Database and storage outages become ``SourceUnavailable``: the loop backs off, retries."""
     try:
         yield
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, StorageUnavailable) as exc:
         raise SourceUnavailable(str(exc).splitlines()[0]) from exc
