@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypedDict, TypeVar, Unpack
 
 from omniflash.client.images import ImageInput, image_reference
-
-if TYPE_CHECKING:
-    from omniflash.client.async_client import AsyncClient
-    from omniflash.client.sync_client import Client
 
 __all__ = [
     "MODEL",
     "Account",
     "AsyncTask",
+    "GenerateAndWaitOptions",
+    "GenerateOptions",
     "GenerationRequest",
+    "ProgressCallback",
     "SubmittedTask",
     "Task",
     "TaskError",
@@ -30,6 +30,7 @@ __all__ = [
     "TaskPage",
     "TaskStatus",
     "Video",
+    "WaitOptions",
 ]
 
 MODEL = "Omni-Flash-Ext"
@@ -86,12 +87,57 @@ class GenerationRequest:
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         if self.images:
-            body["image_urls"] = [image_reference(image) for image in self.images]
+            body["image_urls"] = [
+                image_reference(image, index=i) for i, image in enumerate(self.images)
+            ]
         if self.video is not None:
             body["video_urls"] = [self.video]
         if self.extra:
             body.update(self.extra)
         return body
+
+
+class GenerateOptions(TypedDict, total=False):
+    """The keyword arguments of ``client.videos.generate`` after the prompt."""
+
+    duration: int | None
+    """Seconds: 4, 6, 8 or 10; the server's default (6) when left out."""
+    resolution: str | None
+    aspect_ratio: str | None
+    images: Sequence[ImageInput]
+    """Image URLs, ``data:`` URIs, local paths or raw bytes (sent as data URIs)."""
+    video: str | None
+    """A reference video URL."""
+    generation_type: str | None
+    """``"frame"`` or ``"reference"``: how the images are used."""
+    seed: int | None
+    idempotency_key: str | None
+    """Sent as the Idempotency-Key header; a fresh random one when left out."""
+    extra_body: dict[str, Any] | None
+    """Extra body fields for servers that accept them."""
+
+
+ProgressCallback = Callable[["Task"], object]
+"""Called with the task after every look; with ``AsyncClient`` it may be ``async``."""
+
+
+class WaitOptions(TypedDict, total=False):
+    """The keyword arguments of ``client.tasks.wait`` after the task id."""
+
+    timeout: float | None
+    """The overall deadline in seconds (``WaitPolicy.timeout`` when left out)."""
+    poll_interval: float | None
+    first_delay: float | None
+    on_progress: ProgressCallback | None
+    raise_on_failure: bool
+    """``True`` (the default): a failed or cancelled task raises ``TaskFailedError``."""
+
+
+class GenerateAndWaitOptions(GenerateOptions, total=False):
+    """``generate``'s keyword arguments, and ``wait``'s ``timeout`` and ``on_progress``."""
+
+    timeout: float | None
+    on_progress: ProgressCallback | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +169,26 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+class TaskActions(Protocol):
+    """What ``Task.download()``, ``refresh()`` and ``wait()`` call: a ``Client``'s ``tasks``."""
+
+    def get(self, task_id: str) -> Task: ...
+
+    def wait(self, task_id: str, **options: Unpack[WaitOptions]) -> Task: ...
+
+    def download(
+        self, task: Task | str, path: str | os.PathLike[str], *, index: int = 0
+    ) -> Path: ...
+
+
 @dataclasses.dataclass(frozen=True)
-class TaskInfo:
-    """A task as ``GET /v1/tasks/{id}`` shows it."""
+class Task:
+    """A task as ``GET /v1/tasks/{id}`` shows it: plain data, from ``Client`` and ``AsyncClient``.
+
+    Its actions live on the client (``client.tasks.download(task, path)``); a task from a
+    ``Client`` also offers them as ``task.download(path)``, ``task.refresh()`` and
+    ``task.wait()``.
+    """
 
     id: str
     status: str
@@ -140,9 +203,14 @@ class TaskInfo:
     error: TaskError | None = None
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
     """The server's ``data`` object as received, extras included."""
+    _actions: TaskActions | None = dataclasses.field(
+        default=None, repr=False, compare=False, kw_only=True
+    )
+    """The ``Client.tasks`` that ``download()``, ``refresh()`` and ``wait()`` use."""
 
     @classmethod
     def fields_from(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor's arguments for a task ``data`` object, read leniently."""
         videos: list[Video] = []
         result = data.get("result")
         if isinstance(result, Mapping) and isinstance(result.get("videos"), list):
@@ -182,8 +250,8 @@ class TaskInfo:
         }
 
     @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> TaskInfo:
-        return cls(**cls.fields_from(data))
+    def from_data(cls, data: Mapping[str, Any], actions: TaskActions | None = None) -> Task:
+        return cls(**cls.fields_from(data), _actions=actions)
 
     @property
     def finished(self) -> bool:
@@ -218,53 +286,35 @@ class TaskInfo:
             return str(request["prompt"])
         return None
 
+    def _bound(self) -> TaskActions:
+        actions = self._actions
+        if actions is None:
+            raise RuntimeError(
+                f"task {self.id} is not from a Client: use client.tasks.download(task, path) "
+                "(awaited, with an AsyncClient)"
+            )
+        return actions
 
-@dataclasses.dataclass(frozen=True)
-class Task(TaskInfo):
-    """A task from a ``Client``; ``download()`` saves its video."""
-
-    client: Client | None = dataclasses.field(default=None, repr=False, compare=False)
-
-    def _bound(self) -> Client:
-        if self.client is None:
-            raise RuntimeError("this Task is not bound to a Client")
-        return self.client
-
-    def download(self, path: str | Path, *, index: int = 0) -> Path:
-        """Save the video to ``path`` (atomically) and return the path."""
+    def download(self, path: str | os.PathLike[str], *, index: int = 0) -> Path:
+        """``client.tasks.download(task, path)`` of the ``Client`` this task came from."""
         return self._bound().download(self, path, index=index)
 
     def refresh(self) -> Task:
-        """The task as the server shows it now."""
-        return self._bound().tasks.get(self.id)
+        """The task as the server shows it now: ``client.tasks.get(task.id)``."""
+        return self._bound().get(self.id)
 
-    def wait(self, **kwargs: Any) -> Task:
-        """``client.tasks.wait(task.id, **kwargs)``."""
-        return self._bound().tasks.wait(self.id, **kwargs)
-
-
-@dataclasses.dataclass(frozen=True)
-class AsyncTask(TaskInfo):
-    """A task from an ``AsyncClient``; ``await task.download(path)`` saves its video."""
-
-    client: AsyncClient | None = dataclasses.field(default=None, repr=False, compare=False)
-
-    def _bound(self) -> AsyncClient:
-        if self.client is None:
-            raise RuntimeError("this AsyncTask is not bound to an AsyncClient")
-        return self.client
-
-    async def download(self, path: str | Path, *, index: int = 0) -> Path:
-        return await self._bound().download(self, path, index=index)
-
-    async def refresh(self) -> AsyncTask:
-        return await self._bound().tasks.get(self.id)
-
-    async def wait(self, **kwargs: Any) -> AsyncTask:
-        return await self._bound().tasks.wait(self.id, **kwargs)
+    def wait(self, **options: Unpack[WaitOptions]) -> Task:
+        """``client.tasks.wait(task.id, **options)``."""
+        return self._bound().wait(self.id, **options)
 
 
-T = TypeVar("T", bound=TaskInfo)
+TaskInfo = Task
+"""The name of ``Task``'s data before it was one class; kept for existing imports."""
+AsyncTask = Task
+"""``AsyncClient`` returns plain ``Task`` objects; the name is kept for existing imports."""
+
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
