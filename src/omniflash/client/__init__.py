@@ -30,12 +30,14 @@ from omniflash.client.errors import (
     TaskCancelledError,
     TaskFailedError,
 )
-from omniflash.client.models import (
-    Account,
-    AsyncTask,
+from omniflash.client.generation import (
     GenerateAndWaitOptions,
     GenerateOptions,
     GenerationRequest,
+)
+from omniflash.client.models import (
+    Account,
+    AsyncTask,
     Task,
     TaskError,
     TaskInfo,

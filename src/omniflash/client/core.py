@@ -40,11 +40,13 @@ from omniflash.client.errors import (
     TaskFailedError,
     error_from_response,
 )
-from omniflash.client.models import (
-    Account,
+from omniflash.client.generation import (
     GenerateAndWaitOptions,
     GenerateOptions,
     GenerationRequest,
+)
+from omniflash.client.models import (
+    Account,
     ProgressCallback,
     Task,
     TaskActions,
