@@ -160,7 +160,8 @@ def generate(
     """Generate a video from PROMPT, wait for it with a progress bar, and save it.
 
     Ctrl-C while waiting asks whether to cancel the task (it is refunded) or leave it
-    running on the server.
+    running on the server; a task that completed meanwhile is saved.  Either way the
+    exit status is 130.
     """
     with reported_errors(), open_client(server, api_key) as client:
         task = client.videos.generate(
