@@ -15,6 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
+import omniflash.errors as server_errors
 from omniflash.client import (
     APIConnectionError,
     ConflictError,
@@ -25,7 +26,8 @@ from omniflash.client import (
     TaskFailedError,
     WaitPolicy,
 )
-from omniflash.client.core import ClientCore, Fetch, Fetched, Flow, Report, Send, Sleep
+from omniflash.client.core import ClientCore
+from omniflash.client.effects import Fetch, Fetched, Flow, Report, Send, Sleep
 from omniflash.client.images import data_uri, image_reference, sniff_image_type
 from tests.client.stubs import error_body, png_bytes, submitted_body, task_body
 
@@ -143,6 +145,7 @@ def test_a_task_is_plain_data() -> None:
 
 def test_an_idempotency_mismatch_is_no_conflict() -> None:
     assert not issubclass(IdempotencyError, ConflictError)
+    assert not issubclass(server_errors.IdempotencyMismatch, server_errors.Conflict)
     error = IdempotencyError("another body", status_code=422)
     assert not RetryPolicy().retryable(error, submit=True)
     assert RetryPolicy().retryable(ConflictError("in flight", status_code=409), submit=True)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, Unpack
 
 import httpx
 
-from omniflash.client import core
+from omniflash.client import core, effects
 from omniflash.client.models import Account, Task, TaskPage
 
 __all__ = ["AsyncClient"]
@@ -48,8 +48,8 @@ class AsyncClient(core.BaseClient[httpx.AsyncBaseTransport]):
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def _run(self, flow: core.Flow[T]) -> T:
-        run = core.Run(flow)
+    async def _run(self, flow: effects.Flow[T]) -> T:
+        run = effects.Run(flow)
         while (effect := run.next()) is not None:
             try:
                 run.send(await self._carry_out(effect))
@@ -57,33 +57,33 @@ class AsyncClient(core.BaseClient[httpx.AsyncBaseTransport]):
                 run.throw(exc)
         return run.result
 
-    async def _carry_out(self, effect: core.Effect) -> Any:
+    async def _carry_out(self, effect: effects.Effect) -> Any:
         match effect:
-            case core.Send(method, url, headers, json, params):
+            case effects.Send(method, url, headers, json, params):
                 request = self._http.build_request(
                     method, url, json=json, params=params, headers=headers
                 )
                 return await self._http.send(request)
-            case core.Fetch():
+            case effects.Fetch():
                 return await self._fetch(effect)
-            case core.Report(callback, task):
+            case effects.Report(callback, task):
                 outcome = callback(task)
                 return await outcome if inspect.isawaitable(outcome) else outcome
             case _:
                 await asyncio.sleep(effect.seconds)
                 return None
 
-    async def _fetch(self, fetch: core.Fetch) -> core.Fetched:
+    async def _fetch(self, fetch: effects.Fetch) -> effects.Fetched:
         request = self._http.build_request("GET", fetch.url, headers=fetch.headers)
         response = await self._http.send(request, stream=True)
         try:
             if response.is_error:
                 await response.aread()
-                return core.Fetched(response)
+                return effects.Fetched(response)
             with fetch.open() as sink:
-                async for chunk in response.aiter_bytes(core.CHUNK_BYTES):
+                async for chunk in response.aiter_bytes(effects.CHUNK_BYTES):
                     sink.write(chunk)
-            return core.Fetched(response, sink.size)
+            return effects.Fetched(response, sink.size)
         finally:
             await response.aclose()
 

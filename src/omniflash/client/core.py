@@ -1,11 +1,11 @@
 """The client core: every call of the SDK written once, without I/O.
 
 Each operation is a generator (a *flow*) that yields what it needs done and receives
-the outcome: ``Send`` an HTTP request (gets the ``httpx.Response``), ``Sleep``,
-``Fetch`` a result into a file, ``Report`` progress.  A transport failure comes back
-into the flow as the ``httpx.TransportError`` it was.  ``Client`` and ``AsyncClient``
-only carry these effects out, blocking or awaiting; the retry, wait and download
-policies live here, and the tests can drive a flow by hand:
+the outcome (``omniflash.client.effects``): ``Send`` an HTTP request (gets the
+``httpx.Response``), ``Sleep``, ``Fetch`` a result into a file, ``Report`` progress.
+A transport failure comes back into the flow as the ``httpx.TransportError`` it was.
+``Client`` and ``AsyncClient`` only carry these effects out, blocking or awaiting; the
+retry, wait and download policies live here, and the tests can drive a flow by hand:
 
 >>> core = ClientCore("http://127.0.0.1:8000", "of_x")
 >>> flow = core.get_task("task_1")
@@ -15,17 +15,15 @@ policies live here, and the tests can drive a flow by hand:
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import time
-from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import IO, Any, Generic, Literal, TypeAlias, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
 
+from omniflash.client.effects import Fetch, Fetched, Flow, Report, Send, Sleep
 from omniflash.client.errors import (
     APIConnectionError,
     APIStatusError,
@@ -47,7 +45,6 @@ from omniflash.client.generation import (
 )
 from omniflash.client.models import (
     Account,
-    ProgressCallback,
     Task,
     TaskActions,
     TaskPage,
@@ -75,17 +72,9 @@ __all__ = [
     "BaseClient",
     "ClientCore",
     "ClientOptions",
-    "Fetch",
-    "Fetched",
-    "Flow",
     "GenerateAndWaitOptions",
     "GenerateOptions",
-    "Report",
     "RequestOptions",
-    "Run",
-    "Send",
-    "Sink",
-    "Sleep",
     "WaitOptions",
     "next_page",
 ]
@@ -93,7 +82,6 @@ __all__ = [
 T = TypeVar("T")
 TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
 RetryMode = Literal["read", "submit"]
-CHUNK_BYTES = 1 << 20
 
 
 class RequestOptions(TypedDict, total=False):
@@ -108,100 +96,6 @@ class RequestOptions(TypedDict, total=False):
     mode: RetryMode
     """``"read"`` (the default) retries on 429, 5xx and connection errors; ``"submit"``
     retries only a request that carries an Idempotency-Key, and its 409 "in flight"."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Send:
-    """Send one request; the flow gets the ``httpx.Response`` back, whatever its status."""
-
-    method: str
-    url: str
-    headers: dict[str, str] = dataclasses.field(repr=False)
-    json: Any = dataclasses.field(default=None, repr=False)
-    params: dict[str, Any] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Sleep:
-    seconds: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Fetch:
-    """GET ``url`` into the file ``target``; the flow gets the ``Fetched`` back.
-
-    An error status is not written: its body is read into the response instead.
-    """
-
-    url: str
-    headers: dict[str, str] | None
-    target: Path
-
-    @contextlib.contextmanager
-    def open(self) -> Iterator[Sink]:
-        with open(self.target, "wb") as out:
-            yield Sink(out)
-
-
-class Sink:
-    """The file a ``Fetch`` writes, counting what it was given."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self._out = out
-        self.size = 0
-
-    def write(self, chunk: bytes) -> None:
-        self._out.write(chunk)
-        self.size += len(chunk)
-
-
-@dataclasses.dataclass(frozen=True)
-class Fetched:
-    response: httpx.Response
-    size: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Report:
-    """Call ``callback(task)`` (and await what it returns, with ``AsyncClient``)."""
-
-    callback: ProgressCallback
-    task: Task
-
-
-Effect: TypeAlias = Send | Sleep | Fetch | Report
-Flow: TypeAlias = Generator[Effect, Any, T]
-
-
-class Run(Generic[T]):
-    """Steps a flow for a shell: ``next()`` the effect to carry out, then ``send`` its
-    outcome or ``throw`` its transport error, until ``next()`` is ``None``; then ``result``."""
-
-    def __init__(self, flow: Flow[T]) -> None:
-        self._flow = flow
-        self._outcome: Any = None
-        self._error: BaseException | None = None
-        self._result: T | None = None
-
-    def next(self) -> Effect | None:
-        error, self._error = self._error, None
-        try:
-            if error is not None:
-                return self._flow.throw(error)
-            return self._flow.send(self._outcome)
-        except StopIteration as stop:
-            self._result = stop.value
-            return None
-
-    def send(self, outcome: Any) -> None:
-        self._outcome = outcome
-
-    def throw(self, error: BaseException) -> None:
-        self._error = error
-
-    @property
-    def result(self) -> T:
-        return self._result  # type: ignore[return-value]  # set when next() returned None
 
 
 class ClientCore:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar, Unpack
 
 import httpx
 
-from omniflash.client import core
+from omniflash.client import core, effects
 from omniflash.client.models import Account, Task, TaskPage
 
 __all__ = ["Client"]
@@ -47,9 +47,9 @@ class Client(core.BaseClient[httpx.BaseTransport]):
     def close(self) -> None:
         self._http.close()
 
-    def _run(self, flow: core.Flow[T]) -> T:
+    def _run(self, flow: effects.Flow[T]) -> T:
         """Carry out a flow of the core, blocking, and return its result."""
-        run = core.Run(flow)
+        run = effects.Run(flow)
         while (effect := run.next()) is not None:
             try:
                 run.send(self._carry_out(effect))
@@ -57,30 +57,30 @@ class Client(core.BaseClient[httpx.BaseTransport]):
                 run.throw(exc)
         return run.result
 
-    def _carry_out(self, effect: core.Effect) -> Any:
+    def _carry_out(self, effect: effects.Effect) -> Any:
         match effect:
-            case core.Send(method, url, headers, json, params):
+            case effects.Send(method, url, headers, json, params):
                 request = self._http.build_request(
                     method, url, json=json, params=params, headers=headers
                 )
                 return self._http.send(request)
-            case core.Fetch():
+            case effects.Fetch():
                 return self._fetch(effect)
-            case core.Report(callback, task):
+            case effects.Report(callback, task):
                 return callback(task)
             case _:
                 time.sleep(effect.seconds)
                 return None
 
-    def _fetch(self, fetch: core.Fetch) -> core.Fetched:
+    def _fetch(self, fetch: effects.Fetch) -> effects.Fetched:
         with self._http.stream("GET", fetch.url, headers=fetch.headers) as response:
             if response.is_error:
                 response.read()
-                return core.Fetched(response)
+                return effects.Fetched(response)
             with fetch.open() as sink:
-                for chunk in response.iter_bytes(core.CHUNK_BYTES):
+                for chunk in response.iter_bytes(effects.CHUNK_BYTES):
                     sink.write(chunk)
-        return core.Fetched(response, sink.size)
+        return effects.Fetched(response, sink.size)
 
     def request(
         self, method: str, path: str, **options: Unpack[core.RequestOptions]
