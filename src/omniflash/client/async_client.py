@@ -74,18 +74,14 @@ class AsyncClient(core.BaseClient[httpx.AsyncBaseTransport]):
                 return None
 
     async def _fetch(self, fetch: effects.Fetch) -> effects.Fetched:
-        request = self._http.build_request("GET", fetch.url, headers=fetch.headers)
-        response = await self._http.send(request, stream=True)
-        try:
+        async with self._http.stream("GET", fetch.url, headers=fetch.headers) as response:
             if response.is_error:
                 await response.aread()
                 return effects.Fetched(response)
             with fetch.open() as sink:
                 async for chunk in response.aiter_bytes(effects.CHUNK_BYTES):
                     sink.write(chunk)
-            return effects.Fetched(response, sink.size)
-        finally:
-            await response.aclose()
+        return effects.Fetched(response, sink.size)
 
     async def request(
         self, method: str, path: str, **options: Unpack[core.RequestOptions]

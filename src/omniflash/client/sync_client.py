@@ -113,7 +113,7 @@ class Videos:
 
         ``options``: ``duration``, ``resolution``, ``aspect_ratio``, ``images``, ``video``,
         ``generation_type``, ``seed``, ``idempotency_key``, ``extra_body``
-        (``core.GenerateOptions``).  A random Idempotency-Key is sent unless one is given, so a
+        (``GenerateOptions``).  A random Idempotency-Key is sent unless one is given, so a
         retried submit is charged once; reuse your own key to make a submit safe across
         restarts.
         """
@@ -162,7 +162,7 @@ class Tasks:
         """Poll until the task finishes; returns it (``TaskFailedError`` if it did not complete).
 
         ``options``: ``timeout``, ``poll_interval``, ``first_delay``, ``on_progress``,
-        ``raise_on_failure`` (``core.WaitOptions``).  ``on_progress(task)`` is called after every
+        ``raise_on_failure`` (``WaitOptions``).  ``on_progress(task)`` is called after every
         look.  Past ``timeout`` seconds it raises ``APITimeoutError`` whose ``task_id`` lets
         you look again later.
         """
