@@ -90,15 +90,13 @@ class Terminal:
         os.close(self._master)
 
 
-@pytest.mark.timeout(120)
-def test_ctrl_c_then_cancel_after_the_task_completed_saves_the_video(
-    server: LiveServer, images: ImageHost, tmp_path: Path
-) -> None:
-    """The task completes while the user reads the question: the cancel gets 409, so the
-    CLI says so, saves the video that was paid for, and exits 130 as documented."""
+def interrupt_after_completion(
+    server: LiveServer, images: ImageHost, out: Path, answer: bytes
+) -> tuple[str, str, int, float]:
+    """Ctrl-C while the task waits on its image, the task completes while the question is
+    asked, then ``answer``: the task id, the terminal's text, the exit status, the balance."""
     key = server.create_key(100, "--rpm", "100000")
     held_url = images.held_url()
-    out = tmp_path / "late.mp4"
     args = omniflash_cmd("generate", "too late", "--duration", "4", "--image", held_url)
     terminal = Terminal([*args, "-o", str(out)], cli_env(server, key))
     try:
@@ -110,13 +108,24 @@ def test_ctrl_c_then_cancel_after_the_task_completed_saves_the_video(
             terminal.expect(rf"Cancel task {task_id}\? \[y/N\]: ")
             images.release(held_url)
             assert wait_for_task(http, task_id)["status"] == "completed"
-            terminal.type(b"y\r")
-            assert terminal.proc.wait(timeout=60) == 130, terminal.text
+            terminal.type(answer + b"\r")
+            status = terminal.proc.wait(timeout=60)
             balance = http.get("/v1/account").json()["data"]["balance"]
     finally:
         images.release(held_url)
         terminal.close()
-    shown = terminal.text
+    return task_id, terminal.text, status, balance
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_then_cancel_after_the_task_completed_saves_the_video(
+    server: LiveServer, images: ImageHost, tmp_path: Path
+) -> None:
+    """The cancel gets 409: the CLI says the task completed, saves the video that was
+    paid for, and exits 130 as documented."""
+    out = tmp_path / "late.mp4"
+    task_id, shown, status, balance = interrupt_after_completion(server, images, out, b"y")
+    assert status == 130, shown
     assert f"{task_id} completed before it could be cancelled" in shown
     assert re.search(
         rf"completed {task_id} in \d+ s, 1 credit: saved {re.escape(str(out))} \(\d+\.\d KB\)",
@@ -125,6 +134,17 @@ def test_ctrl_c_then_cancel_after_the_task_completed_saves_the_video(
     assert "Error" not in shown and "409" not in shown
     assert probe_mp4(out).frames == 96
     assert balance == 99, "the task was charged, not refunded"
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_then_leave_it_after_the_task_completed_says_how_to_save_it(
+    server: LiveServer, images: ImageHost, tmp_path: Path
+) -> None:
+    out = tmp_path / "later.mp4"
+    task_id, shown, status, _ = interrupt_after_completion(server, images, out, b"n")
+    assert status == 130, shown
+    assert f"{task_id} completed; save it with: omniflash tasks get {task_id} -o {out}" in shown
+    assert "still running" not in shown and not out.exists()
 
 
 @pytest.mark.timeout(120)
