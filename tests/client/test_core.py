@@ -18,6 +18,7 @@ from PIL import Image
 import omniflash.errors as server_errors
 from omniflash.client import (
     APIConnectionError,
+    Client,
     ConflictError,
     IdempotencyError,
     InputError,
@@ -121,11 +122,13 @@ def test_a_download_renews_an_expired_link_and_cleans_up(tmp_path: Path) -> None
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
 
 
-def test_a_task_is_plain_data() -> None:
+def test_a_task_is_plain_data(tmp_path: Path) -> None:
     data = {"id": "task_A", "status": "completed", "progress": 100}
-    task = Task.from_data(data)
-    assert task == Task.from_data(data, actions=object())  # type: ignore[arg-type]
-    assert [f.name for f in dataclasses.fields(Task) if not f.name.startswith("_")] == [
+    with Client("http://api.test", "of_key") as client:
+        bound = Task.from_data(data, client.tasks)
+        assert bound._actions is client.tasks and bound == Task.from_data(data)
+        fields = dataclasses.asdict(bound)
+    assert list(fields) == [
         "id",
         "status",
         "progress",
@@ -139,8 +142,9 @@ def test_a_task_is_plain_data() -> None:
         "error",
         "raw",
     ]
+    assert fields["raw"] == data
     with pytest.raises(RuntimeError, match=r"use client\.tasks\.download\(task, path\)"):
-        task.download("x.mp4")
+        Task.from_data(data).download(tmp_path / "x.mp4")
 
 
 def test_an_idempotency_mismatch_is_no_conflict() -> None:

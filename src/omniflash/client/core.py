@@ -185,7 +185,7 @@ class ClientCore:
         )
         submitted = parse_submit(response)
         raw = {"task_id": submitted.id, "status": submitted.status, "replayed": submitted.replayed}
-        return Task(id=submitted.id, status=submitted.status, raw=raw, _actions=self.actions)
+        return Task.from_data(raw, self.actions)
 
     def get_task(self, task_id: str) -> Flow[Task]:
         response = yield from self.request("GET", f"/v1/tasks/{quote(task_id, safe='')}")

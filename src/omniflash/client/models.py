@@ -11,7 +11,7 @@ import enum
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypedDict, TypeVar, Unpack
+from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar, Unpack
 
 __all__ = [
     "MODEL",
@@ -130,10 +130,9 @@ class Task:
     error: TaskError | None = None
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
     """The server's ``data`` object as received, extras included."""
-    _actions: TaskActions | None = dataclasses.field(
-        default=None, repr=False, compare=False, kw_only=True
-    )
-    """The ``Client.tasks`` that ``download()``, ``refresh()`` and ``wait()`` use."""
+    # Not a field: ``asdict``, ``replace`` and ``==`` see the data only.  ``from_data``
+    # sets it on a task from a ``Client``, for ``download()``, ``refresh()`` and ``wait()``.
+    _actions: ClassVar[TaskActions | None] = None
 
     @classmethod
     def fields_from(cls, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -178,7 +177,10 @@ class Task:
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any], actions: TaskActions | None = None) -> Task:
-        return cls(**cls.fields_from(data), _actions=actions)
+        task = cls(**cls.fields_from(data))
+        if actions is not None:
+            object.__setattr__(task, "_actions", actions)
+        return task
 
     @property
     def finished(self) -> bool:
