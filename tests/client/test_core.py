@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import graphlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,18 @@ def test_heic_is_refused_before_a_submit(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is not a PNG, JPEG, WebP, GIF, BMP, TIFF or AVIF"):
         data_uri(b"%PDF-1.7 not an image")
     assert data_uri(avif_bytes()).startswith("data:image/avif;base64,")
+
+
+class _CutShort(httpx.SyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"the first part"
+        raise KeyboardInterrupt
+
+
+def test_a_download_stopped_by_ctrl_c_leaves_no_partial_file(tmp_path: Path) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=_CutShort()))
+    with Client("http://api.test", "of_key", transport=transport) as client:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            client.tasks.download("http://api.test/v1/files/a.mp4", tmp_path / "a.mp4")
+        # Not left to the garbage collector: the traceback still holds the flow.
+        assert caught.traceback and list(tmp_path.iterdir()) == []

@@ -49,13 +49,13 @@ class AsyncClient(core.BaseClient[httpx.AsyncBaseTransport]):
         await self._http.aclose()
 
     async def _run(self, flow: effects.Flow[T]) -> T:
-        run = effects.Run(flow)
-        while (effect := run.next()) is not None:
-            try:
-                run.send(await self._carry_out(effect))
-            except httpx.TransportError as exc:
-                run.throw(exc)
-        return run.result
+        with effects.Run(flow) as run:
+            while (effect := run.next()) is not None:
+                try:
+                    run.send(await self._carry_out(effect))
+                except httpx.TransportError as exc:
+                    run.throw(exc)
+            return run.result
 
     async def _carry_out(self, effect: effects.Effect) -> Any:
         match effect:

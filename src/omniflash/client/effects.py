@@ -100,13 +100,24 @@ Flow: TypeAlias = Generator[Effect, Any, T]
 
 class Run(Generic[T]):
     """Steps a flow for a shell: ``next()`` the effect to carry out, then ``send`` its
-    outcome or ``throw`` its transport error, until ``next()`` is ``None``; then ``result``."""
+    outcome or ``throw`` its transport error, until ``next()`` is ``None``; then ``result``.
+
+    Used as a context manager it closes the flow when the shell stops early (Ctrl-C, a
+    disk error), so the flow's ``finally`` clauses run at once: a partial download's
+    temporary file is removed.
+    """
 
     def __init__(self, flow: Flow[T]) -> None:
         self._flow = flow
         self._outcome: Any = None
         self._error: BaseException | None = None
         self._result: T | None = None
+
+    def __enter__(self) -> Run[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._flow.close()
 
     def next(self) -> Effect | None:
         error, self._error = self._error, None

@@ -49,13 +49,13 @@ class Client(core.BaseClient[httpx.BaseTransport]):
 
     def _run(self, flow: effects.Flow[T]) -> T:
         """Carry out a flow of the core, blocking, and return its result."""
-        run = effects.Run(flow)
-        while (effect := run.next()) is not None:
-            try:
-                run.send(self._carry_out(effect))
-            except httpx.TransportError as exc:
-                run.throw(exc)
-        return run.result
+        with effects.Run(flow) as run:
+            while (effect := run.next()) is not None:
+                try:
+                    run.send(self._carry_out(effect))
+                except httpx.TransportError as exc:
+                    run.throw(exc)
+            return run.result
 
     def _carry_out(self, effect: effects.Effect) -> Any:
         match effect:
