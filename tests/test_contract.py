@@ -133,6 +133,20 @@ def test_modes() -> None:
     assert video.image_role == "reference"
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "DATA:image/png;base64,iVBORw0KGgo=",
+        "Data:Image/PNG;Base64,iVBORw0KGgo=",
+        "data:IMAGE/JPEG;BASE64,/9j/4AAQ",
+    ],
+)
+def test_data_uri_scheme_and_type_are_case_insensitive(uri: str) -> None:
+    """RFC 3986 schemes and RFC 2045 types ignore case, and so does the fetcher."""
+    spec = parse_generation_request(req(image_urls=[uri]))
+    assert spec.image_urls == (uri,) and spec.mode is Mode.FRAME
+
+
 def test_size_is_an_alias_and_may_agree() -> None:
     assert parse_generation_request(req(size="9:16")).aspect_ratio == "9:16"
     assert parse_generation_request(req(size="9:16", aspect_ratio="9:16")).width == 720

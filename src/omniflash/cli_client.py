@@ -27,9 +27,11 @@ from rich.progress import (
 from omniflash.client import (
     APIStatusError,
     Client,
+    ConflictError,
     OmniflashClientError,
     Task,
     TaskFailedError,
+    TaskStatus,
 )
 from omniflash.client.protocol import DEFAULT_SERVER
 
@@ -71,6 +73,12 @@ def reported_errors() -> Iterator[None]:
         yield
     except OmniflashClientError as exc:
         raise click.ClickException(error_line(exc)) from exc
+
+
+class Interrupted(click.ClickException):
+    """An error after Ctrl-C: one ``Error: …`` line, and the interrupted exit status."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 def open_client(server: str, api_key: str | None) -> Client:
@@ -152,7 +160,8 @@ def generate(
     """Generate a video from PROMPT, wait for it with a progress bar, and save it.
 
     Ctrl-C while waiting asks whether to cancel the task (it is refunded) or leave it
-    running on the server.
+    running on the server; a task that completed meanwhile is saved.  Either way the
+    exit status is 130.
     """
     with reported_errors(), open_client(server, api_key) as client:
         task = client.videos.generate(
@@ -172,25 +181,29 @@ def generate(
         try:
             done = wait_with_progress(client, task.id, timeout)
         except KeyboardInterrupt:
-            offer_cancel(client, task.id)
+            after_interrupt(client, task.id, output)
         except TaskFailedError as exc:
             raise click.ClickException(
                 f"task {exc.task_id} {exc.task.status}: {exc.reason}"
             ) from exc
-        target = output or Path(f"{done.id}.mp4")
-        try:
-            done.download(target)
-        except OmniflashClientError as exc:
-            raise click.ClickException(
-                f"task {done.id} completed but the download failed: {error_line(exc)}; "
-                f"retry with: omniflash tasks get {done.id} -o {target}"
-            ) from exc
-        seconds = f" in {done.actual_time} s" if done.actual_time is not None else ""
-        cost = f", {credits_text(done.credits_cost)}" if done.credits_cost is not None else ""
-        click.echo(
-            f"completed {done.id}{seconds}{cost}: "
-            f"saved {target} ({human_size(target.stat().st_size)})"
-        )
+        save_video(client, done, output)
+
+
+def save_video(client: Client, done: Task, output: Path | None) -> None:
+    """Download a completed task's video and print the result line on stdout."""
+    target = output or Path(f"{done.id}.mp4")
+    try:
+        client.tasks.download(done, target)
+    except OmniflashClientError as exc:
+        raise click.ClickException(
+            f"task {done.id} completed but the download failed: {error_line(exc)}; "
+            f"retry with: omniflash tasks get {done.id} -o {target}"
+        ) from exc
+    seconds = f" in {done.actual_time} s" if done.actual_time is not None else ""
+    cost = f", {credits_text(done.credits_cost)}" if done.credits_cost is not None else ""
+    click.echo(
+        f"completed {done.id}{seconds}{cost}: saved {target} ({human_size(target.stat().st_size)})"
+    )
 
 
 def wait_with_progress(client: Client, task_id: str, timeout: float) -> Task:
@@ -214,21 +227,49 @@ def wait_with_progress(client: Client, task_id: str, timeout: float) -> Task:
         )
 
 
-def offer_cancel(client: Client, task_id: str) -> NoReturn:
-    """After Ctrl-C: cancel the task if the user says so, else leave it running."""
+def after_interrupt(client: Client, task_id: str, output: Path | None) -> NoReturn:
+    """After Ctrl-C: cancel the task if the user says so, else leave it; exit 130 either way.
+
+    A task that finished meanwhile cannot be cancelled any more: a completed one was paid
+    for, so its video is saved; a failed one was refunded.
+    """
     try:
         cancel = click.confirm(f"\nCancel task {task_id}?", default=False, err=True)
     except click.Abort:
         cancel = False
-    if cancel:
+    try:
         with reported_errors():
-            task = client.tasks.cancel(task_id)
-        click.echo(f"{task.status} {task_id} (refunded)", err=True)
+            report_interrupted(client, task_id, output, cancel)
+    except click.ClickException as exc:
+        raise Interrupted(exc.message) from exc
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+def report_interrupted(client: Client, task_id: str, output: Path | None, cancel: bool) -> None:
+    """Cancel (or look at) the task after Ctrl-C, and say where it stands."""
+    try:
+        task = client.tasks.cancel(task_id) if cancel else client.tasks.get(task_id)
+    except ConflictError:
+        task = client.tasks.get(task_id)  # it finished before the cancel arrived
+    if task.status == TaskStatus.CANCELLED:
+        click.echo(f"cancelled {task_id} (refunded)", err=True)
+    elif task.status == TaskStatus.COMPLETED and cancel:
+        click.echo(f"{task_id} completed before it could be cancelled", err=True)
+        save_video(client, task, output)
+    elif task.status == TaskStatus.COMPLETED:
+        target = output or Path(f"{task_id}.mp4")
+        click.echo(
+            f"{task_id} completed; save it with: omniflash tasks get {task_id} -o {target}",
+            err=True,
+        )
+    elif task.status == TaskStatus.FAILED:
+        reason = task.error.message if task.error else "no reason given"
+        click.echo(f"{task_id} failed: {reason} (refunded)", err=True)
     else:
         click.echo(
-            f"{task_id} is still running; see it with: omniflash tasks get {task_id}", err=True
+            f"{task_id} is still running; see it with: omniflash tasks get {task_id}",
+            err=True,
         )
-    raise SystemExit(EXIT_INTERRUPTED)
 
 
 # -- tasks ------------------------------------------------------------------------------------
@@ -282,7 +323,7 @@ def tasks_get(
     with reported_errors(), open_client(server, api_key) as client:
         task = client.tasks.get(task_id)
         if output is not None:
-            task.download(output)
+            client.tasks.download(task, output)
     if as_json:
         click.echo(json.dumps(dict(task.raw), indent=2))
     else:

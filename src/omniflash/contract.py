@@ -55,7 +55,8 @@ DEFAULT_RESOLUTION = "720p"
 DEFAULT_ASPECT_RATIO = "16:9"
 MAX_PROMPT_CHARS = 5000
 
-_DATA_IMAGE = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.ASCII)
+# URI schemes and MIME types are case-insensitive (RFC 3986, RFC 2045); the fetcher agrees.
+_DATA_IMAGE = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.ASCII | re.IGNORECASE)
 
 
 class Mode(enum.StrEnum):

@@ -79,7 +79,7 @@ def test_generate_and_wait_with_a_local_image(server: LiveServer, tmp_path: Path
                 generation_type="reference",
                 on_progress=record,
             )
-            await done.download(tmp_path / "out.mp4")
+            await client.tasks.download(done, tmp_path / "out.mp4")
             return done
 
     done = run(scenario)
@@ -181,7 +181,7 @@ def test_wait_deadline_and_download_retry(stub: ScriptedServer, tmp_path: Path) 
                 await client.tasks.wait("slow", first_delay=0, poll_interval=0.05, timeout=0.3)
             assert caught.value.task_id == "slow"
             done = await client.tasks.wait("done", first_delay=0)
-            await done.download(tmp_path / "a.mp4")
+            await client.tasks.download(done, tmp_path / "a.mp4")
 
     run(scenario)
     assert (tmp_path / "a.mp4").read_bytes() == b"video bytes"

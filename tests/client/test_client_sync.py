@@ -39,6 +39,7 @@ from tests.client.stubs import (
     submitted_body,
     task_body,
 )
+from tests.client.test_core import MIF1_HEIC_HEAD, avif_bytes
 from tests.conftest import LiveServer, free_port
 
 FAST_RETRY = RetryPolicy(max_retries=3, backoff=0.01)
@@ -203,6 +204,21 @@ def test_errors_map_to_exception_classes(server: LiveServer, tmp_path: Path) -> 
     nowhere = Client(f"http://127.0.0.1:{free_port()}", "of_x", retry=FAST_RETRY)
     with nowhere, pytest.raises(APIConnectionError, match=r"GET http://127\.0\.0\.1:\d+/v1/tasks"):
         nowhere.tasks.list()
+
+
+def test_heic_is_refused_before_a_charge_and_avif_is_generated(
+    server: LiveServer, fresh_key: str, tmp_path: Path
+) -> None:
+    """The server decodes AVIF but not HEIC; the SDK refuses HEIC before submitting, so
+    nothing is charged (the server would charge, fail the task, and refund it)."""
+    photo = tmp_path / "IMG_0001.HEIC"
+    photo.write_bytes(MIF1_HEIC_HEAD)
+    with client_for(server, fresh_key) as client:
+        with pytest.raises(InputError, match="HEIC/HEIF, which the server cannot decode"):
+            client.videos.generate("a phone photo", duration=4, images=[photo])
+        assert len(client.tasks.list()) == 0 and client.account().balance == 100
+        done = client.videos.generate_and_wait("an avif", duration=4, images=[avif_bytes()])
+    assert done.status == "completed" and done.raw["request"]["mode"] == "frame"
 
 
 def test_idempotency_key_replays_and_charges_once(server: LiveServer, fresh_key: str) -> None:

@@ -161,3 +161,118 @@ def test_submit_and_watch_the_video_play(page: Any, server: LiveServer, tmp_path
     shot = DOCS_SCREENSHOT if os.environ.get(UPDATE_SCREENSHOT) == "1" else tmp_path / "page.png"
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
+
+
+# Within a pixel: scrolling aligns an edge to the viewport's at sub-pixel positions.
+IN_VIEW = """(selector) => {
+  const box = document.querySelector(selector).getBoundingClientRect();
+  return box.height > 0 && box.top >= -1 && box.bottom <= window.innerHeight + 1;
+}"""
+# A thumb taps Generate at the bottom of a phone's screen.
+BUTTON_AT_THE_BOTTOM = (
+    "() => document.querySelector('#submit').scrollIntoView({block: 'end', behavior: 'instant'})"
+)
+
+
+def tasks_and_balance(server: LiveServer, key: str) -> tuple[list[str], float]:
+    with server.client(key) as http:
+        tasks = [t["id"] for t in http.get("/v1/tasks").json()["data"]]
+        return tasks, http.get("/v1/account").json()["data"]["balance"]
+
+
+def submits(page: Any) -> list[Any]:
+    """The submit requests the page sends from now on."""
+    sent: list[Any] = []
+    page.on(
+        "request",
+        lambda r: sent.append(r) if r.method == "POST" and "/videos/generations" in r.url else None,
+    )
+    return sent
+
+
+def test_a_double_click_on_generate_is_one_order(page: Any, server: LiveServer) -> None:
+    key = server.create_key(100, "--rpm", "100000")
+    open_with_key(page, server, key)
+    sent = submits(page)
+    page.fill("#prompt", "clicked twice")
+    page.select_option("#duration", "4")
+    # A person's double click: the first submit is answered before the second click lands.
+    page.click("#submit", click_count=2, delay=150)
+    task_id = current_task_id(page)
+    page.wait_for_function(PLAYING, timeout=60_000)
+    assert len(sent) == 1
+    assert tasks_and_balance(server, key) == ([task_id], 99)
+
+
+def test_a_submit_waits_for_its_answer_and_an_unknown_outcome_reuses_its_key(
+    page: Any, server: LiveServer
+) -> None:
+    key = server.create_key(100, "--rpm", "100000")
+    open_with_key(page, server, key)
+    sent = submits(page)
+    held: list[Any] = []
+    page.route("**/v1/videos/generations", lambda route: held.append(route))
+    page.fill("#prompt", "held at the door")
+    page.select_option("#duration", "4")
+    page.click("#submit")
+    page.wait_for_function("() => document.querySelector('#submit').disabled")
+    page.click("#submit", force=True)
+    page.evaluate("() => document.querySelector('#generate-form').requestSubmit()")
+    page.wait_for_timeout(300)
+    assert len(held) == 1, "nothing else is sent while a submit waits for its answer"
+
+    # The connection drops: whether the server took the order is unknown, so sending
+    # the same form again uses the same Idempotency-Key and the server answers it once.
+    held[0].abort("connectionreset")
+    page.locator("#form-error").wait_for(state="visible")
+    assert page.inner_text("#form-error").startswith("Cannot reach the server")
+    page.unroute("**/v1/videos/generations")
+    page.click("#submit")
+    task_id = current_task_id(page)
+    keys = [r.headers["idempotency-key"] for r in sent]
+    assert len(keys) == 2 and keys[0] == keys[1]
+
+    page.fill("#prompt", "another order")
+    page.click("#submit")
+    page.wait_for_function(f"() => document.querySelector('#task-id').textContent !== '{task_id}'")
+    assert len({r.headers["idempotency-key"] for r in sent}) == 2, "a new form, a new key"
+    tasks, balance = tasks_and_balance(server, key)
+    assert len(tasks) == 2 and balance == 98
+
+
+def test_a_phone_shows_what_generate_did(browser: Any, server: LiveServer) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        page = context.new_page()
+        open_with_key(page, server, server.api_key)
+        page.fill("#prompt", "references without images")
+        page.select_option("#generation-type", "reference")
+        page.evaluate(BUTTON_AT_THE_BOTTOM)
+        page.click("#submit")
+        page.locator("#form-error").wait_for(state="visible")
+        page.wait_for_function(IN_VIEW, arg="#form-error", timeout=5_000)
+
+        page.select_option("#generation-type", "")
+        page.select_option("#duration", "4")
+        page.evaluate(BUTTON_AT_THE_BOTTOM)
+        page.click("#submit")
+        current_task_id(page)
+        page.wait_for_function(IN_VIEW, arg="#task-status", timeout=5_000)
+        page.wait_for_function(IN_VIEW, arg="#task-progress", timeout=5_000)
+    finally:
+        context.close()
+
+
+def test_history_without_a_key_asks_for_one(page: Any, server: LiveServer) -> None:
+    page.goto(server.url + "/")
+    assert page.inner_text("#history-empty") == (
+        "Enter your API key at the top of the page to see its tasks."
+    )
+    open_with_key(page, server, server.create_key(100))
+    page.wait_for_function(
+        "() => document.querySelector('#history-empty').textContent.startsWith('No tasks')"
+    )
+    assert page.inner_text("#history-empty") == "No tasks yet for this key."
+    page.fill("#api-key", "")
+    page.click("#save-key")
+    assert page.inner_text("#history-empty").startswith("Enter your API key")

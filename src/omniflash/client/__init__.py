@@ -3,12 +3,15 @@
 >>> from omniflash.client import Client
 >>> with Client("http://127.0.0.1:8000", "of_...") as client:  # doctest: +SKIP
 ...     task = client.videos.generate_and_wait(prompt="a red kite", duration=4)
-...     task.download("kite.mp4")
+...     client.tasks.download(task, "kite.mp4")
 
-The exceptions form one tree under ``OmniflashClientError`` (see ``omniflash.client.errors``).
+Both are thin shells over one core (``omniflash.client.core``) that plans every call
+without I/O.  A ``Task`` is plain data.  The exceptions form one tree under
+``OmniflashClientError`` (see ``omniflash.client.errors``).
 """
 
 from omniflash.client.async_client import AsyncClient
+from omniflash.client.core import ClientOptions, RequestOptions
 from omniflash.client.errors import (
     APIConnectionError,
     APIStatusError,
@@ -27,18 +30,23 @@ from omniflash.client.errors import (
     TaskCancelledError,
     TaskFailedError,
 )
+from omniflash.client.generation import (
+    GenerateAndWaitOptions,
+    GenerateOptions,
+    GenerationRequest,
+)
 from omniflash.client.models import (
     Account,
     AsyncTask,
-    GenerationRequest,
     Task,
     TaskError,
     TaskInfo,
     TaskPage,
     TaskStatus,
     Video,
+    WaitOptions,
 )
-from omniflash.client.protocol import RetryPolicy, WaitPolicy
+from omniflash.client.policies import RetryPolicy, WaitPolicy
 from omniflash.client.sync_client import Client
 
 __all__ = [
@@ -50,7 +58,10 @@ __all__ = [
     "AsyncTask",
     "AuthenticationError",
     "Client",
+    "ClientOptions",
     "ConflictError",
+    "GenerateAndWaitOptions",
+    "GenerateOptions",
     "GenerationRequest",
     "IdempotencyError",
     "InputError",
@@ -61,6 +72,7 @@ __all__ = [
     "PaymentRequiredError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RequestOptions",
     "RetryPolicy",
     "Task",
     "TaskCancelledError",
@@ -70,5 +82,6 @@ __all__ = [
     "TaskPage",
     "TaskStatus",
     "Video",
+    "WaitOptions",
     "WaitPolicy",
 ]

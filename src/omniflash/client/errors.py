@@ -3,7 +3,7 @@
     OmniflashClientError
     ├── APIConnectionError           the server could not be reached (after retries)
     ├── APITimeoutError              a request, or ``wait()``, ran out of time  .task_id
-    ├── InputError                   a local image could not be read or its type is unknown
+    ├── InputError                   a local image is unreadable, or a type the server refuses
     ├── APIStatusError               the server answered with an error  .status_code .type .message
     │                                .retry_after (its Retry-After header, if any)
     │   ├── InvalidRequestError      400: .type is the seed's, e.g. "invalid_duration"
@@ -12,7 +12,7 @@
     │   ├── PermissionDeniedError    403: e.g. an expired download link
     │   ├── NotFoundError            404
     │   ├── ConflictError            409: e.g. cancelling a finished task
-    │   │   └── IdempotencyError     422: an Idempotency-Key reused with another body
+    │   ├── IdempotencyError         422: an Idempotency-Key reused with another body
     │   ├── RateLimitError           429  .retry_after
     │   └── InternalServerError      5xx
     └── TaskFailedError              the task ended "failed"  .task .task_id .message
@@ -72,7 +72,7 @@ class APITimeoutError(OmniflashClientError, TimeoutError):
 
 
 class InputError(OmniflashClientError, ValueError):
-    """An image given to ``generate`` could not be read or is not a known image type."""
+    """An image given to ``generate`` could not be read, or is of a type the server refuses."""
 
 
 class APIStatusError(OmniflashClientError):
@@ -126,7 +126,9 @@ class ConflictError(APIStatusError):
     default_type = "conflict_error"
 
 
-class IdempotencyError(ConflictError):
+class IdempotencyError(APIStatusError):
+    """422: the Idempotency-Key was used before with another body; retrying cannot help."""
+
     default_type = "idempotency_error"
 
 

@@ -1,24 +1,59 @@
-"""Images for ``generate``: URLs pass through; local files and bytes become ``data:`` URIs."""
+"""Images for ``generate``: URLs pass through; local files and bytes become ``data:`` URIs.
+
+An omniflash server decodes PNG, JPEG, WebP, GIF, BMP, TIFF and AVIF (the formats of
+``omniflash.media.decode``).  Anything else, HEIC above all (what phones save), is
+refused here, before the submit: the server would charge, fail the task and refund it.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 from pathlib import Path
 from typing import TypeAlias
 
 from omniflash.client.errors import InputError
 
-__all__ = ["ImageInput", "data_uri", "image_reference", "sniff_image_type"]
+__all__ = ["ACCEPTED_TYPES", "ImageInput", "data_uri", "image_reference", "sniff_image_type"]
 
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes"
 """An ``http(s)://`` URL, a ``data:`` URI, a local path, or the image's bytes."""
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+ACCEPTED_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+    "image/tiff",
+    "image/avif",
+)
+"""The image types an omniflash server decodes; ``data_uri`` refuses every other."""
+ACCEPTED_NAMES = "PNG, JPEG, WebP, GIF, BMP, TIFF or AVIF"
+# Enough of the head for an ISO-BMFF ``ftyp`` box and its list of compatible brands.
+HEAD_BYTES = 64
+_AVIF_BRANDS = {b"avif", b"avis"}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+_TIFF_PREFIXES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _ftyp_brands(head: bytes) -> set[bytes]:
+    """The major and compatible brands of an ISO-BMFF ``ftyp`` box at the start of ``head``."""
+    if head[4:8] != b"ftyp":
+        return set()
+    size = int.from_bytes(head[:4], "big")
+    end = min(max(size, 16), len(head))
+    brands = {head[8:12]}
+    brands.update(head[i : i + 4] for i in range(16, end - 3, 4))
+    return brands
 
 
 def sniff_image_type(head: bytes) -> str | None:
     """The MIME type from an image's first bytes, or ``None`` when it is not a known image.
+
+    HEIC/HEIF is recognised (as ``image/heic``) so that it can be refused by name.
 
     >>> sniff_image_type(b"\\x89PNG\\r\\n\\x1a\\n...")
     'image/png'
@@ -33,31 +68,66 @@ def sniff_image_type(head: bytes) -> str | None:
         return "image/webp"
     if head[:2] == b"BM":
         return "image/bmp"
-    if head[4:12] in (b"ftypavif", b"ftypavis"):
-        return "image/avif"
-    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1"):
-        return "image/heic"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
+    if head.startswith(_TIFF_PREFIXES):
         return "image/tiff"
+    brands = _ftyp_brands(head)
+    if brands & _AVIF_BRANDS:
+        return "image/avif"
+    if brands & _HEIF_BRANDS:
+        return "image/heic"
     return None
 
 
+def _refusal(mime: str | None, source: str) -> InputError | None:
+    if mime in ACCEPTED_TYPES:
+        return None
+    if mime == "image/heic":
+        return InputError(
+            f"{source} is HEIC/HEIF, which the server cannot decode; "
+            f"convert it to JPEG or PNG (it takes {ACCEPTED_NAMES})"
+        )
+    return InputError(f"{source} is not a {ACCEPTED_NAMES} image")
+
+
 def data_uri(content: bytes, *, source: str = "image bytes") -> str:
-    """``content`` as a base64 ``data:`` URI with its sniffed type."""
+    """``content`` as a base64 ``data:`` URI with its sniffed type.
+
+    Raises ``InputError`` for an image the server would refuse (HEIC, or not an image).
+    """
     if len(content) > MAX_IMAGE_BYTES:
         raise InputError(f"{source} is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
-    mime = sniff_image_type(content[:16])
-    if mime is None:
-        raise InputError(f"{source} is not a PNG, JPEG, WebP, GIF, BMP, TIFF, AVIF or HEIC image")
+    mime = sniff_image_type(content[:HEAD_BYTES])
+    refusal = _refusal(mime, source)
+    if refusal is not None:
+        raise refusal
     return f"data:{mime};base64,{base64.b64encode(content).decode('ascii')}"
 
 
-def image_reference(image: str | os.PathLike[str] | bytes) -> str:
+def _check_data_uri(uri: str, source: str) -> None:
+    """A ``data:`` URI given as is: its bytes, not its declared type, must be an accepted image."""
+    _, _, encoded = uri.partition(",")
+    # 88 base64 characters decode to 66 bytes, at least ``HEAD_BYTES``.
+    head = encoded[:88].strip()
+    try:
+        decoded = base64.b64decode(head[: len(head) - len(head) % 4], validate=True)
+    except (binascii.Error, ValueError):
+        return  # the server words a malformed URI better than a guess here
+    refusal = _refusal(sniff_image_type(decoded[:HEAD_BYTES]), source)
+    if refusal is not None:
+        raise refusal
+
+
+def image_reference(image: str | os.PathLike[str] | bytes, *, index: int = 0) -> str:
     """What goes into ``image_urls``: the URL itself, or the file's or bytes' data URI."""
     if isinstance(image, bytes | bytearray | memoryview):
-        return data_uri(bytes(image))
-    if isinstance(image, str) and image.split(":", 1)[0].lower() in ("http", "https", "data"):
-        return image
+        return data_uri(bytes(image), source=f"image {index} (bytes)")
+    if isinstance(image, str):
+        scheme = image.split(":", 1)[0].lower()
+        if scheme in ("http", "https"):
+            return image
+        if scheme == "data":
+            _check_data_uri(image, f"image {index} (data URI)")
+            return image
     path = Path(image)
     try:
         content = path.read_bytes()

@@ -1,4 +1,4 @@
-"""Typed requests and responses of the Omni-Flash-Ext API.
+"""The answers of the Omni-Flash-Ext API as plain data: tasks, pages, the account.
 
 Parsing is lenient: a field a server leaves out becomes ``None`` (or empty), so the SDK
 works against any server speaking the seed API; omniflash's extras are optional.
@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
-
-from omniflash.client.images import ImageInput, image_reference
-
-if TYPE_CHECKING:
-    from omniflash.client.async_client import AsyncClient
-    from omniflash.client.sync_client import Client
+from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar, Unpack
 
 __all__ = [
     "MODEL",
     "Account",
     "AsyncTask",
-    "GenerationRequest",
+    "ProgressCallback",
     "SubmittedTask",
     "Task",
     "TaskError",
@@ -30,6 +25,7 @@ __all__ = [
     "TaskPage",
     "TaskStatus",
     "Video",
+    "WaitOptions",
 ]
 
 MODEL = "Omni-Flash-Ext"
@@ -55,43 +51,20 @@ class TaskStatus(enum.StrEnum):
 FINISHED = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
-@dataclasses.dataclass(frozen=True)
-class GenerationRequest:
-    """The body of ``POST /v1/videos/generations``; ``None`` fields are left out.
+ProgressCallback = Callable[["Task"], object]
+"""Called with the task after every look; with ``AsyncClient`` it may be ``async``."""
 
-    >>> GenerationRequest("a red kite", duration=4).to_body()
-    {'model': 'Omni-Flash-Ext', 'prompt': 'a red kite', 'duration': 4}
-    """
 
-    prompt: str
-    duration: int | None = None
-    resolution: str | None = None
-    aspect_ratio: str | None = None
-    images: Sequence[ImageInput] = ()
-    """Image URLs, ``data:`` URIs, local paths or raw bytes (sent as data URIs)."""
-    video: str | None = None
-    generation_type: Literal["frame", "reference"] | str | None = None
-    seed: int | None = None
-    extra: Mapping[str, Any] | None = None
-    """Extra body fields for servers that accept them."""
+class WaitOptions(TypedDict, total=False):
+    """The keyword arguments of ``client.tasks.wait`` after the task id."""
 
-    def to_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": MODEL, "prompt": self.prompt}
-        optional = {
-            "duration": self.duration,
-            "resolution": self.resolution,
-            "aspect_ratio": self.aspect_ratio,
-            "generation_type": self.generation_type,
-            "seed": self.seed,
-        }
-        body.update({k: v for k, v in optional.items() if v is not None})
-        if self.images:
-            body["image_urls"] = [image_reference(image) for image in self.images]
-        if self.video is not None:
-            body["video_urls"] = [self.video]
-        if self.extra:
-            body.update(self.extra)
-        return body
+    timeout: float | None
+    """The overall deadline in seconds (``WaitPolicy.timeout`` when left out)."""
+    poll_interval: float | None
+    first_delay: float | None
+    on_progress: ProgressCallback | None
+    raise_on_failure: bool
+    """``True`` (the default): a failed or cancelled task raises ``TaskFailedError``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +96,26 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+class TaskActions(Protocol):
+    """What ``Task.download()``, ``refresh()`` and ``wait()`` call: a ``Client``'s ``tasks``."""
+
+    def get(self, task_id: str) -> Task: ...
+
+    def wait(self, task_id: str, **options: Unpack[WaitOptions]) -> Task: ...
+
+    def download(
+        self, task: Task | str, path: str | os.PathLike[str], *, index: int = 0
+    ) -> Path: ...
+
+
 @dataclasses.dataclass(frozen=True)
-class TaskInfo:
-    """A task as ``GET /v1/tasks/{id}`` shows it."""
+class Task:
+    """A task as ``GET /v1/tasks/{id}`` shows it: plain data, from ``Client`` and ``AsyncClient``.
+
+    Its actions live on the client (``client.tasks.download(task, path)``); a task from a
+    ``Client`` also offers them as ``task.download(path)``, ``task.refresh()`` and
+    ``task.wait()``.
+    """
 
     id: str
     status: str
@@ -140,9 +130,13 @@ class TaskInfo:
     error: TaskError | None = None
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
     """The server's ``data`` object as received, extras included."""
+    # Not a field: ``asdict``, ``replace`` and ``==`` see the data only.  ``from_data``
+    # sets it on a task from a ``Client``, for ``download()``, ``refresh()`` and ``wait()``.
+    _actions: ClassVar[TaskActions | None] = None
 
     @classmethod
     def fields_from(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor's arguments for a task ``data`` object, read leniently."""
         videos: list[Video] = []
         result = data.get("result")
         if isinstance(result, Mapping) and isinstance(result.get("videos"), list):
@@ -182,8 +176,11 @@ class TaskInfo:
         }
 
     @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> TaskInfo:
-        return cls(**cls.fields_from(data))
+    def from_data(cls, data: Mapping[str, Any], actions: TaskActions | None = None) -> Task:
+        task = cls(**cls.fields_from(data))
+        if actions is not None:
+            object.__setattr__(task, "_actions", actions)
+        return task
 
     @property
     def finished(self) -> bool:
@@ -218,53 +215,35 @@ class TaskInfo:
             return str(request["prompt"])
         return None
 
+    def _bound(self) -> TaskActions:
+        actions = self._actions
+        if actions is None:
+            raise RuntimeError(
+                f"task {self.id} is not from a Client: use client.tasks.download(task, path) "
+                "(awaited, with an AsyncClient)"
+            )
+        return actions
 
-@dataclasses.dataclass(frozen=True)
-class Task(TaskInfo):
-    """A task from a ``Client``; ``download()`` saves its video."""
-
-    client: Client | None = dataclasses.field(default=None, repr=False, compare=False)
-
-    def _bound(self) -> Client:
-        if self.client is None:
-            raise RuntimeError("this Task is not bound to a Client")
-        return self.client
-
-    def download(self, path: str | Path, *, index: int = 0) -> Path:
-        """Save the video to ``path`` (atomically) and return the path."""
+    def download(self, path: str | os.PathLike[str], *, index: int = 0) -> Path:
+        """``client.tasks.download(task, path)`` of the ``Client`` this task came from."""
         return self._bound().download(self, path, index=index)
 
     def refresh(self) -> Task:
-        """The task as the server shows it now."""
-        return self._bound().tasks.get(self.id)
+        """The task as the server shows it now: ``client.tasks.get(task.id)``."""
+        return self._bound().get(self.id)
 
-    def wait(self, **kwargs: Any) -> Task:
-        """``client.tasks.wait(task.id, **kwargs)``."""
-        return self._bound().tasks.wait(self.id, **kwargs)
-
-
-@dataclasses.dataclass(frozen=True)
-class AsyncTask(TaskInfo):
-    """A task from an ``AsyncClient``; ``await task.download(path)`` saves its video."""
-
-    client: AsyncClient | None = dataclasses.field(default=None, repr=False, compare=False)
-
-    def _bound(self) -> AsyncClient:
-        if self.client is None:
-            raise RuntimeError("this AsyncTask is not bound to an AsyncClient")
-        return self.client
-
-    async def download(self, path: str | Path, *, index: int = 0) -> Path:
-        return await self._bound().download(self, path, index=index)
-
-    async def refresh(self) -> AsyncTask:
-        return await self._bound().tasks.get(self.id)
-
-    async def wait(self, **kwargs: Any) -> AsyncTask:
-        return await self._bound().tasks.wait(self.id, **kwargs)
+    def wait(self, **options: Unpack[WaitOptions]) -> Task:
+        """``client.tasks.wait(task.id, **options)``."""
+        return self._bound().wait(self.id, **options)
 
 
-T = TypeVar("T", bound=TaskInfo)
+TaskInfo = Task
+"""The name of ``Task``'s data before it was one class; kept for existing imports."""
+AsyncTask = Task
+"""``AsyncClient`` returns plain ``Task`` objects; the name is kept for existing imports."""
+
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,8 @@
-"""What ``Client`` and ``AsyncClient`` share: retry and polling policies, headers, envelopes."""
+"""The API's wire format, without I/O: headers, URLs, envelopes, and errors from answers."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import random
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,93 +16,31 @@ from omniflash.client.errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
-    ConflictError,
-    IdempotencyError,
-    InternalServerError,
     OmniflashClientError,
-    RateLimitError,
     error_from_response,
 )
-from omniflash.client.models import SubmittedTask
+from omniflash.client.models import SubmittedTask, Task, TaskActions, TaskPage
 
 __all__ = [
     "DEFAULT_SERVER",
-    "RetryPolicy",
-    "WaitPolicy",
+    "USER_AGENT",
+    "absolute",
     "check",
+    "default_headers",
     "new_idempotency_key",
+    "parse_page",
     "parse_submit",
+    "parse_task",
     "payload",
+    "resolve_settings",
+    "result_url",
+    "same_origin",
     "temp_path_for",
     "transport_error",
 ]
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 USER_AGENT = f"omniflash-python/{__version__}"
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """Which failures are retried, and how long to wait before the next attempt.
-
-    Reads (GET) and cancels retry on connection errors, timeouts, 429 and 5xx.  A submit
-    is retried only when it carries an Idempotency-Key (the SDK always sends one), so a
-    retried submit is charged once; it also retries the server's 409 "still in flight".
-
-    >>> RetryPolicy(max_retries=5, backoff=0.25).delay(2, retry_after=None) <= 1.0
-    True
-    """
-
-    max_retries: int = 3
-    backoff: float = 0.5
-    """The first wait in seconds; doubled each attempt, with jitter."""
-    max_backoff: float = 8.0
-    max_retry_after: float = 60.0
-    """The longest Retry-After the SDK will sleep on its own; longer ones raise."""
-
-    def retryable(self, error: OmniflashClientError, *, submit: bool) -> bool:
-        if isinstance(error, APIConnectionError | APITimeoutError):
-            return True
-        if isinstance(error, RateLimitError):
-            return error.retry_after is None or error.retry_after <= self.max_retry_after
-        if isinstance(error, InternalServerError):
-            return error.status_code != 501
-        return (
-            submit and isinstance(error, ConflictError) and not isinstance(error, IdempotencyError)
-        )
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds before retry number ``attempt + 1`` (0-based); Retry-After wins."""
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
-        base = min(self.max_backoff, self.backoff * (2**attempt))
-        return float(base * (0.5 + random.random() / 2))
-
-    def pause(self, error: OmniflashClientError, attempt: int) -> float:
-        """The delay before retrying after ``error``, honouring its Retry-After."""
-        retry_after = error.retry_after if isinstance(error, APIStatusError) else None
-        return self.delay(attempt, retry_after)
-
-    def retries_for(self, mode: str, headers: Mapping[str, str]) -> int:
-        """How many retries a call may make: none for a submit without an Idempotency-Key,
-        since the server cannot tell a retry from a second order and would charge twice."""
-        if mode == "submit" and not any(k.lower() == "idempotency-key" for k in headers):
-            return 0
-        return self.max_retries
-
-
-@dataclasses.dataclass(frozen=True)
-class WaitPolicy:
-    """How ``wait()`` polls: a first look after ``first_delay``, then every ``interval``.
-
-    The seed advises 5-10 s between looks for tasks that take minutes; the defaults are
-    shorter because a preview or a small task finishes in seconds.
-    """
-
-    first_delay: float = 2.0
-    interval: float = 3.0
-    timeout: float = 900.0
-    """The overall deadline of one ``wait()`` in seconds."""
 
 
 def new_idempotency_key() -> str:
@@ -154,21 +90,20 @@ def check(response: httpx.Response) -> None:
             raise error_from_response(fake)
 
 
-def payload(response: httpx.Response) -> Any:
-    """The ``data`` of a success envelope ``{"code": 200, "data": ...}``."""
+def _body(response: httpx.Response) -> Any:
     try:
-        body = response.json()
+        return response.json()
     except ValueError as exc:
         raise APIStatusError(
             f"the server answered {response.status_code} with a body that is not JSON",
             status_code=response.status_code,
         ) from exc
+
+
+def payload(response: httpx.Response) -> Any:
+    """The ``data`` of a success envelope ``{"code": 200, "data": ...}``."""
+    body = _body(response)
     return body.get("data") if isinstance(body, Mapping) else body
-
-
-def envelope(response: httpx.Response) -> Mapping[str, Any]:
-    body = response.json()
-    return body if isinstance(body, Mapping) else {}
 
 
 def parse_submit(response: httpx.Response) -> SubmittedTask:
@@ -183,6 +118,35 @@ def parse_submit(response: httpx.Response) -> SubmittedTask:
         status=str(item.get("status") or "submitted"),
         replayed=response.headers.get("idempotency-replayed", "").lower() == "true",
     )
+
+
+def parse_task(response: httpx.Response, actions: TaskActions | None) -> Task:
+    data = payload(response)
+    return Task.from_data(data if isinstance(data, Mapping) else {}, actions)
+
+
+def parse_page(response: httpx.Response, actions: TaskActions | None) -> TaskPage[Task]:
+    """``GET /v1/tasks``: ``data`` is the page, ``has_more`` and ``next_after`` beside it."""
+    body = _body(response)
+    body = body if isinstance(body, Mapping) else {}
+    data = body.get("data")
+    items = data if isinstance(data, list) else []
+    next_after = body.get("next_after")
+    return TaskPage(
+        data=[Task.from_data(i, actions) for i in items if isinstance(i, Mapping)],
+        has_more=bool(body.get("has_more")),
+        next_after=next_after if isinstance(next_after, str) else None,
+    )
+
+
+def result_url(task: Task | str, index: int) -> str:
+    """The URL of a task's ``index``-th video (or ``task`` itself when it is a URL)."""
+    if isinstance(task, str):
+        return task
+    urls = task.video_urls
+    if not urls:
+        raise OmniflashClientError(f"task {task.id} has no video (status {task.status})")
+    return urls[index]
 
 
 def transport_error(exc: httpx.TransportError, what: str) -> OmniflashClientError:

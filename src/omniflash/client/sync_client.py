@@ -1,88 +1,42 @@
-"""``Client``: the blocking SDK.
+"""``Client``: the blocking SDK, a shell that carries out the core's flows with ``httpx.Client``.
 
 >>> with Client("http://127.0.0.1:8000", "of_...") as client:  # doctest: +SKIP
 ...     task = client.videos.generate_and_wait(prompt="a red kite over the sea", duration=4)
-...     task.download("kite.mp4")
+...     client.tasks.download(task, "kite.mp4")
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar, Unpack
 
 import httpx
 
-from omniflash.client.errors import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
-    ConflictError,
-    InternalServerError,
-    NotFoundError,
-    OmniflashClientError,
-    PermissionDeniedError,
-    RateLimitError,
-    TaskCancelledError,
-    TaskFailedError,
-    error_from_response,
-)
-from omniflash.client.images import ImageInput
-from omniflash.client.models import (
-    Account,
-    GenerationRequest,
-    Task,
-    TaskPage,
-    TaskStatus,
-)
-from omniflash.client.protocol import (
-    RetryPolicy,
-    WaitPolicy,
-    absolute,
-    check,
-    default_headers,
-    envelope,
-    new_idempotency_key,
-    parse_submit,
-    payload,
-    resolve_settings,
-    same_origin,
-    temp_path_for,
-    transport_error,
-)
+from omniflash.client import core, effects
+from omniflash.client.models import Account, Task, TaskPage
 
 __all__ = ["Client"]
 
-RetryMode = Literal["read", "submit"]
-ProgressCallback = Callable[[Task], object]
+T = TypeVar("T")
 
 
-class Client:
+class Client(core.BaseClient[httpx.BaseTransport]):
     """A connection to an Omni-Flash-Ext server.
 
-    ``base_url`` and ``api_key`` default to ``OMNIFLASH_SERVER`` and ``OMNIFLASH_API_KEY``.
+    ``base_url`` and ``api_key`` default to ``OMNIFLASH_SERVER`` and ``OMNIFLASH_API_KEY``;
+    ``options`` are ``timeout``, ``max_retries``, ``retry`` and ``wait`` (``ClientOptions``).
     Use it as a context manager, or call ``close()``.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float | httpx.Timeout = 60.0,
-        max_retries: int = 3,
-        retry: RetryPolicy | None = None,
-        wait: WaitPolicy | None = None,
-        transport: httpx.BaseTransport | None = None,
+    def _connect(
+        self, transport: httpx.BaseTransport | None, timeout: float | httpx.Timeout
     ) -> None:
-        self.base_url, self.api_key = resolve_settings(base_url, api_key)
-        self.retry = retry or RetryPolicy(max_retries=max_retries)
-        self.wait_policy = wait or WaitPolicy()
         self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True)
-        self.videos = Videos(self)
-        self.tasks = Tasks(self)
+        self.videos, self.tasks = Videos(self), Tasks(self)
+        self._core.actions = self.tasks
 
     def __enter__(self) -> Client:
         return self
@@ -93,203 +47,102 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __repr__(self) -> str:
-        return f"Client({self.base_url!r})"
+    def _run(self, flow: effects.Flow[T]) -> T:
+        """Carry out a flow of the core, blocking, and return its result."""
+        with effects.Run(flow) as run:
+            while (effect := run.next()) is not None:
+                try:
+                    run.send(self._carry_out(effect))
+                except httpx.TransportError as exc:
+                    run.throw(exc)
+            return run.result
+
+    def _carry_out(self, effect: effects.Effect) -> Any:
+        match effect:
+            case effects.Send(method, url, headers, json, params):
+                request = self._http.build_request(
+                    method, url, json=json, params=params, headers=headers
+                )
+                return self._http.send(request)
+            case effects.Fetch():
+                return self._fetch(effect)
+            case effects.Report(callback, task):
+                return callback(task)
+            case _:
+                time.sleep(effect.seconds)
+                return None
+
+    def _fetch(self, fetch: effects.Fetch) -> effects.Fetched:
+        with self._http.stream("GET", fetch.url, headers=fetch.headers) as response:
+            if response.is_error:
+                response.read()
+                return effects.Fetched(response)
+            with fetch.open() as sink:
+                for chunk in response.iter_bytes(effects.CHUNK_BYTES):
+                    sink.write(chunk)
+        return effects.Fetched(response, sink.size)
 
     def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        mode: RetryMode = "read",
+        self, method: str, path: str, **options: Unpack[core.RequestOptions]
     ) -> httpx.Response:
-        """One API call with the retry policy; raises the SDK's exceptions."""
-        all_headers = default_headers(self.api_key) | (headers or {})
-        retries = self.retry.retries_for(mode, all_headers)
-        submit = mode == "submit"
-        url = absolute(path, self.base_url)
-        attempt = 0
-        while True:
-            try:
-                response = self._http.request(
-                    method,
-                    url,
-                    json=json,
-                    params=params,
-                    headers=all_headers,
-                )
-                check(response)
-                return response
-            except httpx.TransportError as exc:
-                error: OmniflashClientError = transport_error(exc, f"{method} {url}")
-                if attempt >= retries or not self.retry.retryable(error, submit=submit):
-                    raise error from exc
-            except APIStatusError as exc:
-                if attempt >= retries or not self.retry.retryable(exc, submit=submit):
-                    raise
-                error = exc
-            time.sleep(self.retry.pause(error, attempt))
-            attempt += 1
+        """One API call with the retry policy; raises the SDK's exceptions.
+
+        ``options``: ``json``, ``params``, ``headers`` and ``mode`` (``RequestOptions``);
+        ``mode="submit"`` retries only a call that carries an Idempotency-Key.
+        """
+        return self._run(self._core.request(method, path, **options))
 
     def account(self) -> Account:
         """The key's balance and limits (``GET /v1/account``, an omniflash extra)."""
-        return Account.from_data(payload(self.request("GET", "/v1/account")) or {})
+        return self._run(self._core.account())
 
     def download(self, task: Task | str, path: str | os.PathLike[str], *, index: int = 0) -> Path:
-        """Save a result video to ``path``: retried, written to a temp file then renamed.
-
-        ``task`` is a ``Task`` or a result URL.  An expired link of a ``Task`` is renewed
-        once by fetching the task again; nothing is ever submitted again.
-        """
-        target = Path(path)
-        url = _result_url(task, index)
-        refreshed = False
-        attempt = 0
-        while True:
-            try:
-                self._fetch_to(url, target)
-                return target
-            except (PermissionDeniedError, NotFoundError):
-                if isinstance(task, str) or refreshed:
-                    raise
-                refreshed = True
-                task = self.tasks.get(task.id)
-                url = _result_url(task, index)
-                continue
-            except httpx.TransportError as exc:
-                error: OmniflashClientError = transport_error(exc, "download")
-                if attempt >= self.retry.max_retries:
-                    raise error from exc
-            except (RateLimitError, InternalServerError) as exc:
-                if attempt >= self.retry.max_retries:
-                    raise
-                error = exc
-            time.sleep(self.retry.pause(error, attempt))
-            attempt += 1
-
-    def _fetch_to(self, url: str, target: Path) -> None:
-        url = absolute(url, self.base_url)
-        # The key goes only to the API server itself, never to a CDN holding results.
-        headers = default_headers(self.api_key) if same_origin(url, self.base_url) else None
-        tmp = temp_path_for(target)
-        try:
-            with self._http.stream("GET", url, headers=headers) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise error_from_response(response)
-                expected = response.headers.get("content-length")
-                size = 0
-                with open(tmp, "wb") as out:
-                    for chunk in response.iter_bytes(1 << 20):
-                        out.write(chunk)
-                        size += len(chunk)
-            if expected is not None and expected.isdigit() and int(expected) != size:
-                raise httpx.RemoteProtocolError(f"got {size} of {expected} bytes")
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def _result_url(task: Task | str, index: int) -> str:
-    if isinstance(task, str):
-        return task
-    urls = task.video_urls
-    if not urls:
-        raise OmniflashClientError(f"task {task.id} has no video (status {task.status})")
-    return urls[index]
+        """``client.tasks.download(task, path)``."""
+        return self.tasks.download(task, path, index=index)
 
 
 class Videos:
     """``client.videos``: submit generations."""
 
     def __init__(self, client: Client) -> None:
-        self._client = client
+        self._run = client._run
+        self._core = client._core
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        duration: int | None = None,
-        resolution: str | None = None,
-        aspect_ratio: str | None = None,
-        images: Sequence[ImageInput] = (),
-        video: str | None = None,
-        generation_type: str | None = None,
-        seed: int | None = None,
-        idempotency_key: str | None = None,
-        extra_body: dict[str, Any] | None = None,
-    ) -> Task:
+    def generate(self, prompt: str, **options: Unpack[core.GenerateOptions]) -> Task:
         """Submit a task; returns it with status ``submitted`` (see ``tasks.wait``).
 
-        A random Idempotency-Key is sent unless one is given, so a retried submit is
-        charged once; reuse your own key to make a submit safe across restarts.
+        ``options``: ``duration``, ``resolution``, ``aspect_ratio``, ``images``, ``video``,
+        ``generation_type``, ``seed``, ``idempotency_key``, ``extra_body``
+        (``GenerateOptions``).  A random Idempotency-Key is sent unless one is given, so a
+        retried submit is charged once; reuse your own key to make a submit safe across
+        restarts.
         """
-        body = GenerationRequest(
-            prompt=prompt,
-            duration=duration,
-            resolution=resolution,
-            aspect_ratio=aspect_ratio,
-            images=images,
-            video=video,
-            generation_type=generation_type,
-            seed=seed,
-            extra=extra_body,
-        ).to_body()
-        key = idempotency_key or new_idempotency_key()
-        response = self._client.request(
-            "POST",
-            "/v1/videos/generations",
-            json=body,
-            headers={"Idempotency-Key": key},
-            mode="submit",
-        )
-        submitted = parse_submit(response)
-        raw = {"task_id": submitted.id, "status": submitted.status, "replayed": submitted.replayed}
-        return Task(id=submitted.id, status=submitted.status, raw=raw, client=self._client)
+        return self._run(self._core.generate(prompt, **options))
 
     def generate_and_wait(
-        self,
-        prompt: str,
-        *,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        **params: Any,
+        self, prompt: str, **options: Unpack[core.GenerateAndWaitOptions]
     ) -> Task:
-        """``generate`` then ``tasks.wait``: the completed task, or ``TaskFailedError``."""
-        task = self.generate(prompt, **params)
-        return self._client.tasks.wait(task.id, timeout=timeout, on_progress=on_progress)
+        """``generate`` then ``tasks.wait``: the completed task, or ``TaskFailedError``.
+
+        Takes ``generate``'s options, and ``wait``'s ``timeout`` and ``on_progress``.
+        """
+        return self._run(self._core.generate_and_wait(prompt, **options))
 
 
 class Tasks:
-    """``client.tasks``: get, list, cancel and wait for tasks."""
+    """``client.tasks``: get, list, cancel, wait for and download tasks."""
 
     def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def _task(self, data: Any) -> Task:
-        return Task(**Task.fields_from(data if isinstance(data, dict) else {}), client=self._client)
+        self._run = client._run
+        self._core = client._core
 
     def get(self, task_id: str) -> Task:
-        return self._task(payload(self._client.request("GET", f"/v1/tasks/{task_id}")))
+        """The task as the server shows it now."""
+        return self._run(self._core.get_task(task_id))
 
     def list(self, *, limit: int = 20, after: str | None = None) -> TaskPage[Task]:
-        """One page of this key's tasks, newest first."""
-        params: dict[str, Any] = {"limit": limit}
-        if after is not None:
-            params["after"] = after
-        response = self._client.request("GET", "/v1/tasks", params=params)
-        body = envelope(response)
-        data = body.get("data")
-        items = [self._task(item) for item in data] if isinstance(data, list) else []
-        next_after = body.get("next_after")
-        return TaskPage(
-            data=items,
-            has_more=bool(body.get("has_more")),
-            next_after=next_after if isinstance(next_after, str) else None,
-        )
+        """One page of this key's tasks, newest first; pass ``next_after`` as ``after``."""
+        return self._run(self._core.list_tasks(limit=limit, after=after))
 
     def iter_all(self, *, page_size: int = 100) -> Iterator[Task]:
         """Every task of this key, newest first, fetching pages as needed."""
@@ -297,69 +150,27 @@ class Tasks:
         while True:
             page = self.list(limit=page_size, after=after)
             yield from page.data
-            if not page.has_more or not page.next_after:
+            if (after := core.next_page(page)) is None:
                 return
-            after = page.next_after
 
     def cancel(self, task_id: str) -> Task:
         """Cancel a pending or processing task (refunded); ``ConflictError`` if it completed
         or failed.  Cancelling a cancelled task returns it, so a retried cancel is harmless."""
-        try:
-            return self._task(payload(self._client.request("POST", f"/v1/tasks/{task_id}/cancel")))
-        except ConflictError:
-            task = self.get(task_id)
-            if task.status == TaskStatus.CANCELLED:
-                return task
-            raise
+        return self._run(self._core.cancel(task_id))
 
-    def wait(
-        self,
-        task_id: str,
-        *,
-        timeout: float | None = None,
-        poll_interval: float | None = None,
-        first_delay: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        raise_on_failure: bool = True,
-    ) -> Task:
+    def wait(self, task_id: str, **options: Unpack[core.WaitOptions]) -> Task:
         """Poll until the task finishes; returns it (``TaskFailedError`` if it did not complete).
 
-        ``on_progress(task)`` is called after every look.  Past ``timeout`` seconds it raises
-        ``APITimeoutError`` whose ``task_id`` lets you look again later.
+        ``options``: ``timeout``, ``poll_interval``, ``first_delay``, ``on_progress``,
+        ``raise_on_failure`` (``WaitOptions``).  ``on_progress(task)`` is called after every
+        look.  Past ``timeout`` seconds it raises ``APITimeoutError`` whose ``task_id`` lets
+        you look again later.
         """
-        policy = self._client.wait_policy
-        deadline = time.monotonic() + (policy.timeout if timeout is None else timeout)
-        interval = policy.interval if poll_interval is None else poll_interval
-        pause = policy.first_delay if first_delay is None else first_delay
-        last: Task | None = None
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                state = f" (last seen {last.status}, {last.progress}%)" if last else ""
-                raise APITimeoutError(
-                    f"task {task_id} did not finish in time{state}", task_id=task_id
-                )
-            time.sleep(min(pause, remaining))
-            pause = interval
-            try:
-                last = self.get(task_id)
-            except RateLimitError as exc:
-                pause = max(interval, exc.retry_after or 0.0)
-                continue
-            except (APIConnectionError, APITimeoutError, InternalServerError):
-                # A blip in a long wait is not the task's failure; a wrong URL or key is.
-                if last is None:
-                    raise
-                continue
-            if on_progress is not None:
-                on_progress(last)
-            if last.finished:
-                return _finish(last, raise_on_failure)
+        return self._run(self._core.wait(task_id, **options))
 
+    def download(self, task: Task | str, path: str | os.PathLike[str], *, index: int = 0) -> Path:
+        """Save a task's video (or a result URL) to ``path``, atomically; returns the path.
 
-def _finish(task: Task, raise_on_failure: bool) -> Task:
-    if raise_on_failure and task.status == TaskStatus.CANCELLED:
-        raise TaskCancelledError(task)
-    if raise_on_failure and task.status == TaskStatus.FAILED:
-        raise TaskFailedError(task)
-    return task
+        Retried; an expired link of a ``Task`` is renewed once by looking at the task again.
+        """
+        return self._run(self._core.download(task, path, index=index))

@@ -1,6 +1,11 @@
-"""Engines turn a validated spec into an mp4.  ``preview`` runs anywhere; ``diffusers`` on GPUs."""
+"""Engines turn a validated spec into an mp4.  ``preview`` runs anywhere; ``diffusers`` on GPUs.
+
+Engines are found by name through the ``omniflash.engines`` entry-point group (see
+``omniflash.engines.base``).
+"""
 
 from omniflash.engines.base import (
+    ENTRY_POINT_GROUP,
     Engine,
     GenerationResult,
     Job,
@@ -10,6 +15,7 @@ from omniflash.engines.base import (
 )
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "Engine",
     "GenerationResult",
     "Job",

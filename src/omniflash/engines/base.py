@@ -1,14 +1,20 @@
 """The engine protocol and the registry of engines by name.
 
 An engine lives in a worker's child process: it is created and ``load()``-ed once,
-then ``generate()`` runs one job at a time.  Built-in engines register through the
-same ``omniflash.engines`` entry-point group a third-party package would use, so
-``omniflash serve --engine NAME`` finds both::
+then ``generate()`` runs one job at a time.  That process is *spawned*, so it knows
+only what it can import: engines are found by name through the ``omniflash.engines``
+entry-point group, where omniflash declares its own (``preview``, ``diffusers``) the
+way a third-party package declares one::
 
     [project.entry-points."omniflash.engines"]
     myengine = "mypackage.engine:MyEngine"
 
-A factory is called with the server's ``Settings`` and returns an ``Engine``.
+``omniflash serve --engine myengine`` then finds it in every process, as does
+``--engine mypackage.engine:MyEngine`` without any registration.  A factory is
+called with the server's ``Settings`` and returns an ``Engine``.
+
+``register_engine`` adds a factory to this process only: for tests and for code that
+calls ``create_engine`` itself.  A server's engine processes do not see it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ if TYPE_CHECKING:
     from omniflash.settings import Settings
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "CancelCheck",
     "Engine",
     "EngineFactory",
@@ -98,7 +105,10 @@ class Engine(Protocol):
 
 EngineFactory = Callable[["Settings"], Engine]
 
-_BUILTIN: dict[str, str] = {
+ENTRY_POINT_GROUP = "omniflash.engines"
+# The built-in engines as pyproject.toml declares them in ENTRY_POINT_GROUP; used only
+# for a name the installed metadata lacks, as an install made before that table has.
+_BUILTIN_FALLBACK: dict[str, str] = {
     "preview": "omniflash.engines.preview:PreviewEngine",
     "diffusers": "omniflash.engines.diffusion:DiffusersEngine",
 }
@@ -106,7 +116,13 @@ _registered: dict[str, EngineFactory] = {}
 
 
 def register_engine(name: str, factory: EngineFactory) -> None:
-    """Register an engine factory under ``name`` (replacing any previous one)."""
+    """Register an engine factory under ``name`` in this process (replacing any previous one).
+
+    For tests, and for code that calls ``create_engine`` itself.  ``omniflash serve``
+    runs engines in spawned processes, which never see this registry: give a server an
+    engine through the ``omniflash.engines`` entry-point group, or as
+    ``--engine package.module:factory``.
+    """
     _registered[name] = factory
 
 
@@ -117,9 +133,12 @@ def _load_target(target: str) -> EngineFactory:
 
 
 def _entry_point_targets() -> dict[str, str]:
-    targets = dict(_BUILTIN)
-    for ep in entry_points(group="omniflash.engines"):
+    """Engine names and their ``module:factory``, from the installed entry points first."""
+    targets: dict[str, str] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
         targets.setdefault(ep.name, ep.value)
+    for name, target in _BUILTIN_FALLBACK.items():
+        targets.setdefault(name, target)
     return targets
 
 
@@ -135,5 +154,9 @@ def create_engine(name: str, settings: Settings) -> Engine:
         return _load_target(name)(settings)
     targets = _entry_point_targets()
     if name not in targets:
-        raise ValueError(f"unknown engine {name!r}; available: {', '.join(available_engines())}")
+        raise ValueError(
+            f"unknown engine {name!r}; available: {', '.join(available_engines())} "
+            f"(an engine is found through the {ENTRY_POINT_GROUP!r} entry-point group, "
+            "or named as package.module:factory)"
+        )
     return _load_target(targets[name])(settings)

@@ -1,0 +1,360 @@
+"""The client core: every call of the SDK written once, without I/O.
+
+Each operation is a generator (a *flow*) that yields what it needs done and receives
+the outcome (``omniflash.client.effects``): ``Send`` an HTTP request (gets the
+``httpx.Response``), ``Sleep``, ``Fetch`` a result into a file, ``Report`` progress.
+A transport failure comes back into the flow as the ``httpx.TransportError`` it was.
+``Client`` and ``AsyncClient`` only carry these effects out, blocking or awaiting; the
+retry, wait and download policies live here, and the tests can drive a flow by hand:
+
+>>> core = ClientCore("http://127.0.0.1:8000", "of_x")
+>>> flow = core.get_task("task_1")
+>>> next(flow).url
+'http://127.0.0.1:8000/v1/tasks/task_1'
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
+from urllib.parse import quote
+
+import httpx
+
+from omniflash.client.effects import Fetch, Fetched, Flow, Report, Send, Sleep
+from omniflash.client.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    OmniflashClientError,
+    PermissionDeniedError,
+    RateLimitError,
+    TaskCancelledError,
+    TaskFailedError,
+    error_from_response,
+)
+from omniflash.client.generation import (
+    GenerateAndWaitOptions,
+    GenerateOptions,
+    GenerationRequest,
+)
+from omniflash.client.models import (
+    Account,
+    Task,
+    TaskActions,
+    TaskPage,
+    TaskStatus,
+    WaitOptions,
+)
+from omniflash.client.policies import RetryPolicy, WaitPolicy
+from omniflash.client.protocol import (
+    absolute,
+    check,
+    default_headers,
+    new_idempotency_key,
+    parse_page,
+    parse_submit,
+    parse_task,
+    payload,
+    resolve_settings,
+    result_url,
+    same_origin,
+    temp_path_for,
+    transport_error,
+)
+
+__all__ = [
+    "BaseClient",
+    "ClientCore",
+    "ClientOptions",
+    "GenerateAndWaitOptions",
+    "GenerateOptions",
+    "RequestOptions",
+    "WaitOptions",
+    "next_page",
+]
+
+T = TypeVar("T")
+TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
+RetryMode = Literal["read", "submit"]
+
+
+class RequestOptions(TypedDict, total=False):
+    """The keyword arguments of ``client.request`` after the method and path."""
+
+    json: Any
+    """The JSON body."""
+    params: dict[str, Any] | None
+    """The query string."""
+    headers: dict[str, str] | None
+    """Headers besides the key's Authorization and the SDK's User-Agent."""
+    mode: RetryMode
+    """``"read"`` (the default) retries on 429, 5xx and connection errors; ``"submit"``
+    retries only a request that carries an Idempotency-Key, and its 409 "in flight"."""
+
+
+class ClientCore:
+    """The settings of one client and its calls as flows.
+
+    ``actions`` (a ``Client``'s ``tasks``) is attached to the tasks it returns, for
+    ``task.download(path)``; an ``AsyncClient`` leaves it ``None``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        retry: RetryPolicy | None = None,
+        wait: WaitPolicy | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self.retry = retry or RetryPolicy()
+        self.wait_policy = wait or WaitPolicy()
+        self.actions: TaskActions | None = None
+
+    def request(
+        self, method: str, path: str, **options: Unpack[RequestOptions]
+    ) -> Flow[httpx.Response]:
+        """One API call with the retry policy; raises the SDK's exceptions."""
+        headers = options.get("headers") or {}
+        mode = options.get("mode", "read")
+        json, params = options.get("json"), options.get("params")
+        all_headers = default_headers(self.api_key) | headers
+        retries = self.retry.retries_for(mode, all_headers)
+        submit = mode == "submit"
+        url = absolute(path, self.base_url)
+        attempt = 0
+        while True:
+            try:
+                response = yield Send(method, url, all_headers, json, params)
+                check(response)
+                return response  # type: ignore[no-any-return]
+            except httpx.TransportError as exc:
+                error: OmniflashClientError = transport_error(exc, f"{method} {url}")
+                if attempt >= retries or not self.retry.retryable(error, submit=submit):
+                    raise error from exc
+            except APIStatusError as exc:
+                if attempt >= retries or not self.retry.retryable(exc, submit=submit):
+                    raise
+                error = exc
+            yield Sleep(self.retry.pause(error, attempt))
+            attempt += 1
+
+    def account(self) -> Flow[Account]:
+        data = payload((yield from self.request("GET", "/v1/account")))
+        return Account.from_data(data if isinstance(data, dict) else {})
+
+    def generate(self, prompt: str, **options: Unpack[GenerateOptions]) -> Flow[Task]:
+        return self._submit(prompt, options)
+
+    def generate_and_wait(
+        self, prompt: str, **options: Unpack[GenerateAndWaitOptions]
+    ) -> Flow[Task]:
+        task = yield from self._submit(prompt, options)
+        wait = self.wait(
+            task.id, timeout=options.get("timeout"), on_progress=options.get("on_progress")
+        )
+        return (yield from wait)
+
+    def _submit(self, prompt: str, options: GenerateOptions) -> Flow[Task]:
+        body = GenerationRequest(
+            prompt=prompt,
+            duration=options.get("duration"),
+            resolution=options.get("resolution"),
+            aspect_ratio=options.get("aspect_ratio"),
+            images=options.get("images") or (),
+            video=options.get("video"),
+            generation_type=options.get("generation_type"),
+            seed=options.get("seed"),
+            extra=options.get("extra_body"),
+        ).to_body()
+        key = options.get("idempotency_key") or new_idempotency_key()
+        response = yield from self.request(
+            "POST",
+            "/v1/videos/generations",
+            json=body,
+            headers={"Idempotency-Key": key},
+            mode="submit",
+        )
+        submitted = parse_submit(response)
+        raw = {"task_id": submitted.id, "status": submitted.status, "replayed": submitted.replayed}
+        return Task.from_data(raw, self.actions)
+
+    def get_task(self, task_id: str) -> Flow[Task]:
+        response = yield from self.request("GET", f"/v1/tasks/{quote(task_id, safe='')}")
+        return parse_task(response, self.actions)
+
+    def list_tasks(self, *, limit: int = 20, after: str | None = None) -> Flow[TaskPage[Task]]:
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        response = yield from self.request("GET", "/v1/tasks", params=params)
+        return parse_page(response, self.actions)
+
+    def cancel(self, task_id: str) -> Flow[Task]:
+        path = f"/v1/tasks/{quote(task_id, safe='')}/cancel"
+        try:
+            response = yield from self.request("POST", path)
+        except ConflictError as conflict:
+            # A retried cancel whose first try went through finds the task cancelled.
+            task = yield from self.get_task(task_id)
+            if task.status == TaskStatus.CANCELLED:
+                return task
+            raise conflict
+        return parse_task(response, self.actions)
+
+    def wait(self, task_id: str, **options: Unpack[WaitOptions]) -> Flow[Task]:
+        policy = self.wait_policy
+        timeout = options.get("timeout")
+        interval = options.get("poll_interval")
+        interval = policy.interval if interval is None else interval
+        pause = options.get("first_delay")
+        pause = policy.first_delay if pause is None else pause
+        on_progress = options.get("on_progress")
+        deadline = time.monotonic() + (policy.timeout if timeout is None else timeout)
+        last: Task | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                state = f" (last seen {last.status}, {last.progress}%)" if last else ""
+                raise APITimeoutError(
+                    f"task {task_id} did not finish in time{state}", task_id=task_id
+                )
+            yield Sleep(min(pause, remaining))
+            pause = interval
+            try:
+                last = yield from self.get_task(task_id)
+            except RateLimitError as exc:
+                pause = max(interval, exc.retry_after or 0.0)
+                continue
+            except (APIConnectionError, APITimeoutError, InternalServerError):
+                # A blip in a long wait is not the task's failure; a wrong URL or key is.
+                if last is None:
+                    raise
+                continue
+            if on_progress is not None:
+                yield Report(on_progress, last)
+            if last.finished:
+                return _finish(last, options.get("raise_on_failure", True))
+
+    def download(
+        self, task: Task | str, path: str | os.PathLike[str], *, index: int = 0
+    ) -> Flow[Path]:
+        """Save a result video to ``path``: retried, written to a temp file then renamed.
+
+        An expired link of a ``Task`` is renewed once by fetching the task again; nothing
+        is ever submitted again.
+        """
+        target = Path(path)
+        url = result_url(task, index)
+        refreshed = False
+        attempt = 0
+        while True:
+            try:
+                yield from self._fetch_to(url, target)
+                return target
+            except (PermissionDeniedError, NotFoundError):
+                if isinstance(task, str) or refreshed:
+                    raise
+                refreshed = True
+                task = yield from self.get_task(task.id)
+                url = result_url(task, index)
+                continue
+            except httpx.TransportError as exc:
+                error: OmniflashClientError = transport_error(exc, "download")
+                if attempt >= self.retry.max_retries:
+                    raise error from exc
+            except (RateLimitError, InternalServerError) as exc:
+                if attempt >= self.retry.max_retries:
+                    raise
+                error = exc
+            yield Sleep(self.retry.pause(error, attempt))
+            attempt += 1
+
+    def _fetch_to(self, url: str, target: Path) -> Flow[None]:
+        url = absolute(url, self.base_url)
+        # The key goes only to the API server itself, never to a CDN holding results.
+        headers = default_headers(self.api_key) if same_origin(url, self.base_url) else None
+        tmp = temp_path_for(target)
+        try:
+            fetched: Fetched = yield Fetch(url, headers, tmp)
+            if fetched.response.status_code >= 400:
+                raise error_from_response(fetched.response)
+            expected = fetched.response.headers.get("content-length")
+            if expected is not None and expected.isdigit() and int(expected) != fetched.size:
+                raise httpx.RemoteProtocolError(f"got {fetched.size} of {expected} bytes")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _finish(task: Task, raise_on_failure: bool) -> Task:
+    if raise_on_failure and task.status == TaskStatus.CANCELLED:
+        raise TaskCancelledError(task)
+    if raise_on_failure and task.status == TaskStatus.FAILED:
+        raise TaskFailedError(task)
+    return task
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword arguments of ``Client`` and ``AsyncClient`` besides ``transport``."""
+
+    timeout: float | httpx.Timeout
+    """Seconds for each HTTP request (60 when left out)."""
+    max_retries: int
+    """Retries of a failed call, when ``retry`` is not given (3 when left out)."""
+    retry: RetryPolicy | None
+    wait: WaitPolicy | None
+    """How ``tasks.wait()`` polls (``WaitPolicy()`` when left out)."""
+
+
+class BaseClient(Generic[TransportT]):
+    """What ``Client`` and ``AsyncClient`` share besides the core: how they are made, and
+    their settings.  A shell opens its HTTP connection pool in ``_connect``."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        transport: TransportT | None = None,
+        **options: Unpack[ClientOptions],
+    ) -> None:
+        server, key = resolve_settings(base_url, api_key)
+        retry = options.get("retry") or RetryPolicy(max_retries=options.get("max_retries", 3))
+        self._core = ClientCore(server, key, retry=retry, wait=options.get("wait"))
+        self._connect(transport, options.get("timeout", 60.0))
+
+    def _connect(self, transport: TransportT | None, timeout: float | httpx.Timeout) -> None:
+        raise NotImplementedError
+
+    @property
+    def base_url(self) -> str:
+        return self._core.base_url
+
+    @property
+    def api_key(self) -> str:
+        return self._core.api_key
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._core.retry
+
+    @property
+    def wait_policy(self) -> WaitPolicy:
+        return self._core.wait_policy
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
+
+
+def next_page(page: TaskPage[Task]) -> str | None:
+    """The ``after`` cursor of the page after ``page``, or ``None`` when it was the last."""
+    return page.next_after if page.has_more and page.next_after else None
