@@ -196,9 +196,9 @@ def test_errors_map_to_exception_classes(server: LiveServer, tmp_path: Path) -> 
     assert payment.value.type == "payment_required"
 
     with Client(server.url, server.create_key(100, "--rpm", "1"), max_retries=0) as slow:
-        slow.tasks.list()
+        slow.videos.generate("x", duration=4)
         with pytest.raises(RateLimitError) as limited:
-            slow.tasks.list()
+            slow.videos.generate("x", duration=4)
     assert limited.value.retry_after is not None and limited.value.retry_after > 0
 
     nowhere = Client(f"http://127.0.0.1:{free_port()}", "of_x", retry=FAST_RETRY)
