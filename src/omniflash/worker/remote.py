@@ -238,7 +238,7 @@ class HttpTaskSource:
 
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self.client.request(method, url, **kwargs)
+            response = self.client.send(self.client.build_request(method, url, **kwargs))
         except httpx.TransportError as exc:
             raise SourceUnavailable(f"{self.server_url}: {_describe(exc)}") from exc
         self._raise_for_status(response)
@@ -284,7 +284,8 @@ class HttpTaskSource:
         self, client: httpx.Client, url: str, params: dict[str, Any], dest: Path, label: str
     ) -> None:
         try:
-            with client.stream("GET", url, params=params) as response:
+            # No params at all for a presigned URL: an empty mapping would drop its query.
+            with client.stream("GET", url, params=params or None) as response:
                 if client is self.client:
                     self._raise_for_status(response)
                 if response.status_code == 404:
