@@ -5,6 +5,7 @@ Every command builds its ``Settings`` once, here, from the environment and its f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -84,7 +85,15 @@ def serve(
         f"omniflash {__version__}: engine {settings.engine}, {settings.workers} worker(s), "
         f"data in {settings.data_dir.resolve()}, listening on http://{settings.host}:{settings.port}"
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level.lower())
+    )
+    # Remote workers' long polls end as soon as a shutdown begins, rather than holding it up.
+    app.state.stopping = lambda: server.should_exit
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's code for a failed start (say, the port is taken)
 
 
 def _checked_engine(settings: Settings, *, workers_given: bool) -> Settings:
@@ -252,8 +261,15 @@ def worker_command(
             "OMNIFLASH_WORKER_TOKEN or --token"
         )
     stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            # A second Ctrl-C: out now; a task not yet handed back returns when its lease runs out.
+            os._exit(128 + signum)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
         run_remote_workers(settings, stop, echo=click.echo)
     except WorkerRejected as exc:

@@ -21,7 +21,7 @@ from PIL import Image
 from omniflash.api.app import create_app
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskRow
-from tests.conftest import LiveServer, omniflash_cmd
+from tests.conftest import LiveServer, make_live_server, omniflash_cmd
 
 
 @dataclasses.dataclass
@@ -144,3 +144,26 @@ def running_worker(server: LiveServer, name: str, **env: str) -> Iterator[Worker
         yield worker
     finally:
         worker.stop()
+
+
+@contextlib.contextmanager
+def running_fleet(
+    tmp_path: Path, worker: str, **server_env: str
+) -> Iterator[tuple[LiveServer, WorkerProcess]]:
+    """``omniflash serve --workers 0`` and one remote worker, started side by side.
+
+    The worker is started first: it waits for its server, as in a fleet that boots in
+    any order.
+    """
+    server = make_live_server(tmp_path, "--workers", "0", **server_env)
+    remote = start_worker(server, worker_token(server, worker), worker)
+    try:
+        server.start()
+        try:
+            remote.wait_idle()
+            yield server, remote
+        finally:
+            remote.stop()
+    finally:
+        remote.stop()
+        server.stop()

@@ -136,7 +136,7 @@ async def claim(
     s = services.settings
     while True:
         seen = services.waker.generation
-        if await request.is_disconnected():
+        if await request.is_disconnected() or _stopping(request):
             return Response(status_code=204)
         got = await run_in_threadpool(services.store.tasks.claim, owner, s.lease_s)
         if got is not None:
@@ -147,6 +147,12 @@ async def claim(
         # Woken by a submit at once; the periodic retry covers requeues by other processes
         # on SQLite, which has no NOTIFY.
         await services.waker.wait_async(seen, min(left, s.poll_interval_s))
+
+
+def _stopping(request: Request) -> bool:
+    """True once the server is shutting down (``omniflash serve`` sets ``app.state.stopping``)."""
+    stopping = getattr(request.app.state, "stopping", None)
+    return bool(stopping is not None and stopping())
 
 
 def _claim_answer(services: Services, lease: Lease) -> dict[str, Any]:
