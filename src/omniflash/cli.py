@@ -236,7 +236,7 @@ def worker_command(
 
     Stops on SIGTERM or Ctrl-C, handing a running task back to the queue untried.
     """
-    from omniflash.worker.remote import WorkerRejected, run_remote_workers
+    from omniflash.worker.remote import ProtocolError, WorkerRejected, run_remote_workers
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -272,7 +272,7 @@ def worker_command(
         signal.signal(sig, on_signal)
     try:
         run_remote_workers(settings, stop, echo=click.echo)
-    except WorkerRejected as exc:
+    except (WorkerRejected, ProtocolError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

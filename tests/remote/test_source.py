@@ -13,6 +13,7 @@ import pytest
 from omniflash.contract import parse_generation_request
 from omniflash.store import TaskStatus
 from omniflash.worker import HttpTaskSource, Lease, SourceUnavailable, WorkerRejected
+from omniflash.worker.remote import ProtocolError
 from tests.remote.conftest import Api, png_data_uri
 
 RESULT = {"frames": 96, "width": 1280, "height": 720, "fps": 24, "duration": 4, "info": {}}
@@ -215,3 +216,16 @@ def test_the_source_is_shared_by_threads(api: Api) -> None:
     for t in threads:
         t.join(timeout=20)
     assert sorted(got) == sorted(ids) and source.held() == 4
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, text="<html>hello</html>"),
+        httpx.Response(404, json={"error": {"message": "No such endpoint"}}),
+    ],
+)
+def test_a_server_that_is_not_omniflash_is_named(answer: httpx.Response) -> None:
+    source = _scripted(lambda _request: answer)
+    with pytest.raises(ProtocolError, match=r"http://server: GET /worker/v1/config"):
+        source.config()

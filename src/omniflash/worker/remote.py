@@ -32,7 +32,13 @@ from omniflash.settings import Settings
 from omniflash.worker.pool import WorkerPool
 from omniflash.worker.source import Lease, SourceUnavailable
 
-__all__ = ["HttpTaskSource", "ServerConfig", "WorkerRejected", "run_remote_workers"]
+__all__ = [
+    "HttpTaskSource",
+    "ProtocolError",
+    "ServerConfig",
+    "WorkerRejected",
+    "run_remote_workers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,10 @@ CHUNK = 1024 * 1024
 
 class WorkerRejected(Exception):
     """The server refused this worker's token (revoked or mistyped): not worth retrying."""
+
+
+class ProtocolError(Exception):
+    """An answer this worker does not understand (not an omniflash server, or another version)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,12 +277,17 @@ class HttpTaskSource:
         return WorkerRejected(message)
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
+        where = f"{self.server_url}: {response.request.method} {response.request.url.path}"
         if response.status_code != 200:
-            raise RuntimeError(
-                f"{response.request.method} {response.request.url.path} answered "
-                f"HTTP {response.status_code}: {_error_message(response)}"
+            raise ProtocolError(
+                f"{where} answered HTTP {response.status_code}: {_error_message(response)}"
             )
-        data: dict[str, Any] = response.json()
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise ProtocolError(f"{where} did not answer JSON; is it an omniflash server?") from exc
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{where} answered {type(data).__name__}, not an object")
         return data
 
     def _held_answer(self, response: httpx.Response) -> bool:
@@ -342,7 +357,8 @@ def run_remote_workers(
 
     Waits (with backoff) for the server to answer, heartbeats by the server's lease, and
     on ``stop`` hands every running task back untried.  Raises ``WorkerRejected`` when
-    the server refuses the token, at start or later.
+    the server refuses the token, at start or later, and ``ProtocolError`` when what
+    answers at start is not an omniflash server.
     """
     assert settings.server_url and settings.worker_token
     source = HttpTaskSource(settings.server_url, settings.worker_token)
