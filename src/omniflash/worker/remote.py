@@ -270,10 +270,8 @@ class HttpTaskSource:
         )
         first = self.rejected is None
         self.rejected = message
-        if first:
-            log.error("%s", message)
-            if self.on_rejected is not None:
-                self.on_rejected(message)
+        if first and self.on_rejected is not None:
+            self.on_rejected(message)
         return WorkerRejected(message)
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
@@ -362,7 +360,6 @@ def run_remote_workers(
     """
     assert settings.server_url and settings.worker_token
     source = HttpTaskSource(settings.server_url, settings.worker_token)
-    source.on_rejected = lambda _message: stop.set()
     try:
         config = _connect(source, stop)
         if config is None:
@@ -374,7 +371,8 @@ def run_remote_workers(
             settings, source, claim_wait_s=min(settings.claim_wait_s, config.max_claim_wait_s)
         )
 
-        def rejected(_message: str) -> None:
+        def rejected(message: str) -> None:
+            log.error("%s; stopping", message)
             stop.set()
             pool.stop_event.set()
 
