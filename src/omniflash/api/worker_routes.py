@@ -95,6 +95,13 @@ def _source(services: Services) -> StoreTaskSource:
     return StoreTaskSource(services.settings, services.store, services.storage, services.waker)
 
 
+def _task(services: Services, task_id: str) -> TaskRow:
+    try:
+        return services.store.tasks.get(task_id)
+    except NotFound as exc:
+        raise NotFound(f"No task {task_id!r}") from exc
+
+
 def _lease(task: TaskRow, epoch: int) -> Lease:
     return Lease(task.id, task.spec, task.seed, task.attempts, epoch)
 
@@ -186,7 +193,7 @@ def input_file(
     task_id: str, index: int, epoch: int, worker: WorkerDep, services: ServicesDep
 ) -> StreamingResponse:
     """The task's ``index``-th stored input (in ``blob_inputs`` order), to its lease holder."""
-    task = services.store.tasks.get(task_id)
+    task = _task(services, task_id)
     if not _holds(task, epoch):
         raise Conflict(f"Task {task_id} is no longer held under lease epoch {epoch}")
     keys = list(blob_inputs(task.spec).values())
@@ -211,7 +218,7 @@ async def upload_result(
 
     The body goes to a temporary file first, so a half-sent upload never reaches storage.
     """
-    task = await run_in_threadpool(services.store.tasks.get, task_id)
+    task = await run_in_threadpool(_task, services, task_id)
     key = result_key(_lease(task, epoch))
     if not _holds(task, epoch):
         # Drained, so that the worker reads this answer rather than a reset connection.
@@ -247,7 +254,7 @@ def complete(
     """End the task with the file uploaded for this epoch; the final price is the server's."""
     if not isinstance(body.result.get("duration"), int | float):
         raise InvalidRequest("result.duration (seconds of video) is required")
-    task = services.store.tasks.get(task_id)
+    task = _task(services, task_id)
     lease = _lease(task, body.epoch)
     if _holds(task, body.epoch) and not services.storage.exists(result_key(lease)):
         raise InvalidRequest(f"No result was uploaded for task {task_id} epoch {body.epoch}")
@@ -259,7 +266,7 @@ def fail(
     task_id: str, body: FailRequest, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
     """End this attempt: queued again if ``retry`` and attempts remain, else failed (refunded)."""
-    task = services.store.tasks.get(task_id)
+    task = _task(services, task_id)
     held = _source(services).fail(_lease(task, body.epoch), body.message, retry=body.retry)
     if held and body.retry:
         services.waker.notify()  # it may be pending again: wake the idle workers here
@@ -271,7 +278,7 @@ def release(
     task_id: str, body: LeaseRequest, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
     """Hand the task back untried (the worker is stopping); no attempt is used."""
-    task = services.store.tasks.get(task_id)
+    task = _task(services, task_id)
     held = _source(services).release(_lease(task, body.epoch))
     if held:
         services.waker.notify()
