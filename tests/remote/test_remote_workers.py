@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 
 from omniflash.store import Store, TaskStatus
 from omniflash.store.schema import ledger
-from tests.conftest import LiveServer, _truncate, wait_for_task
+from tests.conftest import LiveServer, _truncate, make_live_server, wait_for_task
 from tests.remote.conftest import (
     WorkerProcess,
     png_data_uri,
@@ -143,20 +144,20 @@ def test_tokens_and_keys_do_not_cross_on_a_live_server(
 def test_a_revoked_worker_exits_with_a_message(fleet: tuple[LiveServer, WorkerProcess]) -> None:
     server, _worker = fleet
     token = worker_token(server, "doomed")
-    worker = start_worker(server, token, "doomed", OMNIFLASH_CLAIM_WAIT="1")
+    running = start_worker(server, token, "doomed", OMNIFLASH_CLAIM_WAIT="1")
+    starting: WorkerProcess | None = None
     try:
-        worker.wait_idle()
+        running.wait_idle()
         server.cli("workers", "revoke", "doomed")
-        assert worker.proc.wait(timeout=20) == 1
-        assert "refused this worker's token (HTTP 401" in worker.log()
+        starting = start_worker(server, token, "doomed-again")
+        assert running.proc.wait(timeout=20) == 1
+        assert "refused this worker's token (HTTP 401" in running.log()
+        assert starting.proc.wait(timeout=30) == 1
+        assert "Error:" in starting.log() and "HTTP 401" in starting.log()
     finally:
-        worker.stop()
-    again = start_worker(server, token, "doomed-again")
-    try:
-        assert again.proc.wait(timeout=30) == 1
-        assert "Error:" in again.log() and "HTTP 401" in again.log()
-    finally:
-        again.stop()
+        running.stop()
+        if starting is not None:
+            starting.stop()
 
 
 def test_sigterm_hands_a_running_task_back_untried(tmp_path: Path) -> None:
@@ -222,15 +223,21 @@ def test_replicas_on_postgres_wake_a_worker_polling_another(
     store = Store(postgres_url)
     _truncate(store)
     store.close()
-    with running_fleet(tmp_path, "pg-gpu", OMNIFLASH_DATABASE_URL=postgres_url) as (first, _w):
-        other = LiveServer(data_dir=first.data_dir, env=first.env, api_key=first.api_key)
-        other.extra_args = first.extra_args
-        other.start()
-        try:
-            latencies = []
-            for _ in range(3):
-                wait_idle(first)
-                latencies.append(dispatch_latency(first, submit_to=other))
-        finally:
-            other.stop()
-    assert max(latencies) < 1.5
+    first = make_live_server(tmp_path, "--workers", "0", OMNIFLASH_DATABASE_URL=postgres_url)
+    other = LiveServer(data_dir=first.data_dir, env=first.env, api_key=first.api_key)
+    other.extra_args = first.extra_args
+    worker = start_worker(first, worker_token(first, "pg-gpu"), "pg-gpu")
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            for started in [pool.submit(first.start), pool.submit(other.start)]:
+                started.result()
+        worker.wait_idle()
+        latencies = []
+        for _ in range(3):
+            wait_idle(first)
+            latencies.append(dispatch_latency(first, submit_to=other))
+        assert max(latencies) < 1.5
+    finally:
+        worker.stop()
+        other.stop()
+        first.stop()
