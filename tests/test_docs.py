@@ -20,7 +20,18 @@ def test_every_setting_is_documented(var: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["serve", "keys create", "keys list", "keys topup", "keys revoke"]
+    "command",
+    [
+        "serve",
+        "keys create",
+        "keys list",
+        "keys topup",
+        "keys revoke",
+        "worker",
+        "workers create",
+        "workers list",
+        "workers revoke",
+    ],
 )
 def test_every_admin_command_is_documented(command: str) -> None:
     assert f"omniflash {command}" in README

@@ -5,10 +5,14 @@ Every command builds its ``Settings`` once, here, from the environment and its f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,8 @@ from omniflash.pricing import credits, to_millicredits
 from omniflash.settings import Settings
 
 __all__ = ["main"]
+
+REVOKED_MARK = "#revoked-"
 
 data_dir_option = click.option(
     "--data-dir",
@@ -57,24 +63,16 @@ def serve(
     import uvicorn
 
     from omniflash.api.app import create_app
-    from omniflash.engines import available_engines
+    from omniflash.storage import StorageUnavailable
     from omniflash.store import Store
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = build_settings(
-        host=host, port=port, data_dir=data_dir, workers=workers, engine=engine
+    settings = _checked_engine(
+        build_settings(host=host, port=port, data_dir=data_dir, workers=workers, engine=engine),
+        workers_given=workers is not None,
     )
-    if settings.engine not in available_engines() and ":" not in settings.engine:
-        raise click.UsageError(
-            f"unknown engine {settings.engine!r}; available: {', '.join(available_engines())}"
-        )
-    if settings.engine == "diffusers":
-        _check_diffusers(settings.recipes_path)
-        if workers is None and not os.environ.get("OMNIFLASH_WORKERS"):
-            # Each worker holds its own copy of the models: one per GPU, not two on one.
-            settings = dataclasses.replace(settings, workers=1)
     store = Store(settings.database_url)
     first = store.keys.create_first(
         "default", to_millicredits(100), settings.default_rpm, settings.default_max_concurrent
@@ -83,12 +81,40 @@ def serve(
         key, _info = first
         click.echo("No API keys yet; created one with 100 credits. It is shown only once:")
         click.echo(f"  {key}")
-    app = create_app(settings, store=store)
+    try:
+        app = create_app(settings, store=store)
+    except (ValueError, RuntimeError, StorageUnavailable) as exc:
+        # A wrong bucket, a missing extra, presigned results on a local directory.
+        raise click.ClickException(str(exc)) from exc
     click.echo(
         f"omniflash {__version__}: engine {settings.engine}, {settings.workers} worker(s), "
         f"data in {settings.data_dir.resolve()}, listening on http://{settings.host}:{settings.port}"
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level.lower())
+    )
+    # Remote workers' long polls end as soon as a shutdown begins, rather than holding it up.
+    app.state.stopping = lambda: server.should_exit
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's code for a failed start (say, the port is taken)
+
+
+def _checked_engine(settings: Settings, *, workers_given: bool) -> Settings:
+    """Refuse an unknown engine before anything starts; diffusers runs one worker per GPU."""
+    from omniflash.engines import available_engines
+
+    if settings.engine not in available_engines() and ":" not in settings.engine:
+        raise click.UsageError(
+            f"unknown engine {settings.engine!r}; available: {', '.join(available_engines())}"
+        )
+    if settings.engine == "diffusers":
+        _check_diffusers(settings.recipes_path)
+        if not workers_given and not os.environ.get("OMNIFLASH_WORKERS"):
+            # Each worker holds its own copy of the models: one per GPU, not two on one.
+            settings = dataclasses.replace(settings, workers=1)
+    return settings
 
 
 def _check_diffusers(recipes_path: Path | None) -> None:
@@ -182,6 +208,139 @@ def keys_topup(key: str, amount: float, data_dir: Path | None) -> None:
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"{info.prefix}… ({info.name}) now has {credits(info.balance)} credits")
+
+
+@main.command("worker")
+@click.option("--server", default=None, help="The API server's URL [env OMNIFLASH_SERVER].")
+@click.option(
+    "--token",
+    default=None,
+    help="This worker's token from `omniflash workers create` [env OMNIFLASH_WORKER_TOKEN; "
+    "the variable keeps it out of the process list].",
+)
+@click.option("--engine", default=None, help="Engine name: preview, diffusers, … [preview].")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Scratch space for the running tasks' files [env OMNIFLASH_DATA_DIR; ./omniflash-data].",
+)
+@click.option(
+    "--workers", type=int, default=None, help="Tasks run at once, one engine each [2; diffusers 1]."
+)
+@click.option("--log-level", default="info", show_default=True)
+def worker_command(
+    server: str | None,
+    token: str | None,
+    engine: str | None,
+    data_dir: Path | None,
+    workers: int | None,
+    log_level: str,
+) -> None:
+    """Run workers for a remote API server: no database or storage credentials needed.
+
+    Stops on SIGTERM or Ctrl-C, handing a running task back to the queue untried.
+    """
+    from omniflash.worker.remote import ProtocolError, WorkerRejected, run_remote_workers
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per heartbeat
+    settings = _checked_engine(
+        build_settings(
+            server_url=server,
+            worker_token=token,
+            engine=engine,
+            data_dir=data_dir,
+            workers=workers,
+        ),
+        workers_given=workers is not None,
+    )
+    if not settings.server_url:
+        raise click.UsageError("name the API server: --server URL or OMNIFLASH_SERVER")
+    if not settings.worker_token:
+        raise click.UsageError(
+            "give a worker token (omniflash workers create prints one): "
+            "OMNIFLASH_WORKER_TOKEN or --token"
+        )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            # A second Ctrl-C: out now; a task not yet handed back returns when its lease runs out.
+            os._exit(128 + signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    try:
+        run_remote_workers(settings, stop, echo=click.echo)
+    except (WorkerRejected, ProtocolError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.group()
+def workers() -> None:
+    """Create, list and revoke the tokens of remote workers (omniflash worker)."""
+
+
+@workers.command("create")
+@click.option("--name", required=True, help="The worker machine's name, unique among active ones.")
+@data_dir_option
+def workers_create(name: str, data_dir: Path | None) -> None:
+    """Create a worker token; the token itself is the last line of the output."""
+    from omniflash.errors import Conflict
+
+    try:
+        token, info = _store(data_dir).workers.create(name)
+    except Conflict as exc:
+        raise click.ClickException(exc.message) from exc
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--name") from exc
+    click.echo(
+        f"created worker token {info.prefix}… ({info.name}); run "
+        "`omniflash worker --server URL` with it in OMNIFLASH_WORKER_TOKEN. "
+        "Store it now; it is not shown again:"
+    )
+    click.echo(token)
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "never"
+
+
+@workers.command("list")
+@data_dir_option
+def workers_list(data_dir: Path | None) -> None:
+    """List worker tokens (name, prefix, created, last seen, state; times in UTC)."""
+    rows = _store(data_dir).workers.all()
+    click.echo(f"{'NAME':<20} {'PREFIX':<12} {'CREATED':<16} {'LAST SEEN':<16} STATE")
+    for w in rows:
+        name = w.name.split(REVOKED_MARK, 1)[0]  # a revoked token's name is freed for reuse
+        state = "revoked" if w.revoked_at else "active"
+        click.echo(
+            f"{name[:20]:<20} {w.prefix:<12} {_when(w.created_at):<16} "
+            f"{_when(w.last_seen_at):<16} {state}"
+        )
+
+
+@workers.command("revoke")
+@click.argument("name")
+@data_dir_option
+def workers_revoke(name: str, data_dir: Path | None) -> None:
+    """Revoke worker NAME's token; the worker stops at its next request."""
+    from omniflash.errors import NotFound
+
+    try:
+        info = _store(data_dir).workers.revoke(name)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(
+        f"revoked worker {name} ({info.prefix}…); a task it was running goes back to the "
+        "queue when its lease runs out"
+    )
 
 
 def _add_client_commands() -> None:

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omniflash import __version__
-from omniflash.api import files
+from omniflash.api import files, worker_routes
 from omniflash.api.deps import Services
 from omniflash.api.limits import KeyCache, ReadLimiter
 from omniflash.api.routes import router
@@ -116,6 +116,7 @@ def create_app(
     app.state.services = services
     app.include_router(router)
     app.include_router(files.router)
+    app.include_router(worker_routes.router)
 
     @app.exception_handler(OmniflashError)
     async def _omniflash_error(_request: Request, exc: OmniflashError) -> JSONResponse:

@@ -143,20 +143,31 @@ class StoreTaskSource:
             if output.exists() or not self.storage.exists(key):
                 # A retry after the database failed has stored the file already (put moves it).
                 self.storage.put(key, output)
+        return self.record_result(lease, result)
+
+    def record_result(self, lease: Lease, result: dict[str, Any]) -> bool:
+        """End the task with the file already stored under ``result_key(lease)``.
+
+        The API calls this for a remote worker's upload.  A repeated call (an answer
+        lost on its way back) finds the task completed with this very file: True again.
+        """
+        key = result_key(lease)
         final = self.settings.pricing.millicredits(lease.spec.resolution, int(result["duration"]))
         with _unavailable():
-            ok = self.store.tasks.complete(
+            if self.store.tasks.complete(
                 lease.task_id,
                 lease.epoch,
                 result_key=key,
                 ttl_s=self.settings.result_ttl_s,
                 final_millicredits=final,
                 info=result,
-            )
-        if not ok:
-            # Another attempt owns the task now (or it was cancelled): this file is nobody's.
-            self.storage.delete(key)
-        return ok
+            ):
+                return True
+            if self.store.tasks.get(lease.task_id).result_key == key:
+                return True
+        # Another attempt owns the task now (or it was cancelled): this file is nobody's.
+        self.storage.delete(key)
+        return False
 
     def fail(self, lease: Lease, message: str, *, retry: bool) -> bool:
         with _unavailable():
