@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -38,7 +38,24 @@ def build_settings(**overrides: Any) -> Settings:
     return Settings.from_env(os.environ, **overrides)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The client commands load on use: a server process never imports the SDK or rich."""
+
+    LAZY: ClassVar[frozenset[str]] = frozenset({"generate", "tasks"})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            from omniflash import cli_client
+
+            command: click.Command = getattr(cli_client, cmd_name)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="omniflash")
 def main() -> None:
     """omniflash: self-hostable video generation speaking the Omni-Flash-Ext API."""
@@ -341,16 +358,6 @@ def workers_revoke(name: str, data_dir: Path | None) -> None:
         f"revoked worker {name} ({info.prefix}…); a task it was running goes back to the "
         "queue when its lease runs out"
     )
-
-
-def _add_client_commands() -> None:
-    from omniflash.cli_client import generate, tasks
-
-    main.add_command(generate)
-    main.add_command(tasks)
-
-
-_add_client_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,8 +12,8 @@ import pytest
 
 from omniflash.contract import parse_generation_request
 from omniflash.store import TaskStatus
-from omniflash.worker import HttpTaskSource, Lease, SourceUnavailable, WorkerRejected
-from omniflash.worker.remote import ProtocolError
+from omniflash.worker import Lease, SourceUnavailable
+from omniflash.worker.remote import HttpTaskSource, ProtocolError, WorkerRejected
 from tests.remote.conftest import Api, png_data_uri
 
 RESULT = {"frames": 96, "width": 1280, "height": 720, "fps": 24, "duration": 4, "info": {}}

@@ -1,25 +1,25 @@
-"""Workers: the claim loop, heartbeats, cancellation, timeouts, engine processes."""
+"""Workers: the claim loop, heartbeats, cancellation, timeouts, engine processes.
+
+The remote side (``HttpTaskSource``, ``run_remote_workers``) lives in
+``omniflash.worker.remote``; it is not imported here, so that an API process does not
+load an HTTP client it never uses.
+"""
 
 from omniflash.worker.pool import Listener, Maintenance, WorkerPool, sweep_expired_files
-from omniflash.worker.remote import HttpTaskSource, ServerConfig, WorkerRejected, run_remote_workers
 from omniflash.worker.source import Lease, SourceUnavailable, StoreTaskSource, TaskSource
 from omniflash.worker.supervisor import EngineProcess, Worker
 from omniflash.worker.wake import Waker
 
 __all__ = [
     "EngineProcess",
-    "HttpTaskSource",
     "Lease",
     "Listener",
     "Maintenance",
-    "ServerConfig",
     "SourceUnavailable",
     "StoreTaskSource",
     "TaskSource",
     "Waker",
     "Worker",
     "WorkerPool",
-    "WorkerRejected",
-    "run_remote_workers",
     "sweep_expired_files",
 ]
