@@ -8,6 +8,7 @@ frame rate, scaled to the requested size and encoded as H.264.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -20,6 +21,7 @@ from PIL import Image
 
 from omniflash.contract import GenerationSpec, Mode
 from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
+from omniflash.engines.diffusion.guidance import BATCHED_GUIDANCE, PromptCache, batched_guidance
 from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs, cover
 from omniflash.engines.diffusion.loader import PipelineLoader, device_lost, free_device_memory
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook, Segment, load_recipes
@@ -207,6 +209,7 @@ class DiffusersEngine:
 
         started = time.monotonic()
         native: list[numpy.ndarray] = []
+        prompts = PromptCache()
         done = 0.0
         details: list[dict[str, object]] = []
         for segment in segments:
@@ -239,7 +242,7 @@ class DiffusersEngine:
 
             call_started = time.monotonic()
             frames = self.run_pipeline(
-                recipe, spec.prompt, shape, inputs, job.seed + segment.index, None, on_step
+                recipe, spec.prompt, shape, inputs, job.seed + segment.index, None, on_step, prompts
             )
             if frames[0].shape[:2] != (size[1], size[0]):
                 frames = [numpy.asarray(cover(Image.fromarray(f), size)) for f in frames]
@@ -273,6 +276,14 @@ class DiffusersEngine:
             for frame in frames_out:
                 writer.write_rgb(frame)
         tracker.at(tracker.total)
+        info: dict[str, object] = {}
+        cut = prompts.cut()
+        if cut is not None:
+            log.warning(
+                "task %s: the prompt has %d tokens; the text encoder saw the first %d",
+                job.task_id, cut["tokens"], cut["token_limit"],
+            )  # fmt: skip
+            info["prompt_cut"] = cut
         return GenerationResult(
             frames=writer.frames,
             width=spec.width,
@@ -289,6 +300,8 @@ class DiffusersEngine:
                     "generate": round(generated, 3),
                     "encode": round(time.monotonic() - encode_started, 3),
                 },
+                "text_encodings": prompts.encodings,
+                **info,
             },
         )
 
@@ -317,8 +330,13 @@ class DiffusersEngine:
         seed: int,
         steps: int | None,
         on_step: StepCallback | None,
+        prompts: PromptCache | None = None,
     ) -> list[numpy.ndarray]:
-        """One pipeline call; RGB ``uint8`` frames at the call's native size."""
+        """One pipeline call; RGB ``uint8`` frames at the call's native size.
+
+        ``prompts`` holds the task's text embeddings: calls that share a text encoder
+        encode the prompt once.
+        """
         import torch
 
         pipe = self.loader.get(recipe)
@@ -330,8 +348,13 @@ class DiffusersEngine:
                 on_step(step)
             return kwargs
 
+        extra = dict(recipe.call_kwargs)
+        guided = recipe.guidance > 1.0
+        negative = (recipe.negative_prompt or "") if guided else None
+        encoded = (prompts or PromptCache()).encode(
+            pipe, prompt, negative, guided, extra, self.device, offload=recipe.text_encoder_offload
+        )
         kwargs: dict[str, Any] = {
-            "prompt": prompt,
             "height": height,
             "width": width,
             "num_frames": count,
@@ -341,11 +364,25 @@ class DiffusersEngine:
             "output_type": "np",
             "callback_on_step_end": step_end,
         }
-        if recipe.negative_prompt:
-            kwargs["negative_prompt"] = recipe.negative_prompt
-        kwargs.update(recipe.call_kwargs)
+        if encoded is None:
+            kwargs["prompt"] = prompt
+            if recipe.negative_prompt:
+                kwargs["negative_prompt"] = recipe.negative_prompt
+        else:
+            kwargs.update(encoded.call_kwargs)
+        guidance: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if guided and encoded is not None and type(pipe).__name__ in BATCHED_GUIDANCE:
+            # The pipeline runs unguided; the engine batches prompt and negative prompt.
+            second = float(extra.pop("guidance_scale_2", recipe.guidance))
+            models = [(pipe.transformer, recipe.guidance)]
+            if getattr(pipe, "transformer_2", None) is not None:
+                models.append((pipe.transformer_2, second))
+            guidance = batched_guidance(models, encoded.negative)
+            kwargs["guidance_scale"] = 1.0
+        kwargs.update(extra)
         inputs = dataclasses.replace(inputs, video_strength=recipe.video_strength)
         kwargs.update(build_call_kwargs(recipe.inputs, inputs, shape))
-        video = numpy.asarray(pipe(**kwargs).frames[0])
+        with guidance:
+            video = numpy.asarray(pipe(**kwargs).frames[0])
         video = (numpy.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(numpy.uint8)
         return list(video)

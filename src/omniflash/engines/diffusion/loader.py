@@ -13,6 +13,12 @@ import os
 import time
 from typing import Any
 
+from omniflash.engines.diffusion.memory import (
+    apply_cache,
+    group_offload,
+    load_text_encoder,
+    quantize_fp8,
+)
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook
 from omniflash.engines.diffusion.speed import speed_up
 from omniflash.errors import EngineError
@@ -69,6 +75,8 @@ class PipelineLoader:
         self.device: str | None = None
         self.pipes: dict[str, Any] = {}
         self._by_model: dict[tuple[str, str], Any] = {}
+        self.text_encoders: dict[tuple[str, str], tuple[Any, Any]] = {}
+        """Shared text encoders and tokenizers by source and dtype."""
         self._schedulers: dict[tuple[str, str], dict[str, Any]] = {}
         """The model folder's own scheduler config, before any recipe's settings."""
 
@@ -200,7 +208,8 @@ class PipelineLoader:
             # Offload hooks belong to one pipeline: an offloaded model is loaded per recipe.
             if base is not None and recipe.offload == "none":
                 return self._configure(share_components(cls, base), recipe, key)
-            pipe = cls.from_pretrained(recipe.model, dtype=self._dtype(recipe))
+            shared = self._text_encoder(recipe)
+            pipe = cls.from_pretrained(recipe.model, dtype=self._dtype(recipe), **shared)
             self._schedulers[key] = dict(pipe.scheduler.config)
             self._place(pipe, recipe)
             self._configure(pipe, recipe, key)
@@ -222,20 +231,51 @@ class PipelineLoader:
         free_device_memory()
         raise failure
 
+    def _text_encoder(self, recipe: Recipe) -> dict[str, Any]:
+        """The shared text encoder a recipe names, loaded on first use, as call arguments."""
+        if recipe.text_encoder is None:
+            return {}
+        import torch
+
+        name = (
+            "float32"
+            if self.device == "cpu"
+            else recipe.component_dtypes.get("text_encoder", recipe.dtype)
+        )
+        key = (recipe.text_encoder, name)
+        if key not in self.text_encoders:
+            self.text_encoders[key] = load_text_encoder(recipe.text_encoder, getattr(torch, name))
+            log.info("text encoder from %s, %s, shared by every recipe that names it", *key)
+        encoder, tokenizer = self.text_encoders[key]
+        return {"text_encoder": encoder, "tokenizer": tokenizer}
+
     def _place(self, pipe: Any, recipe: Recipe) -> None:
         assert self.device is not None
         cuda = self.device.startswith("cuda")
-        if cuda and recipe.offload == "model":
+        done: list[str] = []
+        if recipe.quantize == "fp8":
+            # Before the move: the GPU never holds the wider weights.
+            done += quantize_fp8(pipe)
+        if recipe.offload == "group":
+            done.append(group_offload(pipe, self.device, recipe.group_offload))
+        elif cuda and recipe.offload == "model":
             pipe.enable_model_cpu_offload(device=self.device)
         elif cuda and recipe.offload == "sequential":
             pipe.enable_sequential_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
+        encoder: Any = getattr(pipe, "text_encoder", None)
+        if recipe.text_encoder_offload and encoder is not None:
+            encoder.to("cpu")
+            done.append("text encoder waits in CPU memory")
         vae: Any = getattr(pipe, "vae", None)
         # Tiled decoding keeps long, large clips within memory on a GPU; on a CPU it only slows.
         if recipe.vae_tiling and cuda and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()
         if cuda:
-            for line in speed_up(pipe, recipe.attention, recipe.compile):
-                log.info("recipe %s: %s", recipe.name, line)
+            done += speed_up(pipe, recipe.attention, recipe.compile)
+        if recipe.cache:
+            done += apply_cache(pipe, recipe.cache, recipe.steps)
+        for line in done:
+            log.info("recipe %s: %s", recipe.name, line)
         pipe.set_progress_bar_config(disable=True)
