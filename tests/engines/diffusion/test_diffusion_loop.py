@@ -19,7 +19,6 @@ from omniflash.contract import Mode
 from omniflash.engines import create_engine
 from omniflash.engines.diffusion import DiffusersEngine, Inputs, Recipe
 from omniflash.engines.diffusion.inputs import build_call_kwargs
-from omniflash.media.decode import VideoClip
 from omniflash.settings import Settings
 from tests.engines.diffusion.tiny_inputs import make_job, solid
 from tests.engines.diffusion.tiny_models import recipes_toml
