@@ -26,6 +26,7 @@ from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs, cover
 from omniflash.engines.diffusion.loader import PipelineLoader, device_lost, free_device_memory
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook, Segment, load_recipes
 from omniflash.engines.diffusion.timeline import native_indices, sample_clip, scaled_frames
+from omniflash.engines.diffusion.warmup import every_call_shape, listed_shapes
 from omniflash.errors import EngineBroken, EngineError, TaskCancelled, TaskError
 from omniflash.media.encode import Mp4Writer
 
@@ -104,32 +105,33 @@ class DiffusersEngine:
     # -- generating --------------------------------------------------------------------
 
     def warmup(self) -> None:
-        """Run each ``[[warmup]]`` shape of the recipes once, with grey stand-in inputs.
+        """Run each call shape the worker should not compile or tune during a task.
 
-        A shape that fails is logged and skipped: the worker still starts, and the
-        tasks that hit the same problem fail with its message.
+        With ``compile`` on a GPU that is every shape the recipes serve (every mode,
+        aspect ratio and duration); otherwise the ``[[warmup]]`` tables.  A shape that
+        fails is logged and skipped: the worker still starts, and the tasks that hit
+        the same problem fail with its message.
         """
-        for shape in self.book.warmup:
-            recipe = self.book.for_mode(shape.mode)
-            width, height = recipe.native_size(shape.aspect_ratio)
-            frames = recipe.frame_limit
-            grey = Image.new("RGB", (width, height), (128, 128, 128))
-            inputs = Inputs(
-                first_frame=grey if shape.mode is Mode.FRAME else None,
-                references=(grey,) if shape.mode is Mode.REFERENCE else (),
-                video=(grey,) * frames if shape.mode is Mode.VIDEO else None,
-            )
+        compiled = self.book.compiles and self.device.startswith("cuda")
+        calls = every_call_shape(self.book) if compiled else listed_shapes(self.book)
+        if compiled:
+            log.info("compile is on: warming %d call shapes", len(calls))
+        for call in calls:
+            recipe, size = call.recipe, f"{call.width}x{call.height}x{call.frames}"
             started = time.monotonic()
             try:
                 self.run_pipeline(
-                    recipe, "warmup", (width, height, frames), inputs, 0, shape.steps, None
-                )
+                    recipe, "warmup", (call.width, call.height, call.frames), call.inputs(),
+                    0, call.steps, None,
+                )  # fmt: skip
             except Exception as exc:
-                log.error("warmup of %s (%s) failed: %s", shape.mode.value, recipe.name, exc)
+                log.error(
+                    "warmup of %s (%s) at %s failed: %s", call.mode.value, recipe.name, size, exc
+                )
                 continue
             log.info(
-                "warmed %s (%s) at %dx%dx%d in %.1f s",
-                shape.mode.value, recipe.name, width, height, frames, time.monotonic() - started,
+                "warmed %s (%s) at %s in %.1f s",
+                call.mode.value, recipe.name, size, time.monotonic() - started,
             )  # fmt: skip
 
     def estimate_seconds(self, spec: GenerationSpec) -> float:
