@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressC
 from omniflash.engines.diffusion.guidance import BATCHED_GUIDANCE, PromptCache, batched_guidance
 from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs, cover
 from omniflash.engines.diffusion.loader import PipelineLoader, device_lost, free_device_memory
+from omniflash.engines.diffusion.ranks import RankGroup, agree_stop, pin_gpus
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook, Segment, load_recipes
 from omniflash.engines.diffusion.timeline import native_indices, sample_clip, scaled_frames
 from omniflash.engines.diffusion.warmup import every_call_shape, listed_shapes
@@ -80,11 +82,17 @@ class DiffusersEngine:
     long clip run longer than that without a check, so the worker waits this long before
     it kills the engine (and the models must load again)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, rank: int = 0, world: int | None = None) -> None:
         require_gpu_extra()
         self.settings = settings
         self.book: RecipeBook = load_recipes(settings.recipes_path)
-        self.loader = PipelineLoader(self.book, settings.workers, settings.worker_index)
+        self.rank = rank
+        self.world = world or self.book.gpus_per_task
+        """Processes, one per GPU, that run each task together (rank 0 is this one)."""
+        self.loader = PipelineLoader(
+            self.book, settings.workers, settings.worker_index, world=self.world
+        )
+        self.group: RankGroup | None = None
 
     def __repr__(self) -> str:
         return f"<DiffusersEngine {self.book.source} {self.loader!r}>"
@@ -99,8 +107,41 @@ class DiffusersEngine:
         A model that cannot be loaded is logged, not fatal: the tasks that need it fail
         with the reason (and are refunded), the other modes keep working, and the next
         task that needs it tries again.
+
+        First the process takes its GPUs: ``CUDA_VISIBLE_DEVICES`` narrowed to this
+        worker's (before torch first touches CUDA), and with ``gpus_per_task`` above 1
+        the other ranks started (``omniflash.engines.diffusion.ranks``).
         """
+        if self.rank == 0:
+            self._pin_gpus()
+        self.loader.start()
+        if self.rank == 0 and self.world > 1:
+            self.group = RankGroup(self.settings, self.world, self.device.startswith("cuda"))
+            self.group.start()
         self.loader.load_all()
+        if self.group is not None:
+            self.group.wait_ready()
+
+    def _pin_gpus(self) -> None:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            log.warning(
+                "CUDA was initialised before the engine chose its GPUs; torch.cuda.set_device only"
+            )
+            return
+        if self.book.device == "cpu":
+            return
+        gpus = pin_gpus(self.settings.worker_index, self.world)
+        if gpus is not None:
+            # The process sees only its own GPUs: rank r runs on the r-th of them.
+            self.loader.gpu_index = self.rank
+            log.info("worker %d: GPUs %s", self.settings.worker_index, ",".join(gpus))
+
+    def close(self) -> None:
+        """Stop the other ranks (they also end with this process)."""
+        if self.group is not None:
+            self.group.close()
+            self.group = None
 
     # -- generating --------------------------------------------------------------------
 
@@ -342,14 +383,63 @@ class DiffusersEngine:
         import torch
 
         pipe = self.loader.get(recipe)
-        width, height, count = shape
         generator = torch.Generator(device=self.device).manual_seed(seed % 2**63)
 
         def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            stop = False
             if on_step is not None:
-                on_step(step)
+                try:
+                    on_step(step)
+                except TaskCancelled:
+                    stop = True
+            # Every rank stops at the same step, or the others would wait for it forever.
+            if self.world > 1:
+                stop = agree_stop(stop, self.device)
+            if stop:
+                raise TaskCancelled("the task was cancelled")
             return kwargs
 
+        if self.group is not None:
+            self.group.send_call(
+                {"task": id(prompts), "recipe": recipe.name, "prompt": prompt, "shape": shape,
+                 "inputs": inputs, "seed": seed, "steps": steps}
+            )  # fmt: skip
+        try:
+            video = self._call(
+                pipe, recipe, prompt, shape, inputs, step_end, generator, steps, prompts
+            )
+        except TaskCancelled:
+            if self.group is not None:
+                self.group.collect()
+            raise
+        except Exception as exc:
+            if self.group is not None:
+                raise EngineBroken(
+                    f"a call across {self.world} ranks failed on rank 0 "
+                    f"({type(exc).__name__}: {exc}); the ranks start again"
+                ) from exc
+            raise
+        if self.group is not None:
+            problems = self.group.collect()
+            if problems:
+                raise EngineBroken("; ".join(problems))
+        video = (numpy.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(numpy.uint8)
+        return list(video)
+
+    def _call(
+        self,
+        pipe: Any,
+        recipe: Recipe,
+        prompt: str,
+        shape: tuple[int, int, int],
+        inputs: Inputs,
+        step_end: Callable[..., dict[str, Any]],
+        generator: Any,
+        steps: int | None,
+        prompts: PromptCache | None,
+    ) -> numpy.ndarray:
+        """The pipeline call itself: embeddings from the task's cache, guidance batched."""
+        width, height, count = shape
         extra = dict(recipe.call_kwargs)
         guided = recipe.guidance > 1.0
         negative = (recipe.negative_prompt or "") if guided else None
@@ -385,6 +475,4 @@ class DiffusersEngine:
         inputs = dataclasses.replace(inputs, video_strength=recipe.video_strength)
         kwargs.update(build_call_kwargs(recipe.inputs, inputs, shape))
         with guidance:
-            video = numpy.asarray(pipe(**kwargs).frames[0])
-        video = (numpy.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(numpy.uint8)
-        return list(video)
+            return numpy.asarray(pipe(**kwargs).frames[0])

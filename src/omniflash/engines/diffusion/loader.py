@@ -19,6 +19,7 @@ from omniflash.engines.diffusion.memory import (
     load_text_encoder,
     quantize_fp8,
 )
+from omniflash.engines.diffusion.ranks import parallelize
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook
 from omniflash.engines.diffusion.speed import speed_up
 from omniflash.errors import EngineError
@@ -68,10 +69,15 @@ def share_components(cls: Any, base: Any) -> Any:
 class PipelineLoader:
     """Loads each recipe's pipeline once per process and keeps it."""
 
-    def __init__(self, book: RecipeBook, workers: int, worker_index: int = 0) -> None:
+    def __init__(
+        self, book: RecipeBook, workers: int, worker_index: int = 0, *, world: int = 1
+    ) -> None:
         self.book = book
         self.workers = workers
         self.worker_index = worker_index
+        self.world = world
+        self.gpu_index: int | None = None
+        """Which visible GPU to use, when the engine narrowed them to its own."""
         self.device: str | None = None
         self.pipes: dict[str, Any] = {}
         self._by_model: dict[tuple[str, str], Any] = {}
@@ -92,11 +98,15 @@ class PipelineLoader:
         cuda = torch.cuda.is_available()
         wanted = self.book.device
         device = ("cuda" if cuda else "cpu") if wanted == "auto" else wanted
-        if device == "cuda" and torch.cuda.device_count() > 1:
+        if device == "cuda" and self.gpu_index is not None:
+            device = f"cuda:{self.gpu_index}"
+        elif device == "cuda" and torch.cuda.device_count() > 1:
             # One worker per GPU: worker i takes GPU i (round robin past the last one).
             device = f"cuda:{self.worker_index % torch.cuda.device_count()}"
         if device.startswith("cuda") and not cuda:
             raise EngineError(f"recipes ask for device {wanted!r} but torch sees no CUDA device")
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
         if device == "cpu":
             self._share_cpu(torch)
         self.device = device
@@ -114,11 +124,12 @@ class PipelineLoader:
     def _share_cpu(self, torch: Any) -> None:
         """Give each worker's engine process its share of the cores.
 
-        Every worker runs its own engine process; each torch taking all cores makes
-        them spin against each other, several times slower than sharing.  A lower
+        Every worker runs its own engine process (and with several ranks, one per
+        rank); each torch taking all cores makes them spin against each other,
+        several times slower than sharing.  A lower
         limit the operator set (``OMP_NUM_THREADS``) is kept.
         """
-        share = max(1, (os.cpu_count() or 1) // max(1, self.workers))
+        share = max(1, (os.cpu_count() or 1) // max(1, self.workers * self.world))
         if torch.get_num_threads() > share:
             torch.set_num_threads(share)
 
@@ -272,6 +283,8 @@ class PipelineLoader:
         # Tiled decoding keeps long, large clips within memory on a GPU; on a CPU it only slows.
         if recipe.vae_tiling and cuda and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()
+        if self.world > 1:
+            done += parallelize(pipe, self.world, self.book.parallel, recipe.attention, cuda)
         if cuda:
             done += speed_up(pipe, recipe.attention, recipe.compile)
         if recipe.cache:
