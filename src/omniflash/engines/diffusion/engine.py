@@ -22,6 +22,7 @@ from PIL import Image
 
 from omniflash.contract import GenerationSpec, Mode
 from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
+from omniflash.engines.diffusion.control import control_frames
 from omniflash.engines.diffusion.guidance import BATCHED_GUIDANCE, PromptCache, batched_guidance
 from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs, cover
 from omniflash.engines.diffusion.loader import PipelineLoader, device_lost, free_device_memory
@@ -93,6 +94,7 @@ class DiffusersEngine:
             self.book, settings.workers, settings.worker_index, world=self.world
         )
         self.group: RankGroup | None = None
+        self.loader.controls = rank == 0
 
     def __repr__(self) -> str:
         return f"<DiffusersEngine {self.book.source} {self.loader!r}>"
@@ -399,6 +401,10 @@ class DiffusersEngine:
                 raise TaskCancelled("the task was cancelled")
             return kwargs
 
+        # Rank 0 makes the control video once; the other ranks are sent it.
+        if self.rank == 0 and inputs.video is not None and "video_mask" in recipe.inputs:
+            control = control_frames(recipe.video_control, inputs.video, self.loader.depth(recipe))
+            inputs = dataclasses.replace(inputs, video=tuple(control))
         if self.group is not None:
             self.group.send_call(
                 {"task": id(prompts), "recipe": recipe.name, "prompt": prompt, "shape": shape,

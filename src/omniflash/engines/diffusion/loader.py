@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any
 
+from omniflash.engines.diffusion.control import DepthModel
 from omniflash.engines.diffusion.memory import (
     apply_cache,
     group_offload,
@@ -81,6 +82,9 @@ class PipelineLoader:
         self.device: str | None = None
         self.pipes: dict[str, Any] = {}
         self._by_model: dict[tuple[str, str], Any] = {}
+        self.depth_models: dict[str, DepthModel] = {}
+        self.controls = True
+        """Whether this process makes control videos (rank 0 only)."""
         self.text_encoders: dict[tuple[str, str], tuple[Any, Any]] = {}
         """Shared text encoders and tokenizers by source and dtype."""
         self._schedulers: dict[tuple[str, str], dict[str, Any]] = {}
@@ -151,13 +155,34 @@ class PipelineLoader:
         if pipe is None:
             self.start()
             started = time.monotonic()
-            pipe = self.pipes[recipe.name] = self._load(recipe)
+            pipe = self._load(recipe)
+            self.depth(recipe)
+            self.pipes[recipe.name] = pipe
             log.info(
                 "recipe %s: %s from %s, %s, in %.1f s",
                 recipe.name, recipe.pipeline, recipe.model, self.dtype_name(recipe),
                 time.monotonic() - started,
             )  # fmt: skip
         return pipe
+
+    def depth(self, recipe: Recipe) -> DepthModel | None:
+        """The depth model of a ``video_control = "depth"`` recipe, loaded once."""
+        source = recipe.control_model
+        if recipe.video_control != "depth" or source is None or not self.controls:
+            return None
+        if source not in self.depth_models:
+            assert self.device is not None
+            dtype = self._dtype(recipe)
+            dtype = dtype["default"] if isinstance(dtype, dict) else dtype
+            try:
+                self.depth_models[source] = DepthModel(source, self.device, dtype)
+            except Exception as exc:
+                raise EngineError(
+                    f"could not load control model {source!r} for recipe {recipe.name!r}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            log.info("recipe %s: depth control from %s", recipe.name, source)
+        return self.depth_models[source]
 
     def _configure(self, pipe: Any, recipe: Recipe, key: tuple[str, str]) -> Any:
         """Check the recipe's call arguments; give the pipeline the recipe's scheduler."""
