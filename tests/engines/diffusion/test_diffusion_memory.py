@@ -119,17 +119,16 @@ def test_a_step_cache_skips_blocks_and_resets_between_calls(
 def test_recipes_check_the_memory_options(tmp_path: Path) -> None:
     base = (Path(__file__).parents[3] / "src/omniflash/engines/recipes.toml").read_text()
     path = tmp_path / "r.toml"
-    cases = {
-        'quantize = "int3"': "`quantize` must be one of none, fp8",
-        'cache = { kind = "fast" }': "`cache.kind` must be one of first_block",
-        'video_control = "depth"': "needs a `control_model`",
-        'offload = "model"\ntext_encoder_offload = true': "text_encoder_offload is for",
-    }
-    for option, message in cases.items():
-        path.write_text(
-            base.replace(
-                'pipeline = "WanVACEPipeline"\n', f'pipeline = "WanVACEPipeline"\n{option}\n', 1
-            )
-        )
+    vace = 'pipeline = "WanVACEPipeline"\n'
+    control = 'control_model = "depth-anything/Depth-Anything-V2-Large-hf"\n'
+    cases = [
+        (vace, vace + 'quantize = "int3"\n', "`quantize` must be one of none, fp8"),
+        (vace, vace + 'cache = { kind = "fast" }\n', "`cache.kind` must be one of first_block"),
+        (control, "", "needs a `control_model`"),
+        (vace, vace + "text_encoder_offload = true\n", "share the text encoder .* differ"),
+        (vace, vace + 'offload = "model"\n', "shares a text encoder, which needs"),
+    ]
+    for old, new, message in cases:
+        path.write_text(base.replace(old, new, 1))
         with pytest.raises(ValueError, match=message):
             load_recipes(path)
