@@ -8,13 +8,12 @@ frame rate, scaled to the requested size and encoded as H.264.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy
@@ -23,12 +22,17 @@ from PIL import Image
 from omniflash.contract import GenerationSpec, Mode
 from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
 from omniflash.engines.diffusion.control import control_frames
-from omniflash.engines.diffusion.guidance import BATCHED_GUIDANCE, PromptCache, batched_guidance
-from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs, cover
+from omniflash.engines.diffusion.guidance import PromptCache, call_pipeline
+from omniflash.engines.diffusion.inputs import Inputs, cover
 from omniflash.engines.diffusion.loader import PipelineLoader, device_lost, free_device_memory
 from omniflash.engines.diffusion.ranks import RankGroup, agree_stop, pin_gpus
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook, Segment, load_recipes
-from omniflash.engines.diffusion.timeline import native_indices, sample_clip, scaled_frames
+from omniflash.engines.diffusion.timeline import (
+    native_indices,
+    sample_clip,
+    scaled_frames,
+    tracked,
+)
 from omniflash.engines.diffusion.warmup import every_call_shape, listed_shapes
 from omniflash.errors import EngineBroken, EngineError, TaskCancelled, TaskError
 from omniflash.media.encode import Mp4Writer
@@ -310,9 +314,9 @@ class DiffusersEngine:
 
         out_frames = spec.duration * spec.fps
         indices = native_indices(out_frames, spec.fps, len(native), native_fps)
-        frames_out = self._tracked(
+        frames_out = tracked(
             scaled_frames(native, indices, (spec.width, spec.height)),
-            tracker, done, tracker.total - done, out_frames, cancelled,
+            tracker.at, done, tracker.total - done, out_frames, cancelled,
         )  # fmt: skip
         encode_started = time.monotonic()
         with Mp4Writer(
@@ -349,22 +353,6 @@ class DiffusersEngine:
                 **info,
             },
         )
-
-    @staticmethod
-    def _tracked(
-        frames: Iterator[numpy.ndarray],
-        tracker: _Progress,
-        base: float,
-        span: float,
-        count: int,
-        cancelled: CancelCheck,
-    ) -> Iterator[numpy.ndarray]:
-        for index, frame in enumerate(frames):
-            if index % 24 == 0:
-                if cancelled():
-                    raise TaskCancelled("the task was cancelled")
-                tracker.at(base + span * index / count)
-            yield frame
 
     def run_pipeline(
         self,
@@ -411,9 +399,11 @@ class DiffusersEngine:
                  "inputs": inputs, "seed": seed, "steps": steps}
             )  # fmt: skip
         try:
-            video = self._call(
-                pipe, recipe, prompt, shape, inputs, step_end, generator, steps, prompts
-            )
+            video = call_pipeline(
+                pipe, recipe, prompt, shape, inputs,
+                step_end=step_end, generator=generator, steps=steps, prompts=prompts,
+                device=self.device,
+            )  # fmt: skip
         except TaskCancelled:
             if self.group is not None:
                 self.group.collect()
@@ -431,54 +421,3 @@ class DiffusersEngine:
                 raise EngineBroken("; ".join(problems))
         video = (numpy.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(numpy.uint8)
         return list(video)
-
-    def _call(
-        self,
-        pipe: Any,
-        recipe: Recipe,
-        prompt: str,
-        shape: tuple[int, int, int],
-        inputs: Inputs,
-        step_end: Callable[..., dict[str, Any]],
-        generator: Any,
-        steps: int | None,
-        prompts: PromptCache | None,
-    ) -> numpy.ndarray:
-        """The pipeline call itself: embeddings from the task's cache, guidance batched."""
-        width, height, count = shape
-        extra = dict(recipe.call_kwargs)
-        guided = recipe.guidance > 1.0
-        negative = (recipe.negative_prompt or "") if guided else None
-        encoded = (prompts or PromptCache()).encode(
-            pipe, prompt, negative, guided, extra, self.device, offload=recipe.text_encoder_offload
-        )
-        kwargs: dict[str, Any] = {
-            "height": height,
-            "width": width,
-            "num_frames": count,
-            "num_inference_steps": steps or recipe.steps,
-            "guidance_scale": recipe.guidance,
-            "generator": generator,
-            "output_type": "np",
-            "callback_on_step_end": step_end,
-        }
-        if encoded is None:
-            kwargs["prompt"] = prompt
-            if recipe.negative_prompt:
-                kwargs["negative_prompt"] = recipe.negative_prompt
-        else:
-            kwargs.update(encoded.call_kwargs)
-        guidance: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-        if guided and encoded is not None and type(pipe).__name__ in BATCHED_GUIDANCE:
-            # The pipeline runs unguided; the engine batches prompt and negative prompt.
-            second = float(extra.pop("guidance_scale_2", recipe.guidance))
-            models = [(pipe.transformer, recipe.guidance)]
-            if getattr(pipe, "transformer_2", None) is not None:
-                models.append((pipe.transformer_2, second))
-            guidance = batched_guidance(models, encoded.negative)
-            kwargs["guidance_scale"] = 1.0
-        kwargs.update(extra)
-        inputs = dataclasses.replace(inputs, video_strength=recipe.video_strength)
-        kwargs.update(build_call_kwargs(recipe.inputs, inputs, shape))
-        with guidance:
-            return numpy.asarray(pipe(**kwargs).frames[0])

@@ -20,10 +20,13 @@ import contextlib
 import dataclasses
 import inspect
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["BATCHED_GUIDANCE", "Prompt", "PromptCache", "batched_guidance"]
+from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs
+from omniflash.engines.diffusion.recipes import Recipe
+
+__all__ = ["BATCHED_GUIDANCE", "Prompt", "PromptCache", "batched_guidance", "call_pipeline"]
 
 BATCHED_GUIDANCE = frozenset(
     {"WanPipeline", "WanImageToVideoPipeline", "WanVACEPipeline", "WanVideoToVideoPipeline"}
@@ -217,3 +220,60 @@ def batched_guidance(models: list[tuple[Any, float]], negative: Any) -> Iterator
     finally:
         for handle in handles:
             handle.remove()
+
+
+def call_pipeline(
+    pipe: Any,
+    recipe: Recipe,
+    prompt: str,
+    shape: tuple[int, int, int],
+    inputs: Inputs,
+    *,
+    step_end: Callable[..., dict[str, Any]],
+    generator: Any,
+    steps: int | None,
+    prompts: PromptCache | None,
+    device: str,
+) -> Any:
+    """One pipeline call, float frames: embeddings from the task's cache, guidance batched.
+
+    ``steps`` overrides the recipe's (warm-up runs one); ``step_end`` is the pipeline's
+    ``callback_on_step_end``.
+    """
+    width, height, count = shape
+    extra = dict(recipe.call_kwargs)
+    guided = recipe.guidance > 1.0
+    negative = (recipe.negative_prompt or "") if guided else None
+    encoded = (prompts or PromptCache()).encode(
+        pipe, prompt, negative, guided, extra, device, offload=recipe.text_encoder_offload
+    )
+    kwargs: dict[str, Any] = {
+        "height": height,
+        "width": width,
+        "num_frames": count,
+        "num_inference_steps": steps or recipe.steps,
+        "guidance_scale": recipe.guidance,
+        "generator": generator,
+        "output_type": "np",
+        "callback_on_step_end": step_end,
+    }
+    if encoded is None:
+        kwargs["prompt"] = prompt
+        if recipe.negative_prompt:
+            kwargs["negative_prompt"] = recipe.negative_prompt
+    else:
+        kwargs.update(encoded.call_kwargs)
+    guidance: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if guided and encoded is not None and type(pipe).__name__ in BATCHED_GUIDANCE:
+        # The pipeline runs unguided; the engine batches prompt and negative prompt.
+        second = float(extra.pop("guidance_scale_2", recipe.guidance))
+        models = [(pipe.transformer, recipe.guidance)]
+        if getattr(pipe, "transformer_2", None) is not None:
+            models.append((pipe.transformer_2, second))
+        guidance = batched_guidance(models, encoded.negative)
+        kwargs["guidance_scale"] = 1.0
+    kwargs.update(extra)
+    inputs = dataclasses.replace(inputs, video_strength=recipe.video_strength)
+    kwargs.update(build_call_kwargs(recipe.inputs, inputs, shape))
+    with guidance:
+        return pipe(**kwargs).frames[0]
