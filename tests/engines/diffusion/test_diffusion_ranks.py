@@ -9,6 +9,8 @@ needs a kernel that returns the log-sum-exp: cuDNN or flash attention), the spee
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,3 +101,20 @@ def test_a_cancel_stops_every_rank_at_the_same_step(
         make_job(tmp_path, Mode.TEXT, duration=1, name="b"), seen.append, lambda: False
     )
     assert result.frames == 24
+
+
+def test_the_engine_chooses_its_gpus_before_torch_starts() -> None:
+    """Built as a worker builds it, the engine has not imported torch: ``load`` can still
+    narrow ``CUDA_VISIBLE_DEVICES`` before CUDA reads it."""
+    code = (
+        "import sys\n"
+        "from omniflash.engines import create_engine\n"
+        "from omniflash.settings import Settings\n"
+        "engine = create_engine('diffusers', Settings(worker_index=1))\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
