@@ -118,3 +118,15 @@ def test_the_engine_chooses_its_gpus_before_torch_starts() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_an_input_every_rank_refuses_fails_the_call_not_the_group(
+    engines: tuple[DiffusersEngine, DiffusersEngine],
+) -> None:
+    _, ranked = engines
+    recipe = ranked.book.recipes["t2v"]
+    # A width that is not a multiple of 16: every rank's pipeline refuses it at once.
+    with pytest.raises(ValueError, match="divisible by 16"):
+        ranked.run_pipeline(recipe, "a fox", (56, 48, 9), Inputs(), 1, None, None)
+    frames = ranked.run_pipeline(recipe, "a fox", (64, 48, 9), Inputs(), 1, None, None)
+    assert len(frames) == 9, "the ranks are still in step"

@@ -48,6 +48,8 @@ INSTALL_HINT = "pip install -e '.[gpu]'"
 _EXTRA = ("torch", "diffusers", "transformers", "ftfy")
 _NAMES = {"first_frame": "a first frame", "references": "reference images", "video": "a video"}
 StepCallback = Callable[[int], None]
+RANK_REPLY_S = 10.0
+"""How long rank 0, having failed, waits to hear that the other ranks failed too."""
 
 
 def require_gpu_extra() -> None:
@@ -120,6 +122,9 @@ class DiffusersEngine:
         """
         if self.rank == 0:
             self._pin_gpus()
+        if self.world > 1:
+            # Rank r runs on the r-th of the GPUs rank 0 narrowed the process group to.
+            self.loader.gpu_index = self.rank
         self.loader.start()
         if self.rank == 0 and self.world > 1:
             self.group = RankGroup(self.settings, self.world, self.device.startswith("cuda"))
@@ -129,18 +134,19 @@ class DiffusersEngine:
             self.group.wait_ready()
 
     def _pin_gpus(self) -> None:
+        """This worker's GPUs only, for every kernel of the process (``ranks.pin_gpus``)."""
+        if self.book.device not in ("auto", "cuda"):
+            return  # a CPU, or a device the operator named
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_initialized():
             log.warning(
                 "CUDA was initialised before the engine chose its GPUs; torch.cuda.set_device only"
             )
             return
-        if self.book.device == "cpu":
-            return
         gpus = pin_gpus(self.settings.worker_index, self.world)
         if gpus is not None:
-            # The process sees only its own GPUs: rank r runs on the r-th of them.
-            self.loader.gpu_index = self.rank
+            # The process sees only its own GPUs.
+            self.loader.gpu_index = 0
             log.info("worker %d: GPUs %s", self.settings.worker_index, ",".join(gpus))
 
     def close(self) -> None:
@@ -409,7 +415,9 @@ class DiffusersEngine:
                 self.group.collect()
             raise
         except Exception as exc:
-            if self.group is not None:
+            # An input every rank refuses fails on all of them before the first step: the
+            # group is still in step.  Otherwise a rank waits in a collective: restart.
+            if self.group is not None and self.group.collect(timeout=RANK_REPLY_S) is None:
                 raise EngineBroken(
                     f"a call across {self.world} ranks failed on rank 0 "
                     f"({type(exc).__name__}: {exc}); the ranks start again"
@@ -418,6 +426,6 @@ class DiffusersEngine:
         if self.group is not None:
             problems = self.group.collect()
             if problems:
-                raise EngineBroken("; ".join(problems))
+                raise EngineBroken("; ".join(problems or ()))
         video = (numpy.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(numpy.uint8)
         return list(video)

@@ -11,9 +11,10 @@ is sent to every rank and runs on all of them in lockstep: the same seed, the sa
 latents; diffusers' context parallelism (``ContextParallelConfig``, Ulysses or ring
 attention) splits each denoising transformer's sequence across the ranks.  Rank 0
 alone reports progress and writes the video.  A cancel is agreed at every step (one
-all-reduce of a flag), so all ranks stop at the same step.  A rank that fails leaves
-the others waiting in a collective: the engine process then exits and its worker
-starts it, and its ranks, again.
+all-reduce of a flag), so all ranks stop at the same step.  An input every rank
+refuses fails on all of them before the first step, and only the task fails.  A rank
+that fails on its own leaves the others waiting in a collective: the engine process
+then exits and its worker starts it, and its ranks, again.
 
 A transformer without a context-parallel plan in diffusers (VACE's) runs whole on
 every rank: correct, but no faster than on one GPU.
@@ -205,10 +206,16 @@ class RankGroup:
         for conn in self.conns:
             conn.send_bytes(payload)
 
-    def collect(self) -> list[str]:
-        """Each other rank's end of the call: the failures, as ``rank r: …``."""
+    def collect(self, timeout: float | None = None) -> list[str] | None:
+        """Each other rank's end of the call: the failures, as ``rank r: …``.
+
+        With ``timeout``, None when a rank has not answered by then: it is still in
+        the call, waiting in a collective for ranks that are no longer there.
+        """
         problems = []
         for rank, conn in enumerate(self.conns, start=1):
+            if timeout is not None and not conn.poll(timeout):
+                return None
             try:
                 reply = conn.recv()
             except (EOFError, OSError):
