@@ -175,6 +175,8 @@ def test_guidance_changes_the_frames(engine: DiffusersEngine) -> None:
     plain = dataclasses.replace(recipe, guidance=1.0)
     unguided = numpy.stack(engine.run_pipeline(plain, PROMPT, shape, Inputs(), 3, None, None))
     assert int(numpy.abs(guided.astype(int) - unguided.astype(int)).max()) > TOLERANCE
+    # A compiled warm-up's call: one step, no VAE, no frames.
+    assert engine.run_pipeline(recipe, PROMPT, shape, Inputs(), 3, 1, None, decode=False) == []
 
 
 def test_a_task_encodes_its_prompt_once_per_text_encoder(

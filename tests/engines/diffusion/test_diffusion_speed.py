@@ -97,17 +97,20 @@ def test_with_compile_the_worker_warms_every_call_shape_a_task_makes(
     # Compile acts on CUDA only; the calls are recorded here, not run.
     engine.loader.device = "cuda:0"
     seen: list[tuple[Any, ...]] = []
+    decodes: list[bool] = []
 
-    def record(recipe: Any, _p: str, shape: Any, inputs: Any, *_a: Any) -> list[Any]:
+    def record(recipe: Any, _p: str, shape: Any, inputs: Any, *_a: Any, **kw: Any) -> list[Any]:
         refs, video = len(inputs.references), inputs.video
         seen.append((recipe.name, shape, inputs.first_frame is not None, refs, video is not None))
         assert video is None or len(video) == shape[2]
+        decodes.append(kw.get("decode", True))
         return [numpy.zeros((shape[1], shape[0], 3), numpy.uint8)] * shape[2]
 
     monkeypatch.setattr(engine, "run_pipeline", record)
     engine.warmup()
     warmed = set(seen)
     assert len(warmed) == len(seen), "each shape once"
+    assert not any(decodes), "a compiled warm-up stops before the VAE"
     assert {s[0] for s in seen} == {"t2v", "i2v", "vace"}
     assert {s[1][:2] for s in seen} == {
         engine.book.recipes["t2v"].native_size(r) for r in ASPECT_RATIOS

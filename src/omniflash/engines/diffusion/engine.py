@@ -169,13 +169,15 @@ class DiffusersEngine:
         calls = every_call_shape(self.book) if compiled else listed_shapes(self.book)
         if compiled:
             log.info("compile is on: warming %d call shapes", len(calls))
+        prompts = PromptCache()
         for call in calls:
             recipe, size = call.recipe, f"{call.width}x{call.height}x{call.frames}"
             started = time.monotonic()
             try:
+                # Compiled warm-ups stop before the VAE: only the transformer compiles.
                 self.run_pipeline(
                     recipe, "warmup", (call.width, call.height, call.frames), call.inputs(),
-                    0, call.steps, None,
+                    0, call.steps, None, prompts, decode=not compiled,
                 )  # fmt: skip
             except Exception as exc:
                 log.error(
@@ -370,11 +372,14 @@ class DiffusersEngine:
         steps: int | None,
         on_step: StepCallback | None,
         prompts: PromptCache | None = None,
+        *,
+        decode: bool = True,
     ) -> list[numpy.ndarray]:
         """One pipeline call; RGB ``uint8`` frames at the call's native size.
 
         ``prompts`` holds the task's text embeddings: calls that share a text encoder
-        encode the prompt once.
+        encode the prompt once.  ``decode=False`` stops at the latents (a warm-up of
+        the compiled transformer needs no VAE) and returns no frames.
         """
         import torch
 
@@ -402,13 +407,13 @@ class DiffusersEngine:
         if self.group is not None:
             self.group.send_call(
                 {"task": id(prompts), "recipe": recipe.name, "prompt": prompt, "shape": shape,
-                 "inputs": inputs, "seed": seed, "steps": steps}
+                 "inputs": inputs, "seed": seed, "steps": steps, "decode": decode}
             )  # fmt: skip
         try:
             video = call_pipeline(
                 pipe, recipe, prompt, shape, inputs,
                 step_end=step_end, generator=generator, steps=steps, prompts=prompts,
-                device=self.device,
+                device=self.device, decode=decode,
             )  # fmt: skip
         except TaskCancelled:
             if self.group is not None:
@@ -427,5 +432,7 @@ class DiffusersEngine:
             problems = self.group.collect()
             if problems:
                 raise EngineBroken("; ".join(problems or ()))
+        if not decode:
+            return []
         video = (numpy.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(numpy.uint8)
         return list(video)

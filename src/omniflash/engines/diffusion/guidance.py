@@ -234,6 +234,7 @@ def call_pipeline(
     steps: int | None,
     prompts: PromptCache | None,
     device: str,
+    decode: bool = True,
 ) -> Any:
     """One pipeline call, float frames: embeddings from the task's cache, guidance batched.
 
@@ -254,7 +255,7 @@ def call_pipeline(
         "num_inference_steps": steps or recipe.steps,
         "guidance_scale": recipe.guidance,
         "generator": generator,
-        "output_type": "np",
+        "output_type": "np" if decode else "latent",
         "callback_on_step_end": step_end,
     }
     if encoded is None:

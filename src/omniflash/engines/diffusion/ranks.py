@@ -267,7 +267,7 @@ def _serve(conn: Connection, rank: int) -> None:
             recipe = engine.book.recipes[call["recipe"]]
             engine.run_pipeline(
                 recipe, call["prompt"], call["shape"], call["inputs"], call["seed"],
-                call["steps"], None, prompts,
+                call["steps"], None, prompts, decode=call["decode"],
             )  # fmt: skip
         except TaskCancelled:
             conn.send(("cancelled",))
