@@ -6,9 +6,12 @@ on the GPU in bfloat16 (transformer and UMT5-XXL text encoder; the VAE in float3
 diffusers recommends).  In one run, with the same inputs and seed:
 
 (a) stock diffusers, called as its documentation shows (bf16, default attention,
-    classifier-free guidance as diffusers does it);
-(b) the same pipeline through the omniflash engine (``DiffusersEngine.run_pipeline``)
-    with the recipe's speed options (``--attention``, ``--compile``).
+    classifier-free guidance as two passes a step, the prompt encoded on every call);
+(b) the same pipeline through the omniflash engine's own loop
+    (``DiffusersEngine.run_pipeline``): guidance as one batched pass, the prompt
+    encoded once a task, no other option;
+(c) (b) with the recipe options given (``--attention``, ``--compile``, ``--quantize``,
+    ``--cache``, ``--offload``, ``--text-encoder-offload``).
 
 Each is run once to warm up (compilation happens there), then timed: text encoding,
 every denoising step, the VAE decode.  The whole video is extrapolated to the model's
@@ -18,9 +21,11 @@ attention 4 × S² × d per layer for self-attention and 4 × S × L × d for cr
 against the GPU's dense bf16 peak.
 
     python bench/engine_gpu.py --model wan21-14b [--steps 3] [--attention NAME] [--compile]
+        [--quantize fp8] [--cache first_block:0.05] [--offload group] [--text-encoder-offload]
     python bench/engine_gpu.py --tiny        # a CPU smoke run of the same code, tiny models
 
-Prints a Markdown table.  Needs the [gpu] extra.
+Prints a Markdown table, and how far (b)'s and (c)'s frames are from (a)'s.  Needs the
+[gpu] extra (and torchao for ``--quantize``).
 """
 
 from __future__ import annotations
@@ -251,22 +256,15 @@ def timed_run(pipe: Any, device: str, call: Callable[[Clock], numpy.ndarray]) ->
     return Run(clock.phases["text"], clock.steps, clock.phases["decode"], peak, frames)
 
 
-def engine_for(
-    arch_name: str, attention: str, compile_blocks: bool, root: Path
-) -> tuple[DiffusersEngine, Any]:
-    """A ``DiffusersEngine`` whose one recipe runs the benchmark's in-memory pipeline."""
+def engine_for(arch_name: str, root: Path, options: dict[str, str]) -> tuple[DiffusersEngine, Any]:
+    """A ``DiffusersEngine`` with two recipes for the benchmark's in-memory pipeline.
+
+    ``loop``: the engine's own loop only (embeddings reused, guidance batched), no speed
+    or memory option; ``fast``: the same with ``options`` (recipe keys, TOML values).
+    """
     arch = ARCHS[arch_name]
     w, h = arch.size
-    recipes = root / "recipes.toml"
-    recipes.write_text(
-        f"""
-[modes]
-text = "bench"
-frame = "bench"
-reference = "bench"
-video = "bench"
-
-[recipes.bench]
+    common = f"""
 pipeline = "WanPipeline"
 model = "random-weights/{arch_name}"
 inputs = ["reference_images", "video_mask"]
@@ -279,12 +277,26 @@ pixels = {w * h}
 sizes = {{ "16:9" = [{w}, {h}] }}
 negative_prompt = "{NEGATIVE}"
 vae_tiling = false
-attention = "{attention}"
-compile = {"true" if compile_blocks else "false"}
+"""
+    extra = "".join(f"{key} = {value}\n" for key, value in options.items())
+    recipes = root / "recipes.toml"
+    recipes.write_text(
+        f"""
+[modes]
+text = "loop"
+frame = "loop"
+reference = "loop"
+video = "loop"
+
+[recipes.loop]
+{common}
+[recipes.fast]
+model = "random-weights/{arch_name}-fast"
+{common.replace(f'model = "random-weights/{arch_name}"', "")}{extra}
 """
     )
     engine = DiffusersEngine(Settings(recipes_path=recipes, workers=1))
-    return engine, engine.book.recipes["bench"]
+    return engine, engine.book.recipes
 
 
 def stock_call(pipe: Any, arch: Arch, steps: int, device: str) -> Callable[[Clock], numpy.ndarray]:
@@ -325,12 +337,37 @@ def psnr(a: numpy.ndarray, b: numpy.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * numpy.log10(255.0**2 / mse)
 
 
+def options_of(args: argparse.Namespace) -> dict[str, str]:
+    """The (c) recipe's options, as TOML values."""
+    options: dict[str, str] = {}
+    if args.attention != "default":
+        options["attention"] = f'"{args.attention}"'
+    if args.compile:
+        options["compile"] = "true"
+    if args.quantize != "none":
+        options["quantize"] = f'"{args.quantize}"'
+    if args.cache:
+        kind, _, threshold = args.cache.partition(":")
+        value = f", threshold = {threshold}" if threshold else ""
+        options["cache"] = f'{{ kind = "{kind}"{value} }}'
+    if args.offload != "none":
+        options["offload"] = f'"{args.offload}"'
+    if args.text_encoder_offload:
+        options["text_encoder_offload"] = "true"
+    return options
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(ARCHS), default="wan21-1.3b")
     parser.add_argument("--steps", type=int, default=3, help="denoising steps timed per run")
-    parser.add_argument("--attention", default="default", help="(b)'s attention backend")
-    parser.add_argument("--compile", action="store_true", help="(b) compiles repeated blocks")
+    parser.add_argument("--attention", default="default", help="(c)'s attention backend")
+    parser.add_argument("--compile", action="store_true", help="(c) compiles repeated blocks")
+    parser.add_argument("--quantize", choices=("none", "fp8"), default="none", help="(c)'s weights")
+    parser.add_argument("--cache", help="(c)'s step cache, KIND[:THRESHOLD], e.g. first_block:0.05")
+    parser.add_argument("--offload", choices=("none", "group"), default="none", help="(c)")
+    parser.add_argument("--text-encoder-offload", action="store_true", help="(c)")
+    parser.add_argument("--calls", type=int, default=2, help="pipeline calls of one task")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run with a tiny model")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak, if not known")
     args = parser.parse_args()
@@ -344,6 +381,7 @@ def main() -> int:
     gpu = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     peak = (args.peak_tflops or 0) * 1e12 or next((v for k, v in PEAKS.items() if k in gpu), 0.0)
     dtype = torch.float32 if args.tiny else torch.bfloat16
+    options = options_of(args)
 
     started = time.perf_counter()
     pipe = build_pipeline(arch, device, dtype)
@@ -353,44 +391,60 @@ def main() -> int:
     a = timed_run(pipe, device, stock)
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine, recipe = engine_for(name, args.attention, args.compile, Path(tmp))
-        # CPU runs stay as built: the speed options act on CUDA only.
-        engine.loader.adopt(recipe, pipe)
-        ours = engine_call(engine, recipe, arch, args.steps)
-        warm_started = time.perf_counter()
-        timed_run(pipe, device, ours)  # warm-up, compilation included
-        warmup = time.perf_counter() - warm_started
-        b = timed_run(pipe, device, ours)
+        engine, recipes = engine_for(name, Path(tmp), options)
+        runs: list[Run] = []
+        warmups: list[float] = []
+        for recipe in (recipes["loop"], recipes["fast"]):
+            # Options change the pipeline for good (compiled blocks, FP8 weights): (b) first.
+            engine.loader.adopt(recipe, pipe)
+            ours = engine_call(engine, recipe, arch, args.steps)
+            warm_started = time.perf_counter()
+            timed_run(pipe, device, ours)  # warm-up, compilation included
+            warmups.append(time.perf_counter() - warm_started)
+            runs.append(timed_run(pipe, device, ours))
+        b, c = runs
 
     flops = forward_flops(arch) * 2  # two forwards a step: with and without the prompt
+    shown = ", ".join(f"{k} {v}" for k, v in options.items()) or "none"
     print(
         f"\n{name} on {gpu}: {arch.size[0]}×{arch.size[1]}, {arch.frames} frames, "
         f"{tokens(arch)} tokens, {flops / 1e15:.2f} PFLOP a step; built in {built:.1f} s; "
-        f"(b) attention {args.attention}, compile {args.compile}, warm-up {warmup:.1f} s\n"
+        f"(c) options: {shown}; warm-up (b) {warmups[0]:.1f} s, (c) {warmups[1]:.1f} s\n"
     )
-    print("| | (a) stock diffusers | (b) omniflash engine | (a)/(b) |")
-    print("|---|---|---|---|")
+    print("(a) stock diffusers: two guidance passes a step, the prompt encoded every call;")
+    print("(b) the engine's loop: one batched guidance pass, the prompt encoded once a task;")
+    print("(c) (b) with the options above.\n")
+    print("| | (a) stock diffusers | (b) engine loop | (c) engine + options | (a)/(c) |")
+    print("|---|---|---|---|---|")
 
-    def row(label: str, x: float, y: float, unit: str = "s") -> None:
-        ratio = x / y if y else float("nan")
-        print(f"| {label} | {x:.3f} {unit} | {y:.3f} {unit} | {ratio:.2f} |")
+    def row(label: str, x: float, y: float, z: float, unit: str = "s") -> None:
+        ratio = x / z if z else float("nan")
+        print(f"| {label} | {x:.3f} {unit} | {y:.3f} {unit} | {z:.3f} {unit} | {ratio:.2f} |")
 
-    step_a, step_b = float(numpy.median(a.steps)), float(numpy.median(b.steps))
-    row("text encoding", a.text, b.text)
-    row(f"denoising step (median of {args.steps})", step_a, step_b)
-    row("VAE decode", a.decode, b.decode)
-    whole_a = a.text + arch.full_steps * step_a + a.decode
-    whole_b = b.text + arch.full_steps * step_b + b.decode
-    row(f"whole video, {arch.full_steps} steps (extrapolated)", whole_a, whole_b)
+    step = [float(numpy.median(r.steps)) for r in (a, b, c)]
+    row("text encoding", a.text, b.text, c.text)
+    # Stock diffusers encodes on every call; the engine once a task (measured per call).
+    row(
+        f"text encoding, a task of {args.calls} calls (from the above)",
+        a.text * args.calls, b.text, c.text,
+    )  # fmt: skip
+    row(f"denoising step (median of {args.steps})", *step)
+    row("VAE decode", a.decode, b.decode, c.decode)
+    whole = [r.text + arch.full_steps * s + r.decode for r, s in zip((a, b, c), step, strict=True)]
+    row(f"whole video, {arch.full_steps} steps (extrapolated)", *whole)
     if peak:
-        mfu_a, mfu_b = flops / step_a / peak * 100, flops / step_b / peak * 100
-        print(f"| MFU of the denoising loop | {mfu_a:.1f} % | {mfu_b:.1f} % | |")
+        mfu = [flops / s / peak * 100 for s in step]
+        print(f"| MFU of the denoising loop | {mfu[0]:.1f} % | {mfu[1]:.1f} % | {mfu[2]:.1f} % | |")
     if device == "cuda":
-        print(f"| peak GPU memory | {a.peak_gb:.1f} GiB | {b.peak_gb:.1f} GiB | |")
-    print(
-        f"\nframes (b) against (a): PSNR {psnr(a.frames, b.frames):.1f} dB, "
-        f"largest difference {int(numpy.abs(a.frames.astype(int) - b.frames).max())} of 255"
-    )
+        gib = " | ".join(f"{r.peak_gb:.1f} GiB" for r in (a, b, c))
+        print(f"| peak GPU memory | {gib} | |")
+    print()
+    for label, run in (("(b)", b), ("(c)", c)):
+        largest = int(numpy.abs(a.frames.astype(int) - run.frames).max())
+        print(
+            f"frames {label} against (a): PSNR {psnr(a.frames, run.frames):.1f} dB, "
+            f"largest difference {largest} of 255"
+        )
     return 0
 
 

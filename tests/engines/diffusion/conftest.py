@@ -15,7 +15,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Folder by name: ``wan-t2v``, ``wan-i2v``, ``wan-vace``, ``wan22-ti2v`` and ``ltx``."""
+    """Folder by name: ``wan-t2v``, ``wan-i2v``, ``wan-vace``, ``wan22-ti2v``, ``ltx`` and
+    ``depth`` (a Depth Anything for VACE's depth control)."""
     try:
         import diffusers  # noqa: F401
         import torch

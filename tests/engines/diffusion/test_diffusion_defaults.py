@@ -66,6 +66,10 @@ def default_recipes_on_tiny_models(models: dict[str, Path]) -> str:
             pixels=w * h,
         )
         recipe.pop("component_dtypes", None)
+        if "text_encoder" in recipe:
+            recipe["text_encoder"] = str(models[TINY[recipe["text_encoder"]][0]])
+        if "control_model" in recipe:
+            recipe["control_model"] = str(models["depth"])
         lines += ["", f"[recipes.{name}]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in recipe.items()]
     return "\n".join(lines) + "\n"
@@ -114,5 +118,8 @@ def test_text_and_first_frame_share_one_loaded_model(engine: DiffusersEngine) ->
     text, frame = engine.loader.pipes["wan22-t2v"], engine.loader.pipes["wan22-i2v"]
     assert type(frame).__name__ == "WanImageToVideoPipeline"
     assert frame.transformer is text.transformer and frame.vae is text.vae
+    # Every recipe of the set uses one UMT5 text encoder, and VACE gets depth control.
+    assert engine.loader.pipes["wan-vace"].text_encoder is text.text_encoder
+    assert len(engine.loader.text_encoders) == 1 and len(engine.loader.depth_models) == 1
     # Wan 2.2 TI2V conditions on the first frame's latent, not on extra channels.
     assert frame.config.expand_timesteps is True

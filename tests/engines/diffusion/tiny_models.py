@@ -150,11 +150,41 @@ def _ltx_components(tok: Any) -> dict[str, Any]:
     }
 
 
+def _depth_model(folder: Path) -> None:
+    """A Depth Anything (V2 layout) with a 4-layer DINOv2 of width 16, and its processor."""
+    import torch
+
+    transformers = _lib("transformers")
+    torch.manual_seed(0)
+    backbone = transformers.Dinov2Config(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=28,
+        patch_size=14,
+        out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=False,
+    )
+    config = transformers.DepthAnythingConfig(
+        backbone_config=backbone,
+        reassemble_hidden_size=16,
+        neck_hidden_sizes=[8, 8, 8, 8],
+        fusion_hidden_size=8,
+        head_hidden_size=8,
+        patch_size=14,
+    )
+    transformers.DepthAnythingForDepthEstimation(config).eval().save_pretrained(folder)
+    transformers.DPTImageProcessorPil(
+        size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14
+    ).save_pretrained(folder)
+
+
 def build_all(root: Path) -> dict[str, Path]:
     """Save every tiny pipeline under ``root``; returns folder by name."""
     diffusers = _lib("diffusers")
     tok = _tokenizer()
-    names = ("wan-t2v", "wan-i2v", "wan-vace", "wan22-ti2v", "ltx")
+    names = ("wan-t2v", "wan-i2v", "wan-vace", "wan22-ti2v", "ltx", "depth")
     folders = {name: root / name for name in names}
     diffusers.WanPipeline(**_wan_components(tok)).save_pretrained(folders["wan-t2v"])
     # Wan 2.2 style image-to-video: no CLIP image encoder, 16 + 4 + 16 input channels.
@@ -169,6 +199,7 @@ def build_all(root: Path) -> dict[str, Path]:
     ).save_pretrained(folders["wan22-ti2v"])
     # One folder serves LTXPipeline and LTXConditionPipeline: same components.
     diffusers.LTXConditionPipeline(**_ltx_components(tok)).save_pretrained(folders["ltx"])
+    _depth_model(folders["depth"])
     return folders
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy
@@ -20,10 +21,19 @@ from PIL import Image
 
 from omniflash.contract import GenerationSpec, Mode
 from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
-from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs, cover
+from omniflash.engines.diffusion.control import control_frames
+from omniflash.engines.diffusion.guidance import PromptCache, call_pipeline
+from omniflash.engines.diffusion.inputs import Inputs, cover
 from omniflash.engines.diffusion.loader import PipelineLoader, device_lost, free_device_memory
+from omniflash.engines.diffusion.ranks import RankGroup, agree_stop, pin_gpus
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook, Segment, load_recipes
-from omniflash.engines.diffusion.timeline import native_indices, sample_clip, scaled_frames
+from omniflash.engines.diffusion.timeline import (
+    native_indices,
+    sample_clip,
+    scaled_frames,
+    tracked,
+)
+from omniflash.engines.diffusion.warmup import every_call_shape, listed_shapes
 from omniflash.errors import EngineBroken, EngineError, TaskCancelled, TaskError
 from omniflash.media.encode import Mp4Writer
 
@@ -38,6 +48,8 @@ INSTALL_HINT = "pip install -e '.[gpu]'"
 _EXTRA = ("torch", "diffusers", "transformers", "ftfy")
 _NAMES = {"first_frame": "a first frame", "references": "reference images", "video": "a video"}
 StepCallback = Callable[[int], None]
+RANK_REPLY_S = 10.0
+"""How long rank 0, having failed, waits to hear that the other ranks failed too."""
 
 
 def require_gpu_extra() -> None:
@@ -77,11 +89,18 @@ class DiffusersEngine:
     long clip run longer than that without a check, so the worker waits this long before
     it kills the engine (and the models must load again)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, rank: int = 0, world: int | None = None) -> None:
         require_gpu_extra()
         self.settings = settings
         self.book: RecipeBook = load_recipes(settings.recipes_path)
-        self.loader = PipelineLoader(self.book, settings.workers, settings.worker_index)
+        self.rank = rank
+        self.world = world or self.book.gpus_per_task
+        """Processes, one per GPU, that run each task together (rank 0 is this one)."""
+        self.loader = PipelineLoader(
+            self.book, settings.workers, settings.worker_index, world=self.world
+        )
+        self.group: RankGroup | None = None
+        self.loader.controls = rank == 0
 
     def __repr__(self) -> str:
         return f"<DiffusersEngine {self.book.source} {self.loader!r}>"
@@ -96,38 +115,78 @@ class DiffusersEngine:
         A model that cannot be loaded is logged, not fatal: the tasks that need it fail
         with the reason (and are refunded), the other modes keep working, and the next
         task that needs it tries again.
+
+        First the process takes its GPUs: ``CUDA_VISIBLE_DEVICES`` narrowed to this
+        worker's (before torch first touches CUDA), and with ``gpus_per_task`` above 1
+        the other ranks started (``omniflash.engines.diffusion.ranks``).
         """
+        if self.rank == 0:
+            self._pin_gpus()
+        if self.world > 1:
+            # Rank r runs on the r-th of the GPUs rank 0 narrowed the process group to.
+            self.loader.gpu_index = self.rank
+        self.loader.start()
+        if self.rank == 0 and self.world > 1:
+            self.group = RankGroup(self.settings, self.world, self.device.startswith("cuda"))
+            self.group.start()
         self.loader.load_all()
+        if self.group is not None:
+            self.group.wait_ready()
+
+    def _pin_gpus(self) -> None:
+        """This worker's GPUs only, for every kernel of the process (``ranks.pin_gpus``)."""
+        if self.book.device not in ("auto", "cuda"):
+            return  # a CPU, or a device the operator named
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            log.warning(
+                "CUDA was initialised before the engine chose its GPUs; torch.cuda.set_device only"
+            )
+            return
+        gpus = pin_gpus(self.settings.worker_index, self.world)
+        if gpus is not None:
+            # The process sees only its own GPUs.
+            self.loader.gpu_index = 0
+            log.info("worker %d: GPUs %s", self.settings.worker_index, ",".join(gpus))
+
+    def close(self) -> None:
+        """Stop the other ranks (they also end with this process)."""
+        if self.group is not None:
+            self.group.close()
+            self.group = None
 
     # -- generating --------------------------------------------------------------------
 
     def warmup(self) -> None:
-        """Run each ``[[warmup]]`` shape of the recipes once, with grey stand-in inputs.
+        """Run each call shape the worker should not compile or tune during a task.
 
-        A shape that fails is logged and skipped: the worker still starts, and the
-        tasks that hit the same problem fail with its message.
+        With ``compile`` on a GPU that is every shape the recipes serve (every mode,
+        aspect ratio and duration); otherwise the ``[[warmup]]`` tables.  A shape that
+        fails is logged and skipped: the worker still starts, and the tasks that hit
+        the same problem fail with its message.
         """
-        for shape in self.book.warmup:
-            recipe = self.book.for_mode(shape.mode)
-            width, height = recipe.native_size(shape.aspect_ratio)
-            frames = recipe.frame_limit
-            grey = Image.new("RGB", (width, height), (128, 128, 128))
-            inputs = Inputs(
-                first_frame=grey if shape.mode is Mode.FRAME else None,
-                references=(grey,) if shape.mode is Mode.REFERENCE else (),
-                video=(grey,) * frames if shape.mode is Mode.VIDEO else None,
-            )
+        compiled = self.book.compiles and self.device.startswith("cuda")
+        calls = every_call_shape(self.book) if compiled else listed_shapes(self.book)
+        if compiled:
+            log.info("compile is on: warming %d call shapes", len(calls))
+        prompts = PromptCache()
+        for call in calls:
+            recipe, size = call.recipe, f"{call.width}x{call.height}x{call.frames}"
             started = time.monotonic()
             try:
+                # Compiled warm-ups stop before the VAE: only the transformer compiles.
                 self.run_pipeline(
-                    recipe, "warmup", (width, height, frames), inputs, 0, shape.steps, None
-                )
+                    recipe, "warmup", (call.width, call.height, call.frames), call.inputs(),
+                    0, call.steps, None, prompts, decode=not compiled,
+                )  # fmt: skip
             except Exception as exc:
-                log.error("warmup of %s (%s) failed: %s", shape.mode.value, recipe.name, exc)
+                log.error(
+                    "warmup of %s (%s) at %s failed: %s", call.mode.value, recipe.name, size, exc
+                )
                 continue
             log.info(
-                "warmed %s (%s) at %dx%dx%d in %.1f s",
-                shape.mode.value, recipe.name, width, height, frames, time.monotonic() - started,
+                "warmed %s (%s) at %s in %.1f s",
+                call.mode.value, recipe.name, size, time.monotonic() - started,
             )  # fmt: skip
 
     def estimate_seconds(self, spec: GenerationSpec) -> float:
@@ -207,6 +266,7 @@ class DiffusersEngine:
 
         started = time.monotonic()
         native: list[numpy.ndarray] = []
+        prompts = PromptCache()
         done = 0.0
         details: list[dict[str, object]] = []
         for segment in segments:
@@ -239,7 +299,7 @@ class DiffusersEngine:
 
             call_started = time.monotonic()
             frames = self.run_pipeline(
-                recipe, spec.prompt, shape, inputs, job.seed + segment.index, None, on_step
+                recipe, spec.prompt, shape, inputs, job.seed + segment.index, None, on_step, prompts
             )
             if frames[0].shape[:2] != (size[1], size[0]):
                 frames = [numpy.asarray(cover(Image.fromarray(f), size)) for f in frames]
@@ -262,9 +322,9 @@ class DiffusersEngine:
 
         out_frames = spec.duration * spec.fps
         indices = native_indices(out_frames, spec.fps, len(native), native_fps)
-        frames_out = self._tracked(
+        frames_out = tracked(
             scaled_frames(native, indices, (spec.width, spec.height)),
-            tracker, done, tracker.total - done, out_frames, cancelled,
+            tracker.at, done, tracker.total - done, out_frames, cancelled,
         )  # fmt: skip
         encode_started = time.monotonic()
         with Mp4Writer(
@@ -273,6 +333,14 @@ class DiffusersEngine:
             for frame in frames_out:
                 writer.write_rgb(frame)
         tracker.at(tracker.total)
+        info: dict[str, object] = {}
+        cut = prompts.cut()
+        if cut is not None:
+            log.warning(
+                "task %s: the prompt has %d tokens; the text encoder saw the first %d",
+                job.task_id, cut["tokens"], cut["token_limit"],
+            )  # fmt: skip
+            info["prompt_cut"] = cut
         return GenerationResult(
             frames=writer.frames,
             width=spec.width,
@@ -289,24 +357,10 @@ class DiffusersEngine:
                     "generate": round(generated, 3),
                     "encode": round(time.monotonic() - encode_started, 3),
                 },
+                "text_encodings": prompts.encodings,
+                **info,
             },
         )
-
-    @staticmethod
-    def _tracked(
-        frames: Iterator[numpy.ndarray],
-        tracker: _Progress,
-        base: float,
-        span: float,
-        count: int,
-        cancelled: CancelCheck,
-    ) -> Iterator[numpy.ndarray]:
-        for index, frame in enumerate(frames):
-            if index % 24 == 0:
-                if cancelled():
-                    raise TaskCancelled("the task was cancelled")
-                tracker.at(base + span * index / count)
-            yield frame
 
     def run_pipeline(
         self,
@@ -317,35 +371,68 @@ class DiffusersEngine:
         seed: int,
         steps: int | None,
         on_step: StepCallback | None,
+        prompts: PromptCache | None = None,
+        *,
+        decode: bool = True,
     ) -> list[numpy.ndarray]:
-        """One pipeline call; RGB ``uint8`` frames at the call's native size."""
+        """One pipeline call; RGB ``uint8`` frames at the call's native size.
+
+        ``prompts`` holds the task's text embeddings: calls that share a text encoder
+        encode the prompt once.  ``decode=False`` stops at the latents (a warm-up of
+        the compiled transformer needs no VAE) and returns no frames.
+        """
         import torch
 
         pipe = self.loader.get(recipe)
-        width, height, count = shape
         generator = torch.Generator(device=self.device).manual_seed(seed % 2**63)
 
         def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            stop = False
             if on_step is not None:
-                on_step(step)
+                try:
+                    on_step(step)
+                except TaskCancelled:
+                    stop = True
+            # Every rank stops at the same step, or the others would wait for it forever.
+            if self.world > 1:
+                stop = agree_stop(stop, self.device)
+            if stop:
+                raise TaskCancelled("the task was cancelled")
             return kwargs
 
-        kwargs: dict[str, Any] = {
-            "prompt": prompt,
-            "height": height,
-            "width": width,
-            "num_frames": count,
-            "num_inference_steps": steps or recipe.steps,
-            "guidance_scale": recipe.guidance,
-            "generator": generator,
-            "output_type": "np",
-            "callback_on_step_end": step_end,
-        }
-        if recipe.negative_prompt:
-            kwargs["negative_prompt"] = recipe.negative_prompt
-        kwargs.update(recipe.call_kwargs)
-        inputs = dataclasses.replace(inputs, video_strength=recipe.video_strength)
-        kwargs.update(build_call_kwargs(recipe.inputs, inputs, shape))
-        video = numpy.asarray(pipe(**kwargs).frames[0])
+        # Rank 0 makes the control video once; the other ranks are sent it.
+        if self.rank == 0 and inputs.video is not None and "video_mask" in recipe.inputs:
+            control = control_frames(recipe.video_control, inputs.video, self.loader.depth(recipe))
+            inputs = dataclasses.replace(inputs, video=tuple(control))
+        if self.group is not None:
+            self.group.send_call(
+                {"task": id(prompts), "recipe": recipe.name, "prompt": prompt, "shape": shape,
+                 "inputs": inputs, "seed": seed, "steps": steps, "decode": decode}
+            )  # fmt: skip
+        try:
+            video = call_pipeline(
+                pipe, recipe, prompt, shape, inputs,
+                step_end=step_end, generator=generator, steps=steps, prompts=prompts,
+                device=self.device, decode=decode,
+            )  # fmt: skip
+        except TaskCancelled:
+            if self.group is not None:
+                self.group.collect()
+            raise
+        except Exception as exc:
+            # An input every rank refuses fails on all of them before the first step: the
+            # group is still in step.  Otherwise a rank waits in a collective: restart.
+            if self.group is not None and self.group.collect(timeout=RANK_REPLY_S) is None:
+                raise EngineBroken(
+                    f"a call across {self.world} ranks failed on rank 0 "
+                    f"({type(exc).__name__}: {exc}); the ranks start again"
+                ) from exc
+            raise
+        if self.group is not None:
+            problems = self.group.collect()
+            if problems:
+                raise EngineBroken("; ".join(problems or ()))
+        if not decode:
+            return []
         video = (numpy.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(numpy.uint8)
         return list(video)

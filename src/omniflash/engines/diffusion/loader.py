@@ -13,6 +13,14 @@ import os
 import time
 from typing import Any
 
+from omniflash.engines.diffusion.control import DepthModel
+from omniflash.engines.diffusion.memory import (
+    apply_cache,
+    group_offload,
+    load_text_encoder,
+    quantize_fp8,
+)
+from omniflash.engines.diffusion.ranks import parallelize
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook
 from omniflash.engines.diffusion.speed import speed_up
 from omniflash.errors import EngineError
@@ -62,13 +70,23 @@ def share_components(cls: Any, base: Any) -> Any:
 class PipelineLoader:
     """Loads each recipe's pipeline once per process and keeps it."""
 
-    def __init__(self, book: RecipeBook, workers: int, worker_index: int = 0) -> None:
+    def __init__(
+        self, book: RecipeBook, workers: int, worker_index: int = 0, *, world: int = 1
+    ) -> None:
         self.book = book
         self.workers = workers
         self.worker_index = worker_index
+        self.world = world
+        self.gpu_index: int | None = None
+        """Which visible GPU to use, when the engine narrowed them to its own."""
         self.device: str | None = None
         self.pipes: dict[str, Any] = {}
         self._by_model: dict[tuple[str, str], Any] = {}
+        self.depth_models: dict[str, DepthModel] = {}
+        self.controls = True
+        """Whether this process makes control videos (rank 0 only)."""
+        self.text_encoders: dict[tuple[str, str], tuple[Any, Any]] = {}
+        """Shared text encoders and tokenizers by source and dtype."""
         self._schedulers: dict[tuple[str, str], dict[str, Any]] = {}
         """The model folder's own scheduler config, before any recipe's settings."""
 
@@ -84,11 +102,15 @@ class PipelineLoader:
         cuda = torch.cuda.is_available()
         wanted = self.book.device
         device = ("cuda" if cuda else "cpu") if wanted == "auto" else wanted
-        if device == "cuda" and torch.cuda.device_count() > 1:
+        if device == "cuda" and self.gpu_index is not None:
+            device = f"cuda:{self.gpu_index}"
+        elif device == "cuda" and torch.cuda.device_count() > 1:
             # One worker per GPU: worker i takes GPU i (round robin past the last one).
             device = f"cuda:{self.worker_index % torch.cuda.device_count()}"
         if device.startswith("cuda") and not cuda:
             raise EngineError(f"recipes ask for device {wanted!r} but torch sees no CUDA device")
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
         if device == "cpu":
             self._share_cpu(torch)
         self.device = device
@@ -106,11 +128,12 @@ class PipelineLoader:
     def _share_cpu(self, torch: Any) -> None:
         """Give each worker's engine process its share of the cores.
 
-        Every worker runs its own engine process; each torch taking all cores makes
-        them spin against each other, several times slower than sharing.  A lower
+        Every worker runs its own engine process (and with several ranks, one per
+        rank); each torch taking all cores makes them spin against each other,
+        several times slower than sharing.  A lower
         limit the operator set (``OMP_NUM_THREADS``) is kept.
         """
-        share = max(1, (os.cpu_count() or 1) // max(1, self.workers))
+        share = max(1, (os.cpu_count() or 1) // max(1, self.workers * self.world))
         if torch.get_num_threads() > share:
             torch.set_num_threads(share)
 
@@ -132,13 +155,34 @@ class PipelineLoader:
         if pipe is None:
             self.start()
             started = time.monotonic()
-            pipe = self.pipes[recipe.name] = self._load(recipe)
+            pipe = self._load(recipe)
+            self.depth(recipe)
+            self.pipes[recipe.name] = pipe
             log.info(
                 "recipe %s: %s from %s, %s, in %.1f s",
                 recipe.name, recipe.pipeline, recipe.model, self.dtype_name(recipe),
                 time.monotonic() - started,
             )  # fmt: skip
         return pipe
+
+    def depth(self, recipe: Recipe) -> DepthModel | None:
+        """The depth model of a ``video_control = "depth"`` recipe, loaded once."""
+        source = recipe.control_model
+        if recipe.video_control != "depth" or source is None or not self.controls:
+            return None
+        if source not in self.depth_models:
+            assert self.device is not None
+            dtype = self._dtype(recipe)
+            dtype = dtype["default"] if isinstance(dtype, dict) else dtype
+            try:
+                self.depth_models[source] = DepthModel(source, self.device, dtype)
+            except Exception as exc:
+                raise EngineError(
+                    f"could not load control model {source!r} for recipe {recipe.name!r}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            log.info("recipe %s: depth control from %s", recipe.name, source)
+        return self.depth_models[source]
 
     def _configure(self, pipe: Any, recipe: Recipe, key: tuple[str, str]) -> Any:
         """Check the recipe's call arguments; give the pipeline the recipe's scheduler."""
@@ -200,7 +244,8 @@ class PipelineLoader:
             # Offload hooks belong to one pipeline: an offloaded model is loaded per recipe.
             if base is not None and recipe.offload == "none":
                 return self._configure(share_components(cls, base), recipe, key)
-            pipe = cls.from_pretrained(recipe.model, dtype=self._dtype(recipe))
+            shared = self._text_encoder(recipe)
+            pipe = cls.from_pretrained(recipe.model, dtype=self._dtype(recipe), **shared)
             self._schedulers[key] = dict(pipe.scheduler.config)
             self._place(pipe, recipe)
             self._configure(pipe, recipe, key)
@@ -222,20 +267,53 @@ class PipelineLoader:
         free_device_memory()
         raise failure
 
+    def _text_encoder(self, recipe: Recipe) -> dict[str, Any]:
+        """The shared text encoder a recipe names, loaded on first use, as call arguments."""
+        if recipe.text_encoder is None:
+            return {}
+        import torch
+
+        name = (
+            "float32"
+            if self.device == "cpu"
+            else recipe.component_dtypes.get("text_encoder", recipe.dtype)
+        )
+        key = (recipe.text_encoder, name)
+        if key not in self.text_encoders:
+            self.text_encoders[key] = load_text_encoder(recipe.text_encoder, getattr(torch, name))
+            log.info("text encoder from %s, %s, shared by every recipe that names it", *key)
+        encoder, tokenizer = self.text_encoders[key]
+        return {"text_encoder": encoder, "tokenizer": tokenizer}
+
     def _place(self, pipe: Any, recipe: Recipe) -> None:
         assert self.device is not None
         cuda = self.device.startswith("cuda")
-        if cuda and recipe.offload == "model":
+        done: list[str] = []
+        if recipe.quantize == "fp8":
+            # Before the move: the GPU never holds the wider weights.
+            done += quantize_fp8(pipe)
+        if recipe.offload == "group":
+            done.append(group_offload(pipe, self.device, recipe.group_offload))
+        elif cuda and recipe.offload == "model":
             pipe.enable_model_cpu_offload(device=self.device)
         elif cuda and recipe.offload == "sequential":
             pipe.enable_sequential_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
+        encoder: Any = getattr(pipe, "text_encoder", None)
+        if recipe.text_encoder_offload and encoder is not None:
+            encoder.to("cpu")
+            done.append("text encoder waits in CPU memory")
         vae: Any = getattr(pipe, "vae", None)
         # Tiled decoding keeps long, large clips within memory on a GPU; on a CPU it only slows.
         if recipe.vae_tiling and cuda and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()
+        if self.world > 1:
+            done += parallelize(pipe, self.world, self.book.parallel, recipe.attention, cuda)
         if cuda:
-            for line in speed_up(pipe, recipe.attention, recipe.compile):
-                log.info("recipe %s: %s", recipe.name, line)
+            done += speed_up(pipe, recipe.attention, recipe.compile)
+        if recipe.cache:
+            done += apply_cache(pipe, recipe.cache, recipe.steps)
+        for line in done:
+            log.info("recipe %s: %s", recipe.name, line)
         pipe.set_progress_bar_config(disable=True)

@@ -57,7 +57,11 @@ DEFAULT_RECIPES = "built-in omniflash/engines/recipes.toml"
 _FRAME_RULE = re.compile(r"^\s*(\d+)\s*k\s*\+\s*(\d+)\s*$")
 _DTYPES = ("bfloat16", "float16", "float32")
 _EXTEND = ("continue", "stretch")
-_OFFLOAD = ("none", "model", "sequential")
+_OFFLOAD = ("none", "model", "sequential", "group")
+_QUANTIZE = ("none", "fp8")
+_CONTROL = ("rgb", "gray", "edges", "depth")
+_CACHES = ("first_block", "taylorseer", "mag")
+_PARALLEL = ("ulysses", "ring")
 _INPUT_NAMES = {"first_frame": "first frame", "references": "reference images", "video": "video"}
 # The input each mode brings to its first pipeline call.
 _MODE_NEEDS = {
@@ -139,6 +143,23 @@ class Recipe:
     """How strongly a reference video holds where the adapter can say (LTX ``conditions``)."""
     vae_tiling: bool = True
     offload: str = "none"
+    """``none``, ``model``, ``sequential`` or ``group`` (diffusers' group offloading)."""
+    group_offload: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Arguments of ``enable_group_offload`` over the engine's (block level, 1 block a group)."""
+    text_encoder: str | None = None
+    """A model folder or hub id whose ``text_encoder`` and ``tokenizer`` this recipe uses:
+    recipes that name the same one share one copy in memory."""
+    text_encoder_offload: bool = False
+    """Keep the text encoder in CPU memory; it goes to the GPU only to encode a prompt."""
+    quantize: str = "none"
+    """``fp8``: FP8 weight-only quantisation of the denoising transformer(s) (torchao)."""
+    cache: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """A step cache, ``{ kind = "first_block", threshold = 0.05 }`` (or ``taylorseer``, ``mag``)."""
+    video_control: str = "rgb"
+    """What a reference video becomes before a ``video_mask`` adapter passes it on:
+    ``rgb`` (as it is), ``gray``, ``edges`` or ``depth`` (with ``control_model``)."""
+    control_model: str | None = None
+    """The depth model for ``video_control = "depth"`` (transformers, Depth Anything)."""
     attention: str = "default"
     """The attention kernel on a GPU; see ``omniflash.engines.diffusion.speed``."""
     compile: bool = False
@@ -187,6 +208,14 @@ class RecipeBook:
     device: str = "auto"
     warmup: tuple[WarmupShape, ...] = ()
     source: str = DEFAULT_RECIPES
+    gpus_per_task: int = 1
+    """GPUs that run one task together (torch.distributed ranks, context parallelism)."""
+    parallel: str = "ulysses"
+    """How the ranks split attention: ``ulysses`` (all-to-all) or ``ring``."""
+
+    @property
+    def compiles(self) -> bool:
+        return any(r.compile for r in self.in_use())
 
     def for_mode(self, mode: Mode) -> Recipe:
         return self.recipes[self.modes[mode]]
@@ -258,6 +287,8 @@ def _recipe(name: str, table: Mapping[str, Any]) -> Recipe:
         ("extend", _EXTEND),
         ("offload", _OFFLOAD),
         ("attention", ATTENTION_BACKENDS),
+        ("quantize", _QUANTIZE),
+        ("video_control", _CONTROL),
     )
     for key, allowed in checks:
         if getattr(recipe, key) not in allowed:
@@ -265,6 +296,15 @@ def _recipe(name: str, table: Mapping[str, Any]) -> Recipe:
     for component, dtype in recipe.component_dtypes.items():
         if dtype not in _DTYPES:
             raise ValueError(f"recipe {name!r}: component_dtypes.{component} must be in {_DTYPES}")
+    if recipe.cache and recipe.cache.get("kind") not in _CACHES:
+        raise ValueError(f"recipe {name!r}: `cache.kind` must be one of {', '.join(_CACHES)}")
+    if recipe.video_control == "depth" and not recipe.control_model:
+        raise ValueError(f'recipe {name!r}: video_control = "depth" needs a `control_model`')
+    if recipe.text_encoder_offload and recipe.offload != "none":
+        raise ValueError(
+            f'recipe {name!r}: text_encoder_offload is for offload = "none"; '
+            f"offload = {recipe.offload!r} moves the text encoder already"
+        )
     if recipe.steps < 1 or recipe.fps < 1 or recipe.max_frames < recipe.frames.smallest:
         raise ValueError(f"recipe {name!r}: steps, fps and max_frames must be positive")
     for ratio in ASPECT_RATIOS:
@@ -276,7 +316,17 @@ def _recipe(name: str, table: Mapping[str, Any]) -> Recipe:
     return recipe
 
 
-_PLACEMENT = ("offload", "vae_tiling", "attention", "compile")
+_PLACEMENT = (
+    "offload",
+    "group_offload",
+    "vae_tiling",
+    "attention",
+    "compile",
+    "quantize",
+    "cache",
+    "text_encoder",
+    "text_encoder_offload",
+)
 
 
 def _check_shared(recipes: Mapping[str, Recipe], where: str) -> None:
@@ -290,6 +340,21 @@ def _check_shared(recipes: Mapping[str, Recipe], where: str) -> None:
             raise ValueError(
                 f"{where}: recipes {other.name!r} and {recipe.name!r} share the model "
                 f"{recipe.model!r} but differ in {', '.join(differ)}; set them alike"
+            )
+    encoders: dict[str, Recipe] = {}
+    for recipe in recipes.values():
+        if recipe.text_encoder is None:
+            continue
+        if recipe.offload != "none":
+            raise ValueError(
+                f"{where}: recipe {recipe.name!r} shares a text encoder, which needs "
+                'offload = "none" (text_encoder_offload keeps it off the GPU)'
+            )
+        other = encoders.setdefault(recipe.text_encoder, recipe)
+        if other.text_encoder_offload != recipe.text_encoder_offload:
+            raise ValueError(
+                f"{where}: recipes {other.name!r} and {recipe.name!r} share the text encoder "
+                f"{recipe.text_encoder!r} but differ in text_encoder_offload; set them alike"
             )
 
 
@@ -337,7 +402,21 @@ def parse_recipes(data: Mapping[str, Any], source: str) -> RecipeBook:
         WarmupShape(Mode(w["mode"]), str(w.get("aspect_ratio", "16:9")), int(w.get("steps", 1)))
         for w in data.get("warmup", [])
     )
-    return RecipeBook(recipes=recipes, modes=modes, device=device, warmup=warmup, source=source)
+    gpus = data.get("gpus_per_task", 1)
+    if not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f"{where}: gpus_per_task must be a positive integer")
+    parallel = str(data.get("parallel", "ulysses"))
+    if parallel not in _PARALLEL:
+        raise ValueError(f"{where}: parallel must be one of {', '.join(_PARALLEL)}")
+    return RecipeBook(
+        recipes=recipes,
+        modes=modes,
+        device=device,
+        warmup=warmup,
+        source=source,
+        gpus_per_task=gpus,
+        parallel=parallel,
+    )
 
 
 def load_recipes(path: Path | None) -> RecipeBook:

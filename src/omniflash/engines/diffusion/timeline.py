@@ -8,18 +8,20 @@ the native frame nearest that time, so a 16 fps clip plays at the right speed at
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy
 from PIL import Image
 
+from omniflash.engines.base import CancelCheck
 from omniflash.engines.diffusion.inputs import cover
+from omniflash.errors import TaskCancelled
 
 if TYPE_CHECKING:
     from omniflash.media.decode import VideoClip
 
-__all__ = ["native_indices", "sample_clip", "scaled_frames"]
+__all__ = ["native_indices", "sample_clip", "scaled_frames", "tracked"]
 
 
 def native_indices(
@@ -69,3 +71,20 @@ def sample_clip(
         raise ValueError("the reference video has no frames")
     # A container may promise more frames than it holds: the last one decoded stands in.
     return [found.get(i, last) for i in wanted]
+
+
+def tracked(
+    frames: Iterator[numpy.ndarray],
+    at: Callable[[float], None],
+    base: float,
+    span: float,
+    count: int,
+    cancelled: CancelCheck,
+) -> Iterator[numpy.ndarray]:
+    """``frames`` passed on, with progress and a cancel check every 24 frames."""
+    for index, frame in enumerate(frames):
+        if index % 24 == 0:
+            if cancelled():
+                raise TaskCancelled("the task was cancelled")
+            at(base + span * index / count)
+        yield frame
