@@ -17,7 +17,7 @@ $(VENV)/.installed-run: pyproject.toml constraints.txt | $(BIN)/python
 # torch goes first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[test,gpu,postgres,s3]'
+	$(PIP) -e '.[test,gpu,fp8,postgres,s3]'
 	@touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
