@@ -6,7 +6,6 @@ Every command builds its ``Settings`` once, here, from the environment and its f
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 from pathlib import Path
@@ -58,14 +57,13 @@ def serve(
 
     from omniflash.api.app import create_app
     from omniflash.engines import available_engines
+    from omniflash.logs import configure_logging
     from omniflash.store import Store
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = build_settings(
         host=host, port=port, data_dir=data_dir, workers=workers, engine=engine
     )
+    configure_logging(log_level, settings.log_format)
     if settings.engine not in available_engines() and ":" not in settings.engine:
         raise click.UsageError(
             f"unknown engine {settings.engine!r}; available: {', '.join(available_engines())}"
@@ -88,7 +86,10 @@ def serve(
         f"omniflash {__version__}: engine {settings.engine}, {settings.workers} worker(s), "
         f"data in {settings.data_dir.resolve()}, listening on http://{settings.host}:{settings.port}"
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())
+    # log_config=None: uvicorn keeps configure_logging's handler (formats, redaction).
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=log_level.lower(), log_config=None
+    )
 
 
 def _check_diffusers(recipes_path: Path | None) -> None:

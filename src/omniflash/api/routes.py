@@ -93,6 +93,8 @@ def list_tasks(
 
 @router.get("/v1/account", summary="The caller's key: name, balance and limits")
 def account(key: Caller, services: ServicesDep) -> dict[str, Any]:
+    from omniflash.webhooks import WebhookSecrets
+
     fresh = services.store.keys.get(key.id)
     return {
         "code": 200,
@@ -102,5 +104,6 @@ def account(key: Caller, services: ServicesDep) -> dict[str, Any]:
             "balance": credits(fresh.balance),
             "rpm": fresh.rpm,
             "max_concurrent": fresh.max_concurrent,
+            "webhook_secret": WebhookSecrets(services.store.db).current(key.id),
         },
     }

@@ -1,0 +1,114 @@
+"""The OpenAI videos dialect's wire shapes: the Video object, its errors, its route class.
+
+A task is a Video: the same id, charge and lifecycle, seen through OpenAI's fields::
+
+    pending → queued, processing → in_progress, completed → completed,
+    failed → failed (error.code "task_failed"), cancelled → failed ("task_cancelled")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from omniflash.contract import MODEL_NAME, VIDEO_SECONDS_RANGE, InvalidParam
+from omniflash.errors import OmniflashError, RateLimited
+from omniflash.store import TaskRow, TaskStatus
+
+__all__ = ["OpenAIRoute", "openai_error", "poll_after_ms", "video_object"]
+
+STATUSES = {
+    TaskStatus.PENDING: "queued",
+    TaskStatus.PROCESSING: "in_progress",
+    TaskStatus.COMPLETED: "completed",
+    TaskStatus.FAILED: "failed",
+    TaskStatus.CANCELLED: "failed",
+}
+_CODES = {
+    401: "invalid_api_key",
+    402: "insufficient_quota",
+    403: "permission_denied",
+    404: "not_found",
+    409: "conflict",
+    422: "idempotency_key_reused",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+}
+
+
+def video_object(task: TaskRow) -> dict[str, Any]:
+    """The task as OpenAI's ``Video``."""
+    spec = task.spec
+    error = None
+    if task.status is TaskStatus.FAILED:
+        error = {"code": "task_failed", "message": task.error or "generation failed"}
+    elif task.status is TaskStatus.CANCELLED:
+        error = {"code": "task_cancelled", "message": task.error or "cancelled"}
+    completed = task.status is TaskStatus.COMPLETED
+    seconds = spec.duration if spec.duration is not None else VIDEO_SECONDS_RANGE[1]
+    return {
+        "id": task.id,
+        "object": "video",
+        "model": MODEL_NAME,
+        "status": STATUSES[task.status],
+        "progress": task.progress,
+        "created_at": int(task.created_at),
+        "completed_at": int(task.completed_at) if task.completed_at is not None else None,
+        "expires_at": int(task.result_expires_at)
+        if completed and task.result_expires_at is not None
+        else None,
+        "prompt": spec.prompt,
+        "seconds": str(seconds),
+        "size": f"{spec.width}x{spec.height}",
+        "remixed_from_video_id": spec.remix_of,
+        "error": error,
+    }
+
+
+def poll_after_ms(task: TaskRow) -> int:
+    """``openai-poll-after-ms``: about a tenth of the time left, between 250 ms and 5 s."""
+    left_s = task.estimated_time * (100 - task.progress) / 100
+    return int(min(5000, max(250, left_s * 100)))
+
+
+def openai_error(exc: OmniflashError) -> JSONResponse:
+    """``{"error": {"message", "type", "param", "code"}}`` with the error's HTTP status."""
+    body = {
+        "error": {
+            "message": exc.message,
+            "type": exc.type,
+            "param": getattr(exc, "param", None),
+            "code": _CODES.get(exc.status, exc.type),
+        }
+    }
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+def _validation_error(exc: RequestValidationError) -> OmniflashError:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    message = f"{'.'.join(loc) or 'request'}: {first.get('msg', 'invalid')}"
+    return InvalidParam(message, loc[-1] if loc else None)
+
+
+class OpenAIRoute(APIRoute):
+    """Errors of these routes (auth and validation included) in OpenAI's envelope."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def openai_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except OmniflashError as exc:
+                return openai_error(exc)
+            except RequestValidationError as exc:
+                return openai_error(_validation_error(exc))
+
+        return openai_handler
