@@ -49,6 +49,7 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "claim_wait_s": "OMNIFLASH_CLAIM_WAIT",
     "webhook_retry_delays": "OMNIFLASH_WEBHOOK_RETRY_DELAYS",
     "webhook_retry_for_s": "OMNIFLASH_WEBHOOK_RETRY_FOR",
+    "webhook_timeout_s": "OMNIFLASH_WEBHOOK_TIMEOUT",
     "metrics_token": "OMNIFLASH_METRICS_TOKEN",
     "log_format": "OMNIFLASH_LOG_FORMAT",
 }

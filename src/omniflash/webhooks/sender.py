@@ -55,7 +55,7 @@ class WebhookSender(threading.Thread):
         store: Store,
         *,
         on_outcome: Callable[[str], None] | None = None,
-        lease_s: float = 60.0,
+        lease_margin_s: float = 5.0,
         concurrency: int = 8,
     ) -> None:
         super().__init__(name="webhooks", daemon=True)
@@ -64,8 +64,9 @@ class WebhookSender(threading.Thread):
         self.secrets = WebhookSecrets(store.db)
         self.delays = parse_delays(settings.webhook_retry_delays)
         self.on_outcome = on_outcome
-        # The lease outlasts an attempt (its timeout) with room to settle it.
-        self.lease_s = max(lease_s, settings.webhook_timeout_s * 3)
+        # The lease outlasts an attempt (its timeout) with room to sign and settle it; a
+        # sender that dies mid-attempt holds its rows no longer than this.
+        self.lease_s = settings.webhook_timeout_s + lease_margin_s
         self.concurrency = concurrency
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stop_event = threading.Event()
