@@ -140,9 +140,9 @@ def test_errors_name_the_field(client: openai.OpenAI, server: LiveServer) -> Non
         client.videos.create(prompt="x", input_reference=("a.txt", b"hello", "text/plain"))
     assert not_image.value.param == "input_reference"
 
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="of_wrong", max_retries=0) as wrong:
-        with pytest.raises(openai.AuthenticationError) as auth:
-            wrong.videos.list()
+    wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="of_wrong", max_retries=0)
+    with wrong, pytest.raises(openai.AuthenticationError) as auth:
+        wrong.videos.list()
     assert auth.value.code == "invalid_api_key"
 
 

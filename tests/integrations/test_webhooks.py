@@ -14,7 +14,7 @@ from omniflash.api.app import create_app
 from omniflash.settings import Settings
 from omniflash.store import Store
 from omniflash.webhooks import Outbox, WebhookSender
-from tests.conftest import LiveServer, running_server, wait_for_task
+from tests.conftest import LiveServer, running_server
 from tests.integrations.conftest import Receiver
 
 pytestmark = pytest.mark.timeout(120)
