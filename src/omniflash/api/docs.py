@@ -20,7 +20,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 
 from omniflash.api.deps import authenticate
@@ -34,7 +34,7 @@ from omniflash.contract import (
     request_json_schema,
 )
 
-__all__ = ["error_statuses", "install_docs", "is_authenticated"]
+__all__ = ["api_routes", "error_statuses", "install_docs", "is_authenticated"]
 
 ASSETS = "/docs/assets"
 BEARER = "bearerAuth"
@@ -65,6 +65,16 @@ _DESCRIPTIONS = {
 }
 
 
+def api_routes(app: FastAPI) -> list[tuple[APIRoute, str]]:
+    """Every documented API route with its full path, included routers' routes too."""
+    found = []
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
+        if isinstance(route, APIRoute) and route.include_in_schema:
+            found.append((route, context.path_format or route.path_format))
+    return found
+
+
 def static_dir() -> Path:
     return Path(str(importlib.resources.files("fastapi_offline") / "static"))
 
@@ -80,15 +90,15 @@ def is_authenticated(route: APIRoute) -> bool:
     return any(d.call is authenticate for d in _walk(route.dependant))
 
 
-def error_statuses(route: APIRoute, method: str) -> set[int]:
-    """Every error status the operation can answer."""
+def error_statuses(route: APIRoute, method: str, path: str) -> set[int]:
+    """Every error status the operation ``method path`` can answer."""
     statuses = {500}
     walked = list(_walk(route.dependant))
-    if (method, route.path) in _BODIES or any(d.query_params or d.body_params for d in walked):
+    if (method, path) in _BODIES or any(d.query_params or d.body_params for d in walked):
         statuses.add(400)
     if is_authenticated(route):
         statuses |= {401, 429}
-    statuses |= _EXTRA_ERRORS.get((method, route.path), set())
+    statuses |= _EXTRA_ERRORS.get((method, path), set())
     return statuses
 
 
@@ -200,15 +210,13 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     components["securitySchemes"] = {
         BEARER: {"type": "http", "scheme": "bearer", "description": "Your API key"}
     }
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
-            continue
+    for route, path in api_routes(app):
         for method in sorted(route.methods or ()):
-            operation = document["paths"][route.path_format][method.lower()]
+            operation = document["paths"][path][method.lower()]
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
             envelope = "OpenAIError" if isinstance(route, OpenAIRoute) else "Error"
-            for status in sorted(error_statuses(route, method)):
+            for status in sorted(error_statuses(route, method, path)):
                 responses[str(status)] = {
                     "description": _DESCRIPTIONS[status],
                     "content": {
@@ -217,7 +225,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 }
             if is_authenticated(route):
                 operation["security"] = [{BEARER: []}]
-            body = _BODIES.get((method, route.path_format))
+            body = _BODIES.get((method, path))
             if body is not None:
                 operation["requestBody"] = {
                     "required": True,
