@@ -5,12 +5,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from omniflash.api.app import create_app
 from omniflash.logs import JsonFormatter, RedactFilter, request_context
+from omniflash.settings import Settings
 from tests.conftest import LiveServer, wait_for_task
 from tests.integrations.conftest import METRICS_TOKEN
 
@@ -139,3 +144,23 @@ def test_json_formatter_carries_the_context() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "hello you" and entry["request_id"] == "req_1"
     assert entry["task_id"] is None and entry["level"] == "INFO"
+
+
+def test_gpu_memory_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``nvidia-smi`` answers, each GPU's memory is a gauge (a stand-in answers here)."""
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\necho '0, 1024, 143771'\necho '1, 0, 143771'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
+    settings = Settings(data_dir=tmp_path / "data", workers=0)
+    with TestClient(create_app(settings, start_workers=False)) as client:
+        text = client.get("/metrics").text  # no OMNIFLASH_METRICS_TOKEN: open
+    samples = {
+        (s.name, s.labels.get("gpu")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("omniflash_gpu_memory_used_bytes", "0")] == 1024 * 1024 * 1024
+    assert samples[("omniflash_gpu_memory_used_bytes", "1")] == 0
+    assert samples[("omniflash_gpu_memory_total_bytes", "1")] == 143771 * 1024 * 1024

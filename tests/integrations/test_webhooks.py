@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -10,8 +11,11 @@ import pytest
 import standardwebhooks
 from fastapi.testclient import TestClient
 
+from omniflash import webhooks
 from omniflash.api.app import create_app
+from omniflash.contract import parse_generation_request
 from omniflash.settings import Settings
+from omniflash.storage import UrlSigner
 from omniflash.store import Store
 from omniflash.webhooks import Outbox, WebhookSender
 from tests.conftest import LiveServer, running_server
@@ -146,3 +150,37 @@ def test_private_callback_is_refused_without_allow_private(
     [row] = Outbox(store.db).for_task(task_id)
     assert row["state"] == "failed" and "127.0.0.1 is not public" in row["last_error"]
     assert json.loads(row["payload"])["data"]["id"] == task_id
+
+
+def test_retries_stop_after_retry_for(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.status_for = lambda _id, _n: 500
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        workers=0,
+        allow_private_urls=True,
+        webhook_retry_delays="0.1,0.3",
+        webhook_retry_for_s=1.0,
+    )
+    store = Store(settings.database_url)
+    webhooks.install(store, settings, UrlSigner(b"s"))
+    _key, info = store.keys.create("t", 10_000, 1000, 4)
+    spec = parse_generation_request(
+        {"model": "Omni-Flash-Ext", "prompt": "x", "duration": 4, "callback_url": receiver.url}
+    )
+    task = store.tasks.submit(info, spec, millicredits=1000, estimated_time=1, seed=1).task
+    store.tasks.cancel(task.id, info.id)
+    outcomes: list[str] = []
+    sender = WebhookSender(settings, store, on_outcome=outcomes.append)
+    deadline = time.monotonic() + 10
+    while "gave_up" not in outcomes and time.monotonic() < deadline:
+        sender.run_once()
+        time.sleep(0.05)
+    [row] = Outbox(store.db).for_task(task.id)
+    assert row["state"] == "failed" and row["last_error"] == "HTTP 500"
+    assert outcomes[-1] == "gave_up" and set(outcomes[:-1]) == {"retry"}
+    # 0.1 s, then 0.3 s repeated, within 1 s of the event: about 4 attempts in all.
+    assert 3 <= len(receiver.for_task(task.id)) == row["attempts"] <= 5
+    gaps = [b.at - a.at for a, b in itertools.pairwise(receiver.for_task(task.id))]
+    assert gaps[0] >= 0.1 and all(g >= 0.3 for g in gaps[1:])
+    assert Outbox(store.db).purge(older_than_s=3600) == 0
+    assert Outbox(store.db).purge(older_than_s=0) == 1

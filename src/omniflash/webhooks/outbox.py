@@ -190,6 +190,18 @@ class Outbox:
             state = conn.execute(sa.select(o.state).where(o.id == delivery.id)).scalar_one()
         return "gave_up" if state == FAILED else "retry"
 
+    def purge(self, older_than_s: float) -> int:
+        """Delete settled rows (delivered or given up) older than ``older_than_s``."""
+        o = webhook_outbox.c
+        with self.db.write() as conn:
+            return int(
+                conn.execute(
+                    webhook_outbox.delete().where(
+                        o.state != PENDING, o.created_at < self.db.clock() - older_than_s
+                    )
+                ).rowcount
+            )
+
     def get(self, msg_id: str) -> dict[str, Any] | None:
         with self.db.read() as conn:
             row = conn.execute(

@@ -30,6 +30,10 @@ __all__ = ["OUTCOMES", "WebhookSender", "parse_delays"]
 
 log = logging.getLogger(__name__)
 
+PURGE_EVERY_S = 600.0
+KEEP_SETTLED_S = 7 * 24 * 3600.0
+"""Delivered and given-up rows are kept this long (for support questions), then deleted."""
+
 OUTCOMES = ("delivered", "retry", "gave_up", "refused")
 """``omniflash_webhook_deliveries_total{outcome}``: one per attempt."""
 
@@ -77,8 +81,12 @@ class WebhookSender(threading.Thread):
         return f"<WebhookSender {self.owner} sent={self.sent}>"
 
     def run(self) -> None:
+        last_purge = 0.0
         while not self.stop_event.is_set():
             try:
+                if time.monotonic() - last_purge >= PURGE_EVERY_S:
+                    last_purge = time.monotonic()
+                    self.outbox.purge(KEEP_SETTLED_S)
                 busy = self.run_once()
             except Exception:
                 log.exception("webhook pass failed; trying again shortly")
