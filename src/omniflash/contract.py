@@ -365,6 +365,7 @@ OPENAI_SIZES: Mapping[str, tuple[str, str]] = {
     "3840x2160": ("4k", "16:9"),
     "2160x3840": ("4k", "9:16"),
 }
+_OPENAI_PARAMS = (("image_urls", "input_reference"), ("prompt", "prompt"), ("seed", "seed"))
 OPENAI_DEFAULT_SECONDS = "4"
 OPENAI_DEFAULT_SIZE = "1280x720"
 
@@ -419,13 +420,10 @@ def parse_openai_video_request(
     except InvalidParam:
         raise
     except InvalidRequest as exc:
+        # The remaining rules name their field in the message; OpenAI names it in ``param``.
         param = next(
-            (
-                name
-                for field, name in (("image_urls", "input_reference"), ("seed", "seed"))
-                if field in exc.message
-            ),
-            "prompt" if "prompt" in exc.message else None,
+            (p for f, p in _OPENAI_PARAMS if f"`{f}`" in exc.message or f"{f}[" in exc.message),
+            None,
         )
         raise InvalidParam(exc.message, param) from exc
 
