@@ -38,6 +38,7 @@ from omniflash.logs import new_request_id, request_id_var, task_id_var
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskRow, TaskStatus
 from omniflash.store.schema import tasks, worker_tokens
+from omniflash.webhooks import OUTCOMES
 
 __all__ = ["Metrics", "RequestMiddleware", "router"]
 
@@ -110,6 +111,8 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        for outcome in OUTCOMES:  # every series exists from the start, at 0
+            self.webhook_deliveries.labels(outcome)
         r.register(_StateCollector(store, workers))
 
     # -- hooks ----------------------------------------------------------------------------

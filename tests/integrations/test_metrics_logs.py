@@ -80,6 +80,10 @@ def test_a_task_moves_the_counters(server: LiveServer) -> None:
     assert value(after, "omniflash_queue_depth") == 0
     assert value(after, "omniflash_workers", state="running") == 2
     assert value(after, "omniflash_workers", state="stopped") == 0
+    outcomes = {"delivered", "retry", "gave_up", "refused"}
+    assert {
+        dict(k[1])["outcome"] for k in after if k[0] == "omniflash_webhook_deliveries_total"
+    } == outcomes
 
 
 def test_logs_are_json_with_request_ids_and_no_signed_query(server: LiveServer) -> None:
