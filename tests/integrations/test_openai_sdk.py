@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Iterator
 
@@ -21,6 +22,13 @@ pytestmark = [
     ),
     pytest.mark.timeout(120),
 ]
+
+
+@pytest.fixture
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 360), (230, 40, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -64,12 +72,10 @@ def test_retrieve_says_when_to_poll_again(server: LiveServer, client: openai.Ope
         wait_for_task(ext, video.id)
 
 
-def test_input_reference_is_the_first_frame(client: openai.OpenAI) -> None:
-    buffer = io.BytesIO()
-    Image.new("RGB", (640, 360), (230, 40, 40)).save(buffer, format="PNG")
+def test_input_reference_is_the_first_frame(client: openai.OpenAI, png_bytes: bytes) -> None:
     video = client.videos.create_and_poll(
         prompt="zoom into the red",
-        input_reference=("red.png", buffer.getvalue(), "image/png"),
+        input_reference=("red.png", png_bytes, "image/png"),
         poll_interval_ms=200,
     )
     assert video.status == "completed", video.error
@@ -157,3 +163,15 @@ def test_json_create_and_callback_validation(server: LiveServer) -> None:
         assert bad.status_code == 400
         assert bad.json()["error"]["param"] == "callback_url"
         wait_for_task(http, ok.json()["id"])
+
+
+def test_json_input_reference_forms(server: LiveServer, png_bytes: bytes) -> None:
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes).decode()
+    with server.client() as http:
+        made = http.post("/v1/videos", json={"prompt": "x", "input_reference": {"image_url": uri}})
+        assert made.status_code == 200, made.text
+        by_file = http.post("/v1/videos", json={"prompt": "x", "input_reference": {"file_id": "f"}})
+        assert by_file.status_code == 400
+        assert by_file.json()["error"]["param"] == "input_reference"
+        done = wait_for_task(http, made.json()["id"])
+    assert done["status"] == "completed" and done["request"]["mode"] == "frame"  # type: ignore[index]

@@ -70,7 +70,8 @@ async def _read_create(request: Request, limit: int) -> tuple[dict[str, Any], st
             raise InvalidParam("The request body must be a JSON object", None)
         reference = body.get("input_reference")
         if isinstance(reference, dict):
-            reference = reference.get("image_url")
+            # OpenAI's {"file_id": …} names a file in its own store; there is none here.
+            reference = reference.get("image_url", False)
         if reference is not None and not isinstance(reference, str):
             raise InvalidParam(
                 "`input_reference` must be an image URL, a data URI or {image_url}",

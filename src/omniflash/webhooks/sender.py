@@ -133,6 +133,9 @@ class WebhookSender(threading.Thread):
             error = f"timed out after {self.settings.webhook_timeout_s:g} s"
         except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
             error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # whatever it was, it is this attempt's failure, not the row's
+            log.exception("webhook %s attempt %d: unexpected error", delivery.id, delivery.attempt)
+            error = f"{type(exc).__name__}: {exc}"
         else:
             if 200 <= status < 300:
                 return "delivered" if self.outbox.delivered(delivery, status) else "lost"
