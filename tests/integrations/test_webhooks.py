@@ -184,3 +184,8 @@ def test_retries_stop_after_retry_for(tmp_path: Path, receiver: Receiver) -> Non
     assert gaps[0] >= 0.1 and all(g >= 0.3 for g in gaps[1:])
     assert Outbox(store.db).purge(older_than_s=3600) == 0
     assert Outbox(store.db).purge(older_than_s=0) == 1
+
+
+def test_public_names_are_exported() -> None:
+    for name in webhooks.__all__:
+        assert getattr(webhooks, name) is not None, name

@@ -70,10 +70,18 @@ def video_object(task: TaskRow) -> dict[str, Any]:
     }
 
 
-def poll_after_ms(task: TaskRow) -> int:
-    """``openai-poll-after-ms``: about a tenth of the time left, between 250 ms and 5 s."""
-    left_s = task.estimated_time * (100 - task.progress) / 100
-    return int(min(5000, max(250, left_s * 100)))
+def poll_after_ms(task: TaskRow, rpm: int) -> int:
+    """``openai-poll-after-ms``: a tenth of the time left, from 250 ms to 5 s, but never so
+    often that polling alone would spend more than half the key's requests per minute.
+
+    >>> from types import SimpleNamespace
+    >>> halfway = SimpleNamespace(estimated_time=20, progress=50)
+    >>> poll_after_ms(halfway, rpm=1000), poll_after_ms(halfway, rpm=60)
+    (1000, 2000)
+    """
+    floor = max(250.0, 120_000 / max(1, rpm))
+    left_ms = task.estimated_time * (100 - task.progress) * 10
+    return int(min(max(floor, left_ms / 10), max(5000.0, floor)))
 
 
 def openai_error(exc: OmniflashError) -> JSONResponse:

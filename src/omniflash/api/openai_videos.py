@@ -133,7 +133,7 @@ def list_videos(
 def retrieve_video(video_id: str, key: Caller, services: ServicesDep) -> JSONResponse:
     task = _video(services, key, video_id)
     return JSONResponse(
-        video_object(task), headers={"openai-poll-after-ms": str(poll_after_ms(task))}
+        video_object(task), headers={"openai-poll-after-ms": str(poll_after_ms(task, key.rpm))}
     )
 
 

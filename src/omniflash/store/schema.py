@@ -133,8 +133,8 @@ webhook_outbox = sa.Table(
     metadata,
     # The ``webhook-id`` header: the same on every attempt of one event.
     sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("task_id", sa.String(40), nullable=False, index=True),
-    sa.Column("key_id", sa.Integer, nullable=False),
+    sa.Column("task_id", sa.String(40), sa.ForeignKey("tasks.id"), nullable=False, index=True),
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False),
     sa.Column("url", sa.Text, nullable=False),
     sa.Column("event", sa.String(40), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
@@ -155,7 +155,7 @@ webhook_secrets = sa.Table(
     "webhook_secrets",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("key_id", sa.Integer, nullable=False, index=True),
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False, index=True),
     sa.Column("secret", sa.String(100), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=True),
@@ -165,7 +165,7 @@ webhook_secrets = sa.Table(
 video_deletions = sa.Table(
     "video_deletions",
     metadata,
-    sa.Column("task_id", sa.String(40), primary_key=True),
+    sa.Column("task_id", sa.String(40), sa.ForeignKey("tasks.id"), primary_key=True),
     sa.Column("deleted_at", sa.Float, nullable=False),
 )
 """Tasks whose video the owner deleted (OpenAI ``DELETE /v1/videos/{id}``)."""
