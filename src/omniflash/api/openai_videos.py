@@ -84,14 +84,16 @@ async def _read_create(request: Request, limit: int) -> tuple[dict[str, Any], st
     form = await request.form(max_files=1, max_fields=20, max_part_size=limit)
     fields: dict[str, Any] = {}
     reference = None
-    for name, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            if name != "input_reference":
-                raise InvalidParam(f"unexpected file field `{name}`", name)
-            reference = _image_data_uri(await value.read())
-        else:
-            fields[name] = value
-    await form.close()
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name != "input_reference":
+                    raise InvalidParam(f"unexpected file field `{name}`", name)
+                reference = _image_data_uri(await value.read())
+            else:
+                fields[name] = value
+    finally:
+        await form.close()
     return fields, reference
 
 
