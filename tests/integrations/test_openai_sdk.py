@@ -175,3 +175,14 @@ def test_json_input_reference_forms(server: LiveServer, png_bytes: bytes) -> Non
         assert by_file.json()["error"]["param"] == "input_reference"
         done = wait_for_task(http, made.json()["id"])
     assert done["status"] == "completed" and done["request"]["mode"] == "frame"  # type: ignore[index]
+
+
+def test_malformed_multipart_gets_the_openai_envelope(server: LiveServer) -> None:
+    with server.client() as http:
+        response = http.post(
+            "/v1/videos",
+            content=b"--xyz\r\nContent-Disposition: form-data\r\n\r\nno name\r\n--xyz--\r\n",
+            headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+        )
+    assert response.status_code == 400, response.text
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}

@@ -15,9 +15,10 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omniflash.contract import MODEL_NAME, VIDEO_SECONDS_RANGE, InvalidParam
-from omniflash.errors import OmniflashError, RateLimited
+from omniflash.errors import InvalidRequest, OmniflashError, RateLimited
 from omniflash.store import TaskRow, TaskStatus
 
 __all__ = ["OpenAIRoute", "openai_error", "poll_after_ms", "video_object"]
@@ -118,5 +119,9 @@ class OpenAIRoute(APIRoute):
                 return openai_error(exc)
             except RequestValidationError as exc:
                 return openai_error(_validation_error(exc))
+            except StarletteHTTPException as exc:  # e.g. a malformed multipart body
+                error = InvalidRequest(str(exc.detail))
+                error.status = exc.status_code
+                return openai_error(error)
 
         return openai_handler
