@@ -1,14 +1,19 @@
-"""Two replicas' webhook senders on one PostgreSQL database: each attempt sent once, none lost.
+"""Webhook write paths raced by several processes on one PostgreSQL database.
 
-Tasks end with a ``callback_url`` (their outbox rows written by the end hook); then two
-processes, each with its own connection pool, run ``WebhookSender`` passes at the same
-time until the outbox is drained.  The receiver fails the first attempt of every third
+Senders: tasks end with a ``callback_url`` (their outbox rows written by the end hook);
+then two processes, each with its own connection pool, run ``WebhookSender`` passes at
+the same time until the outbox is drained.  The receiver fails the first attempt of every third
 webhook, so retries race too.  Every webhook must arrive exactly as often as it was
 answered with a failure plus one, with one ``webhook-id``, and end ``delivered``.
+
+Events: processes cancel, complete and fail the same tasks at once; each task that
+ended has exactly one outbox row, for the way it really ended.  Secrets: replicas make
+a key's first secret at once (one is made) and rotate it at once (one stays current).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import time
 from collections import Counter
@@ -20,11 +25,12 @@ import pytest
 import sqlalchemy as sa
 
 from omniflash.contract import parse_generation_request
+from omniflash.errors import Conflict
 from omniflash.settings import Settings
 from omniflash.storage import UrlSigner
 from omniflash.store import Store
-from omniflash.store.schema import webhook_outbox
-from omniflash.webhooks import WebhookSender, install
+from omniflash.store.schema import webhook_outbox, webhook_secrets
+from omniflash.webhooks import WebhookSecrets, WebhookSender, install
 from tests.integrations.conftest import Receiver, start_receiver
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
@@ -131,3 +137,93 @@ def test_two_senders_deliver_each_attempt_once(
         attempts = Counter(conn.execute(sa.select(webhook_outbox.c.attempts)).scalars())
     assert states == {"delivered": TASKS}
     assert attempts == {1: TASKS - len(failing), 2: len(failing)}
+
+
+# -- one event per ended task, whoever ends it -----------------------------------------------
+
+
+def _ender(url: str, tmp: str, key_id: int, leases: list[tuple[str, int]], i: int) -> None:
+    store = Store(url, migrate=False)
+    install(store, _settings(url, tmp), UrlSigner(b"secret"))  # as create_app does
+    try:
+        for task_id, epoch in leases if i % 2 else leases[::-1]:
+            if i == 0:
+                with contextlib.suppress(Conflict):  # it ended first another way
+                    store.tasks.cancel(task_id, key_id)
+            elif i == 1:
+                store.tasks.complete(task_id, epoch, result_key=f"results/{task_id}", ttl_s=60)
+            else:
+                store.tasks.fail(task_id, epoch, "boom", retry=False, max_attempts=1)
+    finally:
+        store.close()
+
+
+def test_a_task_ended_by_racing_processes_queues_one_event(
+    pg: Store, postgres_url: str, tmp_path: Path
+) -> None:
+    _key, info = pg.keys.create("race", 10**9, 10**6, 10**6)
+    spec = parse_generation_request(
+        {
+            "model": "Omni-Flash-Ext",
+            "prompt": "race",
+            "duration": 4,
+            "callback_url": "https://hooks.example/x",
+        }
+    )
+    ids = [
+        pg.tasks.submit(info, spec, millicredits=1000, estimated_time=1, seed=1).task.id
+        for _ in range(60)
+    ]
+    leases = []
+    for _ in ids:
+        claim = pg.tasks.claim("w", lease_s=60)
+        assert claim is not None
+        leases.append((claim.task.id, claim.epoch))
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_ender, args=(postgres_url, str(tmp_path), info.id, leases, i))
+        for i in range(3)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with pg.db.read() as conn:
+        events = conn.execute(sa.select(webhook_outbox.c.task_id, webhook_outbox.c.event)).all()
+    statuses = {t.id: t.status.value for t in pg.tasks.list_for_key(info.id, limit=100)}
+    assert Counter(task for task, _ in events) == dict.fromkeys(ids, 1)
+    assert {task: event for task, event in events} == {
+        task: f"task.{status}" for task, status in statuses.items()
+    }
+    assert len(set(statuses.values())) > 1  # the enders really raced
+
+
+# -- secrets made and rotated by several replicas at once -------------------------------------
+
+
+def _secret_side(url: str, key_id: int, rotate: bool, _i: int) -> str:
+    store = Store(url, migrate=False)
+    try:
+        secrets = WebhookSecrets(store.db)
+        return secrets.rotate(key_id)[0] if rotate else secrets.current(key_id)
+    finally:
+        store.close()
+
+
+def test_secrets_made_once_and_rotations_serialised(pg: Store, postgres_url: str) -> None:
+    _key, info = pg.keys.create("secrets", 0, 60, 4)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(6) as pool:
+        made = pool.starmap(_secret_side, [(postgres_url, info.id, False, i) for i in range(6)])
+        assert len(set(made)) == 1, "two replicas made two current secrets"
+        rotated = pool.starmap(_secret_side, [(postgres_url, info.id, True, i) for i in range(6)])
+    assert len(set(rotated)) == 6 and made[0] not in rotated
+    with pg.db.read() as conn:
+        rows = conn.execute(
+            sa.select(webhook_secrets.c.secret, webhook_secrets.c.expires_at).where(
+                webhook_secrets.c.key_id == info.id
+            )
+        ).all()
+    current = [s for s, expires in rows if expires is None]
+    assert len(rows) == 7 and len(current) == 1 and current[0] in rotated
