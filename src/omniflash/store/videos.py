@@ -25,12 +25,13 @@ class VideoStore:
     def mark_deleted(self, task_id: str) -> bool:
         """Record the deletion; False when it was already recorded (by a concurrent DELETE)."""
         with self.db.write() as conn:
-            result = conn.execute(
-                self.db.insert_ignore(video_deletions).values(
-                    task_id=task_id, deleted_at=time.time()
-                )
-            )
-        return result.rowcount == 1
+            # RETURNING, not rowcount: psycopg reports no count for ON CONFLICT DO NOTHING.
+            inserted = conn.execute(
+                self.db.insert_ignore(video_deletions)
+                .values(task_id=task_id, deleted_at=time.time())
+                .returning(video_deletions.c.task_id)
+            ).first()
+        return inserted is not None
 
     def is_deleted(self, task_id: str) -> bool:
         with self.db.read() as conn:

@@ -9,6 +9,8 @@ answered with a failure plus one, with one ``webhook-id``, and end ``delivered``
 Events: processes cancel, complete and fail the same tasks at once; each task that
 ended has exactly one outbox row, for the way it really ended.  Secrets: replicas make
 a key's first secret at once (one is made) and rotate it at once (one stays current).
+Deletions: several processes delete the same videos; each is deleted by exactly one.
+Last, the OpenAI dialect and a webhook through a live server on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from omniflash.settings import Settings
 from omniflash.storage import UrlSigner
 from omniflash.store import Store
 from omniflash.store.schema import webhook_outbox, webhook_secrets
+from omniflash.store.videos import VideoStore
 from omniflash.webhooks import WebhookSecrets, WebhookSender, install
+from tests.conftest import running_server
 from tests.integrations.conftest import Receiver, start_receiver
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
@@ -227,3 +231,77 @@ def test_secrets_made_once_and_rotations_serialised(pg: Store, postgres_url: str
         ).all()
     current = [s for s, expires in rows if expires is None]
     assert len(rows) == 7 and len(current) == 1 and current[0] in rotated
+
+
+# -- a video deleted by two requests at once ---------------------------------------------------
+
+
+def _delete_side(url: str, task_ids: list[str], _i: int) -> int:
+    store = Store(url, migrate=False)
+    try:
+        return sum(VideoStore(store.db).mark_deleted(task_id) for task_id in task_ids)
+    finally:
+        store.close()
+
+
+def test_a_video_is_deleted_once(pg: Store, postgres_url: str) -> None:
+    _key, info = pg.keys.create("deleter", 10**9, 10**6, 10**6)
+    spec = parse_generation_request({"model": "Omni-Flash-Ext", "prompt": "d", "duration": 4})
+    ids = [
+        pg.tasks.submit(info, spec, millicredits=1000, estimated_time=1, seed=1).task.id
+        for _ in range(40)
+    ]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        won = pool.starmap(
+            _delete_side, [(postgres_url, ids[:: 1 - 2 * (i % 2)], i) for i in range(4)]
+        )
+    assert sum(won) == len(ids)
+    assert all(VideoStore(pg.db).is_deleted(task_id) for task_id in ids)
+
+
+# -- the OpenAI dialect and a webhook, live, on PostgreSQL -------------------------------------
+
+
+@pytest.mark.filterwarnings(
+    "ignore:The Sora API is scheduled to permanently shut down:DeprecationWarning"
+)
+def test_openai_dialect_and_webhook_on_postgres(
+    pg: Store, postgres_url: str, tmp_path: Path
+) -> None:
+    import openai
+    import standardwebhooks
+
+    receiver, http_server = start_receiver()
+    try:
+        with running_server(
+            tmp_path, "--workers", "1", OMNIFLASH_DATABASE_URL=postgres_url
+        ) as server:
+            with server.client() as http:
+                secret = http.get("/v1/account").json()["data"]["webhook_secret"]
+            with openai.OpenAI(
+                base_url=server.url + "/v1", api_key=server.api_key, max_retries=0
+            ) as client:
+                video = client.videos.create_and_poll(
+                    prompt="on postgres",
+                    poll_interval_ms=200,
+                    extra_body={"callback_url": receiver.url},
+                )
+                assert video.status == "completed"
+                remix = client.videos.poll(
+                    client.videos.remix(video.id, prompt="again").id, poll_interval_ms=200
+                )
+                assert remix.remixed_from_video_id == video.id
+                assert [v.id for v in client.videos.list(order="asc")] == [video.id, remix.id]
+                assert client.videos.delete(video.id).deleted
+                with pytest.raises(openai.NotFoundError):
+                    client.videos.retrieve(video.id)
+            hooks = receiver.wait_for(video.id) + receiver.wait_for(remix.id)
+    finally:
+        http_server.shutdown()
+        http_server.server_close()
+    events = [standardwebhooks.Webhook(secret).verify(h.body, h.headers) for h in hooks]
+    assert [(e["type"], e["data"]["id"]) for e in events] == [
+        ("task.completed", video.id),
+        ("task.completed", remix.id),  # the remix keeps the source's callback_url
+    ]
