@@ -131,6 +131,7 @@ def test_errors_name_the_field(client: openai.OpenAI, server: LiveServer) -> Non
     with pytest.raises(openai.BadRequestError) as bad:
         client.videos.create(prompt="x", seconds="12")  # type: ignore[arg-type]
     assert bad.value.param == "seconds" and "seconds" in bad.value.message
+    assert bad.value.code == "invalid_value"
     body = bad.value.body
     assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}
 

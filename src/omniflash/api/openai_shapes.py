@@ -87,14 +87,11 @@ def poll_after_ms(task: TaskRow, rpm: int) -> int:
 
 def openai_error(exc: OmniflashError) -> JSONResponse:
     """``{"error": {"message", "type", "param", "code"}}`` with the error's HTTP status."""
-    body = {
-        "error": {
-            "message": exc.message,
-            "type": exc.type,
-            "param": getattr(exc, "param", None),
-            "code": _CODES.get(exc.status, exc.type),
-        }
-    }
+    param = getattr(exc, "param", None)
+    code = _CODES.get(exc.status)
+    if exc.status == 400:
+        code = "invalid_value" if param else None
+    body = {"error": {"message": exc.message, "type": exc.type, "param": param, "code": code}}
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
