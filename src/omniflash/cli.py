@@ -80,16 +80,15 @@ def serve(
     import uvicorn
 
     from omniflash.api.app import create_app
+    from omniflash.logs import configure_logging
     from omniflash.storage import StorageUnavailable
     from omniflash.store import Store
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = _checked_engine(
         build_settings(host=host, port=port, data_dir=data_dir, workers=workers, engine=engine),
         workers_given=workers is not None,
     )
+    configure_logging(log_level, settings.log_format)
     store = Store(settings.database_url)
     first = store.keys.create_first(
         "default", to_millicredits(100), settings.default_rpm, settings.default_max_concurrent
@@ -108,7 +107,14 @@ def serve(
         f"data in {settings.data_dir.resolve()}, listening on http://{settings.host}:{settings.port}"
     )
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level.lower())
+        # log_config=None: uvicorn keeps configure_logging's handler (formats, redaction).
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level.lower(),
+            log_config=None,
+        )
     )
     # Remote workers' long polls end as soon as a shutdown begins, rather than holding it up.
     app.state.stopping = lambda: server.should_exit
@@ -258,13 +264,9 @@ def worker_command(
 
     Stops on SIGTERM or Ctrl-C, handing a running task back to the queue untried.
     """
+    from omniflash.logs import configure_logging
     from omniflash.worker.remote import ProtocolError, WorkerRejected, run_remote_workers
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per heartbeat
     settings = _checked_engine(
         build_settings(
             server_url=server,
@@ -275,6 +277,9 @@ def worker_command(
         ),
         workers_given=workers is not None,
     )
+    configure_logging(log_level, settings.log_format)
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per heartbeat
     if not settings.server_url:
         raise click.UsageError("name the API server: --server URL or OMNIFLASH_SERVER")
     if not settings.worker_token:

@@ -34,12 +34,19 @@ __all__ = [
     "FPS",
     "MAX_SEED",
     "MODEL_NAME",
+    "OPENAI_SECONDS",
+    "OPENAI_SIZES",
     "RESOLUTIONS",
     "VIDEO_SECONDS_RANGE",
     "GenerationSpec",
+    "InvalidParam",
     "Mode",
     "geometry",
+    "parse_callback_url",
     "parse_generation_request",
+    "parse_openai_video_request",
+    "parse_remix_request",
+    "request_json_schema",
 ]
 
 MODEL_NAME = "Omni-Flash-Ext"
@@ -90,6 +97,10 @@ class GenerationSpec:
     """``"frame"`` or ``"reference"`` when images are given."""
     seed: int | None = None
     fps: int = FPS
+    callback_url: str | None = None
+    """Where a signed webhook is POSTed when the task ends."""
+    remix_of: str | None = None
+    """The task this one remixes (OpenAI videos ``remix``): its settings, a new prompt."""
 
     @property
     def frames(self) -> int | None:
@@ -306,4 +317,217 @@ def parse_generation_request(body: object) -> GenerationSpec:
         video_url=videos[0] if videos else None,
         image_role=image_role,
         seed=_seed(body),
+        callback_url=parse_callback_url(body.get("callback_url")),
     )
+
+
+# -- extensions shared by every dialect -------------------------------------------------------
+
+MAX_CALLBACK_URL_CHARS = 2048
+
+
+class InvalidParam(InvalidRequest):
+    """An ``InvalidRequest`` that names the request field at fault (OpenAI's ``param``)."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def parse_callback_url(value: object) -> str | None:
+    """A webhook address: an absolute http(s) URL, or ``None`` when not given.
+
+    Whether its host may be reached is decided when the webhook is sent (the address
+    rules of input fetching), not here: that needs DNS.
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidParam("`callback_url` must be an http(s) URL string", "callback_url")
+    value = value.strip()
+    if len(value) > MAX_CALLBACK_URL_CHARS:
+        raise InvalidParam(
+            f"`callback_url` is too long: at most {MAX_CALLBACK_URL_CHARS} characters",
+            "callback_url",
+        )
+    if not _is_http_url(value):
+        raise InvalidParam("`callback_url` must be an absolute http or https URL", "callback_url")
+    return value
+
+
+# -- the OpenAI videos dialect (``POST /v1/videos``) -----------------------------------------
+
+OPENAI_SECONDS = ("4", "6", "8", "10")
+OPENAI_SIZES: Mapping[str, tuple[str, str]] = {
+    "1280x720": ("720p", "16:9"),
+    "720x1280": ("720p", "9:16"),
+    "1920x1080": ("1080p", "16:9"),
+    "1080x1920": ("1080p", "9:16"),
+    "3840x2160": ("4k", "16:9"),
+    "2160x3840": ("4k", "9:16"),
+}
+_OPENAI_PARAMS = (("image_urls", "input_reference"), ("prompt", "prompt"), ("seed", "seed"))
+OPENAI_DEFAULT_SECONDS = "4"
+OPENAI_DEFAULT_SIZE = "1280x720"
+
+
+def parse_openai_video_request(
+    fields: Mapping[str, Any], *, input_reference: str | None = None
+) -> GenerationSpec:
+    """Validate ``POST /v1/videos`` fields (JSON, or multipart form values as strings).
+
+    ``input_reference`` is the uploaded image as a ``data:image/…;base64,`` URI: it
+    becomes the first frame.  Errors are ``InvalidParam`` naming the field::
+
+        >>> parse_openai_video_request({"prompt": "a cat", "size": "720x1280"}).height
+        1280
+    """
+    model = fields.get("model")
+    if model not in (None, "", MODEL_NAME):
+        raise InvalidParam(f"`model` must be {MODEL_NAME!r}, got {model!r}", "model")
+    prompt = fields.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidParam("`prompt` is required and must be a non-empty string", "prompt")
+    seconds = fields.get("seconds")
+    seconds = OPENAI_DEFAULT_SECONDS if seconds in (None, "") else str(seconds).strip()
+    if seconds not in OPENAI_SECONDS:
+        raise InvalidParam(
+            f"invalid seconds {seconds!r}: must be one of {', '.join(OPENAI_SECONDS)}", "seconds"
+        )
+    size = fields.get("size")
+    size = OPENAI_DEFAULT_SIZE if size in (None, "") else str(size).strip().lower()
+    if size not in OPENAI_SIZES:
+        raise InvalidParam(
+            f"invalid size {size!r}: must be one of {', '.join(OPENAI_SIZES)}", "size"
+        )
+    seed = fields.get("seed")
+    if isinstance(seed, str) and seed.strip().isdigit():
+        seed = int(seed)
+    resolution, aspect_ratio = OPENAI_SIZES[size]
+    body: dict[str, Any] = {
+        "model": MODEL_NAME,
+        "prompt": prompt,
+        "duration": int(seconds),
+        "resolution": resolution,
+        "aspect_ratio": aspect_ratio,
+        "seed": seed,
+        "callback_url": parse_callback_url(fields.get("callback_url")),
+    }
+    if input_reference is not None:
+        body["image_urls"] = [input_reference]
+        body["generation_type"] = "frame"
+    try:
+        return parse_generation_request(body)
+    except InvalidParam:
+        raise
+    except InvalidRequest as exc:
+        # The remaining rules name their field in the message; OpenAI names it in ``param``.
+        param = next(
+            (p for f, p in _OPENAI_PARAMS if f"`{f}`" in exc.message or f"{f}[" in exc.message),
+            None,
+        )
+        raise InvalidParam(exc.message, param) from exc
+
+
+def parse_remix_request(source: GenerationSpec, source_id: str, body: object) -> GenerationSpec:
+    """``POST /v1/videos/{id}/remix``: the source's settings (inputs, size, seed) and a new prompt.
+
+    A ``callback_url`` in ``body`` replaces the source's; without one the source's is kept.
+    """
+    if not isinstance(body, Mapping):
+        raise InvalidParam("The request body must be a JSON object", None)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidParam("`prompt` is required and must be a non-empty string", "prompt")
+    prompt = prompt.strip()
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidParam(f"`prompt` is too long: at most {MAX_PROMPT_CHARS} characters", "prompt")
+    callback = parse_callback_url(body.get("callback_url"))
+    return dataclasses.replace(
+        source,
+        prompt=prompt,
+        remix_of=source_id,
+        callback_url=callback or source.callback_url,
+    )
+
+
+# -- the submit body as JSON Schema ------------------------------------------------------------
+
+
+def request_json_schema() -> dict[str, Any]:
+    """``POST /v1/videos/generations``'s body as JSON Schema 2020-12 (the OpenAPI document's).
+
+    The schema describes the shape; ``parse_generation_request`` is the authority (it also
+    checks combinations: 2 images, ``duration`` with ``video_urls``, ``size`` against
+    ``aspect_ratio``).
+    """
+    http_url = {"type": "string", "format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}
+    data_image = {"type": "string", "pattern": _DATA_IMAGE.pattern}
+    ratio = {"type": "string", "enum": list(ASPECT_RATIOS)}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "GenerationRequest",
+        "type": "object",
+        "required": ["model", "prompt"],
+        "properties": {
+            "model": {"const": MODEL_NAME, "description": "Always `Omni-Flash-Ext`."},
+            "prompt": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_PROMPT_CHARS,
+                "description": "What the video shows: scene, subject, action, camera, style.",
+            },
+            "duration": {
+                "type": "integer",
+                "enum": list(DURATIONS),
+                "default": DEFAULT_DURATION,
+                "description": "Seconds. Not with `video_urls`: the video's length decides.",
+            },
+            "resolution": {
+                "type": "string",
+                "pattern": "^(720[pP]|1080[pP]|4[kK])$",
+                "default": DEFAULT_RESOLUTION,
+                "description": "720p, 1080p or 4k (any case): the short side.",
+            },
+            "aspect_ratio": {**ratio, "default": DEFAULT_ASPECT_RATIO},
+            "size": {**ratio, "description": "The same as `aspect_ratio` (compatibility)."},
+            "generation_type": {
+                "type": "string",
+                "enum": ["frame", "reference"],
+                "description": "How images are used: first frame (1) or references (1 or 3).",
+            },
+            "image_urls": {
+                "type": "array",
+                "items": {"anyOf": [http_url, data_image]},
+                "maxItems": 3,
+                "description": "0, 1 or 3 images: http(s) URLs or data:image/…;base64, URIs.",
+            },
+            "video_urls": {
+                "type": "array",
+                "items": http_url,
+                "maxItems": 1,
+                "description": "One reference video (http or https).",
+            },
+            "seed": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_SEED,
+                "description": "Makes a generation reproducible (extension).",
+            },
+            "callback_url": {
+                **http_url,
+                "maxLength": MAX_CALLBACK_URL_CHARS,
+                "description": "Receives a signed webhook when the task ends (extension).",
+            },
+        },
+        "additionalProperties": True,
+        "examples": [
+            {
+                "model": MODEL_NAME,
+                "prompt": "a girl is dancing happily in a sunny garden",
+                "duration": 10,
+                "resolution": "1080p",
+                "aspect_ratio": "9:16",
+            }
+        ],
+    }

@@ -48,6 +48,11 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "server_url": "OMNIFLASH_SERVER",
     "worker_token": "OMNIFLASH_WORKER_TOKEN",
     "claim_wait_s": "OMNIFLASH_CLAIM_WAIT",
+    "webhook_retry_delays": "OMNIFLASH_WEBHOOK_RETRY_DELAYS",
+    "webhook_retry_for_s": "OMNIFLASH_WEBHOOK_RETRY_FOR",
+    "webhook_timeout_s": "OMNIFLASH_WEBHOOK_TIMEOUT",
+    "metrics_token": "OMNIFLASH_METRICS_TOKEN",
+    "log_format": "OMNIFLASH_LOG_FORMAT",
 }
 PRICE_VARS: Final[Mapping[str, str]] = {
     "720p": "OMNIFLASH_PRICE_720P",
@@ -109,6 +114,18 @@ class Settings:
     """How long a remote worker's claim long-polls before it asks again."""
     worker_index: int = 0
     """Which of the server's workers an engine process serves (it picks a GPU by it)."""
+    webhook_retry_delays: str = "5,60,300,1800,7200,18000,36000"
+    """Seconds between a webhook's attempts, comma-separated; the last one repeats."""
+    webhook_retry_for_s: float = 24 * 3600
+    """A webhook is retried until this long after its task ended, then given up."""
+    webhook_timeout_s: float = 10.0
+    """One webhook attempt's limit, from DNS to the answer."""
+    webhook_poll_s: float = 1.0
+    """How often an idle sender looks for due webhooks."""
+    metrics_token: str | None = None
+    """When set, ``GET /metrics`` wants ``Authorization: Bearer <token>``."""
+    log_format: str = "text"
+    """``text`` or ``json`` (one object a line)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:

@@ -16,9 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from omniflash import __version__
-from omniflash.api import files, worker_routes
+from omniflash import __version__, webhooks
+from omniflash.api import files, openai_videos, webhook_secret, worker_routes
 from omniflash.api.deps import Services
+from omniflash.api.docs import install_docs
 from omniflash.api.limits import KeyCache, ReadLimiter
 from omniflash.api.routes import router
 from omniflash.engines.estimates import estimator_for
@@ -29,6 +30,8 @@ from omniflash.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from omniflash.metrics import Metrics, RequestMiddleware
+from omniflash.metrics import router as metrics_router
 from omniflash.settings import Settings
 from omniflash.storage import Storage, StorageUnavailable, UrlSigner, create_storage
 from omniflash.store import Store
@@ -68,11 +71,21 @@ def create_app(
     pool = None
     if start_workers and settings.workers > 0:
         pool = WorkerPool(settings, StoreTaskSource(settings, store, storage, waker))
+    metrics = Metrics(
+        store,
+        settings,
+        workers=lambda: (pool.alive(), len(pool.workers)) if pool is not None else (0, 0),
+    )
+    metrics.install(store)
     # Every replica reaps and sweeps (safe in parallel), and listens for tasks queued
     # elsewhere: its own workers and the remote workers long-polling it wait on ``waker``.
-    background: list[Maintenance | Listener] = []
+    # Every replica sends webhooks too: the outbox's leases share the work out.
+    background: list[Maintenance | Listener | webhooks.WebhookSender] = []
     if start_workers:
         background.append(Maintenance(settings, store, storage, waker))
+        background.append(
+            webhooks.WebhookSender(settings, store, on_outcome=metrics.webhook_outcome)
+        )
     if not store.db.is_sqlite:
         background.append(Listener(store, waker))
     services = Services(
@@ -90,6 +103,7 @@ def create_app(
         key_cache=KeyCache(store.keys),
         read_limiter=ReadLimiter(settings.read_rpm),
     )
+    webhooks.install(store, settings, services.signer)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -112,11 +126,19 @@ def create_app(
         version=__version__,
         summary="Self-hostable video generation speaking the Omni-Flash-Ext API",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
+    app.state.metrics = metrics
+    app.add_middleware(RequestMiddleware, metrics=metrics)
     app.include_router(router)
     app.include_router(files.router)
     app.include_router(worker_routes.router)
+    app.include_router(openai_videos.router)
+    app.include_router(webhook_secret.router)
+    app.include_router(metrics_router)
+    install_docs(app)
 
     @app.exception_handler(OmniflashError)
     async def _omniflash_error(_request: Request, exc: OmniflashError) -> JSONResponse:

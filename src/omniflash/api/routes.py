@@ -109,6 +109,8 @@ async def list_tasks(
 
 @router.get("/v1/account", summary="The caller's key: name, balance and limits")
 def account(key: Caller, services: ServicesDep) -> dict[str, Any]:
+    from omniflash.webhooks import WebhookSecrets
+
     fresh = services.store.keys.get(key.id)
     return {
         "code": 200,
@@ -118,5 +120,6 @@ def account(key: Caller, services: ServicesDep) -> dict[str, Any]:
             "balance": credits(fresh.balance),
             "rpm": fresh.rpm,
             "max_concurrent": fresh.max_concurrent,
+            "webhook_secret": WebhookSecrets(services.store.db).current(key.id),
         },
     }

@@ -1,17 +1,6 @@
-"""Fetching inputs safely, decoding images and video with limits, encoding mp4."""
+"""Fetching inputs safely, decoding images and video with limits, encoding mp4.
 
-from omniflash.media.decode import VideoClip, decode_image, probe_video
-from omniflash.media.fetch import FetchPolicy, fetch_bytes, fetch_to_file, is_public_address
-from omniflash.media.inputs import clip_seconds, fetch_inputs
-
-__all__ = [
-    "FetchPolicy",
-    "VideoClip",
-    "clip_seconds",
-    "decode_image",
-    "fetch_bytes",
-    "fetch_inputs",
-    "fetch_to_file",
-    "is_public_address",
-    "probe_video",
-]
+Import the module you need (``omniflash.media.fetch``, ``.decode``, ``.encode``,
+``.inputs``): this package imports none of them itself, so that a process needing only
+the safe fetcher (an API replica sending webhooks) loads no imaging library.
+"""

@@ -22,6 +22,9 @@ __all__ = [
     "metadata",
     "rate_windows",
     "tasks",
+    "video_deletions",
+    "webhook_outbox",
+    "webhook_secrets",
     "worker_tokens",
 ]
 
@@ -125,6 +128,48 @@ meta = sa.Table(
 )
 """Values every process of a deployment shares, such as the URL-signing secret."""
 
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    # The ``webhook-id`` header: the same on every attempt of one event.
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("task_id", sa.String(40), sa.ForeignKey("tasks.id"), nullable=False, index=True),
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("event", sa.String(40), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("lease_owner", sa.String(100), nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=True),
+    sa.Column("last_status", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("delivered_at", sa.Float, nullable=True),
+    sa.Index("ix_webhook_outbox_due", "state", "next_attempt_at"),
+)
+"""Webhooks to send: written in the transaction that ends a task, claimed under a lease."""
+
+webhook_secrets = sa.Table(
+    "webhook_secrets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False, index=True),
+    sa.Column("secret", sa.String(100), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+)
+"""Each key's webhook signing secrets: the current one (no expiry) and rotated-out ones."""
+
+video_deletions = sa.Table(
+    "video_deletions",
+    metadata,
+    sa.Column("task_id", sa.String(40), sa.ForeignKey("tasks.id"), primary_key=True),
+    sa.Column("deleted_at", sa.Float, nullable=False),
+)
+"""Tasks whose video the owner deleted (OpenAI ``DELETE /v1/videos/{id}``)."""
+
 
 def _v1(conn: sa.Connection) -> None:
     for table in (api_keys, ledger, tasks, idempotency, rate_windows):
@@ -146,7 +191,13 @@ def _v2(conn: sa.Connection) -> None:
     )
 
 
+def _v3(conn: sa.Connection) -> None:
+    for table in (webhook_outbox, webhook_secrets, video_deletions):
+        table.create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "keys, ledger, tasks, idempotency, rate windows", _v1),
     (2, "worker tokens, shared meta values, lease and in-flight indexes", _v2),
+    (3, "webhook outbox and secrets, deleted videos", _v3),
 ]

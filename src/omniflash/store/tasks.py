@@ -148,6 +148,8 @@ class TaskStore:
         self.db = db
         self.end_hooks: list[EndHook] = []
         """Work that must commit or roll back with a task's end (a webhook's outbox row)."""
+        self.submit_hooks: list[Callable[[TaskRow], None]] = []
+        """Called after a submit made a new task (not for a replay), outside its transaction."""
 
     def _clock(self, now: float | None) -> sa.ColumnElement[float]:
         return self.db.clock() if now is None else sa.literal(now, sa.Float)
@@ -235,7 +237,10 @@ class TaskStore:
             )
             self._announce(conn)
             row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one()
-        return Submission(TaskRow.from_row(row), replayed=False)
+        task = TaskRow.from_row(row)
+        for hook in self.submit_hooks:
+            hook(task)
+        return Submission(task, replayed=False)
 
     def _idempotent(
         self,
