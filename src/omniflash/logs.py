@@ -117,7 +117,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def configure_logging(level: str = "info", fmt: str = "text") -> logging.Handler:
+def configure_logging(
+    level: str = "info", fmt: str = "text", text_format: str = TEXT_FORMAT
+) -> logging.Handler:
     """Route every logger (uvicorn's too) through one redacting handler on stderr.
 
     Pass ``log_config=None`` to ``uvicorn.run`` so that uvicorn keeps this setup.
@@ -126,7 +128,7 @@ def configure_logging(level: str = "info", fmt: str = "text") -> logging.Handler
         raise ValueError(f"log format must be text or json, not {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(text_format))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

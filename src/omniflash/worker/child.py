@@ -41,8 +41,12 @@ def _die_with_parent() -> None:
 
 def child_main(conn: Connection, cancel: Event, settings: Settings, log_level: int) -> None:
     _die_with_parent()
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s [engine] %(name)s: %(message)s"
+    from omniflash.logs import configure_logging
+
+    configure_logging(
+        logging.getLevelName(log_level),
+        settings.log_format,
+        text_format="%(asctime)s %(levelname)s [engine] %(name)s: %(message)s",
     )
     # Ctrl-C goes to the whole process group; the supervisor decides when the engine stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
