@@ -324,21 +324,17 @@ class TaskStore:
     def claim(self, owner: str, lease_s: float, now: float | None = None) -> Claim | None:
         """Take the oldest pending task under a lease, or ``None`` when the queue is empty."""
         clock = self._clock(now)
+        pending = tasks.c.status == TaskStatus.PENDING.value
+        oldest = self.db.for_update(
+            sa.select(tasks.c.id).where(pending).order_by(tasks.c.created_at, tasks.c.id).limit(1),
+            skip_locked=True,
+        ).scalar_subquery()
+        # One statement: the subquery locks the oldest pending row no one else holds (SKIP
+        # LOCKED on PostgreSQL; SQLite's write lock serialises claims), the update takes it.
         with self.db.write() as conn:
-            task_id = conn.execute(
-                self.db.for_update(
-                    sa.select(tasks.c.id)
-                    .where(tasks.c.status == TaskStatus.PENDING.value)
-                    .order_by(tasks.c.created_at, tasks.c.id)
-                    .limit(1),
-                    skip_locked=True,
-                )
-            ).scalar_one_or_none()
-            if task_id is None:
-                return None
-            taken = conn.execute(
+            found = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.status == TaskStatus.PENDING.value)
+                .where(tasks.c.id == oldest, pending)
                 .values(
                     status=TaskStatus.PROCESSING.value,
                     lease_owner=owner,
@@ -347,12 +343,11 @@ class TaskStore:
                     attempts=tasks.c.attempts + 1,
                     started_at=sa.func.coalesce(tasks.c.started_at, clock),
                 )
-            ).rowcount
-            if taken != 1:  # the row is locked and pending: this cannot happen
-                raise RuntimeError(f"claim of {task_id} changed {taken} rows")
-            row = TaskRow.from_row(
-                conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one()
-            )
+                .returning(*tasks.c)
+            ).one_or_none()
+        if found is None:
+            return None
+        row = TaskRow.from_row(found)
         return Claim(task=row, owner=owner, epoch=row.lease_epoch)
 
     @staticmethod
