@@ -18,25 +18,30 @@ API errors carry their HTTP status and the seed's error ``type``; one handler in
     ├── RateLimited                      (429, rate_limit_error) .retry_after
     └── ServiceUnavailable               (503, api_error) blob storage unreachable
 
-Errors while a task runs are ``TaskError``; their message ends up in the task's
+Errors while a task runs are ``GenerationError``; their message ends up in the task's
 ``data.error.message`` and the task is refunded::
 
-    TaskError
-    ├── InputError        an input URL could not be fetched or decoded
+    GenerationError
+    ├── BadInput          an input URL could not be fetched or decoded
     ├── EngineError       the engine could not generate (model, memory, shape)
+    │   └── EngineBroken  … and cannot run another task: its process is restarted
     └── TaskCancelled     the task was cancelled while it ran
+
+(The SDK has its own exceptions, ``omniflash.client.errors``; none shares a name with
+these.)
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AuthenticationFailed",
+    "BadInput",
     "Conflict",
     "EngineBroken",
     "EngineError",
     "Forbidden",
+    "GenerationError",
     "IdempotencyMismatch",
-    "InputError",
     "InvalidDuration",
     "InvalidRequest",
     "InvalidResolution",
@@ -46,7 +51,6 @@ __all__ = [
     "RateLimited",
     "ServiceUnavailable",
     "TaskCancelled",
-    "TaskError",
     "UnsupportedImageCount",
     "UnsupportedVideoCount",
 ]
@@ -133,17 +137,17 @@ class RateLimited(OmniflashError):
         self.retry_after = max(1, int(retry_after))
 
 
-class TaskError(Exception):
+class GenerationError(Exception):
     """A task could not be completed; ``str(exc)`` is shown to the task's owner."""
 
     retryable: bool = False
 
 
-class InputError(TaskError):
+class BadInput(GenerationError):
     """An input (``image_urls[0]``, ``video_urls[0]``) could not be fetched or decoded."""
 
 
-class EngineError(TaskError):
+class EngineError(GenerationError):
     """The engine failed to generate the video."""
 
 
@@ -154,7 +158,7 @@ class EngineBroken(EngineError):
     """
 
 
-class TaskCancelled(TaskError):
+class TaskCancelled(GenerationError):
     """The task was cancelled while it ran."""
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from omniflash.contract import parse_generation_request
 from omniflash.engines import Job, create_engine
 from omniflash.engines.preview import PreviewEngine
-from omniflash.errors import InputError, TaskCancelled
+from omniflash.errors import BadInput, TaskCancelled
 from omniflash.media.decode import VideoClip, probe_video
 from omniflash.settings import Settings
 
@@ -226,6 +226,6 @@ def test_a_render_error_fails_the_job_and_leaves_no_file(
     source = clip(tmp_path, 4.0)
     source.path.write_bytes(b"no longer a video")
     out = tmp_path / "out" / "a.mp4"
-    with pytest.raises(InputError, match=r"video_urls\[0\]"):
+    with pytest.raises(BadInput, match=r"video_urls\[0\]"):
         engine.generate(job(out, video=source), lambda _: None, lambda: False)
     assert not out.parent.exists() or not list(out.parent.iterdir())

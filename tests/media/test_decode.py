@@ -13,7 +13,7 @@ import numpy
 import pytest
 from PIL import Image
 
-from omniflash.errors import InputError
+from omniflash.errors import BadInput
 from omniflash.media.decode import VideoClip, decode_image, probe_video
 
 LIMIT = 40_000_000
@@ -87,7 +87,7 @@ def test_transparency_becomes_white() -> None:
 def test_pixel_limit_is_inclusive() -> None:
     data = encoded(Image.new("RGB", (100, 100)), "PNG")
     assert decode_image(data, label="image_urls[0]", max_pixels=10_000).size == (100, 100)
-    with pytest.raises(InputError, match=r"^image_urls\[2\]: 100×100 is more than the limit"):
+    with pytest.raises(BadInput, match=r"^image_urls\[2\]: 100×100 is more than the limit"):
         decode_image(data, label="image_urls[2]", max_pixels=9_999)
 
 
@@ -102,9 +102,7 @@ def test_pixel_limit_is_inclusive() -> None:
 def test_decompression_bombs_are_refused_from_the_header(size: tuple[int, int]) -> None:
     data = png_declaring(*size)
     assert len(data) < 200
-    with pytest.raises(
-        InputError, match=r"^image_urls\[0\]: .*more than the limit of 40 megapixels"
-    ):
+    with pytest.raises(BadInput, match=r"^image_urls\[0\]: .*more than the limit of 40 megapixels"):
         decode_image(data, label="image_urls[0]", max_pixels=LIMIT)
 
 
@@ -121,7 +119,7 @@ def test_decompression_bombs_are_refused_from_the_header(size: tuple[int, int]) 
     ids=["empty", "text", "noise", "truncated-png", "eps", "svg"],
 )
 def test_undecodable_bytes_are_refused(data: bytes) -> None:
-    with pytest.raises(InputError, match=r"^image_urls\[1\]: not a decodable image$"):
+    with pytest.raises(BadInput, match=r"^image_urls\[1\]: not a decodable image$"):
         decode_image(data, label="image_urls[1]", max_pixels=LIMIT)
 
 
@@ -198,18 +196,18 @@ def test_probe_counts_frames_when_the_container_does_not_say(tmp_path: Path) -> 
 
 
 def test_probe_refuses_long_videos(mp4: Path) -> None:
-    with pytest.raises(InputError, match=r"^video_urls\[0\]: longer than the limit of 0.5 s$"):
+    with pytest.raises(BadInput, match=r"^video_urls\[0\]: longer than the limit of 0.5 s$"):
         probe(mp4, max_seconds=0.5)
 
 
 def test_probe_refuses_long_videos_without_declared_length(tmp_path: Path) -> None:
     path = write_video(tmp_path / "clip.mkv", frames=30, fps=10)
-    with pytest.raises(InputError, match="longer than the limit of 2 s"):
+    with pytest.raises(BadInput, match="longer than the limit of 2 s"):
         probe(path, max_seconds=2)
 
 
 def test_probe_refuses_large_frames(mp4: Path) -> None:
-    with pytest.raises(InputError, match=r"^video_urls\[0\]: 96×48 is more than the limit"):
+    with pytest.raises(BadInput, match=r"^video_urls\[0\]: 96×48 is more than the limit"):
         probe(mp4, max_pixels=96 * 48 - 1)
 
 
@@ -223,7 +221,7 @@ def test_probe_refuses_files_without_video(tmp_path: Path) -> None:
             container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    with pytest.raises(InputError, match=r"^video_urls\[0\]: has no video stream$"):
+    with pytest.raises(BadInput, match=r"^video_urls\[0\]: has no video stream$"):
         probe(path)
 
 
@@ -232,7 +230,7 @@ def test_probe_refuses_corrupt_files(mp4: Path, tmp_path: Path, cut: str) -> Non
     path = tmp_path / "bad.mp4"
     data = mp4.read_bytes()
     path.write_bytes(b"\0garbage" * 500 if cut == "garbage" else data[: len(data) // 2])
-    with pytest.raises(InputError, match=r"^video_urls\[0\]: not a decodable video$"):
+    with pytest.raises(BadInput, match=r"^video_urls\[0\]: not a decodable video$"):
         probe(path)
 
 

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
-from omniflash.errors import InputError
+from omniflash.errors import BadInput
 from omniflash.media import fetch
 from omniflash.media.fetch import FetchPolicy, fetch_bytes, fetch_to_file, is_public_address
 
@@ -289,7 +289,7 @@ def test_fetch_to_file_streams_into_dest(server: Server, tmp_path: Path) -> None
 
 def test_fetch_to_file_leaves_nothing_on_failure(server: Server, tmp_path: Path) -> None:
     dest = tmp_path / "in.bin"
-    with pytest.raises(InputError, match=r"^video_urls\[0\]: HTTP 404$"):
+    with pytest.raises(BadInput, match=r"^video_urls\[0\]: HTTP 404$"):
         fetch_to_file(f"{server.base}/missing", dest, label="video_urls[0]", policy=LOCAL)
     assert not dest.exists()
 
@@ -302,14 +302,14 @@ def test_redirect_chain_of_five_is_followed(server: Server) -> None:
 
 
 def test_more_than_five_redirects_fail(server: Server) -> None:
-    with pytest.raises(InputError, match=r"^image_urls\[0\]: too many redirects \(more than 5\)"):
+    with pytest.raises(BadInput, match=r"^image_urls\[0\]: too many redirects \(more than 5\)"):
         fetch_bytes(f"{server.base}/redirect/6", label="image_urls[0]", policy=LOCAL)
     assert len(server.seen) == 6
 
 
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/x", "gopher://x/"])
 def test_redirect_to_other_schemes_is_refused(server: Server, target: str) -> None:
-    with pytest.raises(InputError, match="only http and https"):
+    with pytest.raises(BadInput, match="only http and https"):
         fetch_bytes(f"{server.base}/redirect-to?to={target}", label="image_urls[2]", policy=LOCAL)
 
 
@@ -321,7 +321,7 @@ def test_loopback_is_refused_before_connecting(server: Server, host: str) -> Non
     url = f"http://{host}:{server.port}/image.png"
     policy = FetchPolicy(allow_private=False, timeout_s=5)
     shown = host.strip("[]")
-    with pytest.raises(InputError, match=rf"^image_urls\[0\]: address {shown} is not public$"):
+    with pytest.raises(BadInput, match=rf"^image_urls\[0\]: address {shown} is not public$"):
         fetch_bytes(url, label="image_urls[0]", policy=policy)
     assert server.seen == []
 
@@ -329,7 +329,7 @@ def test_loopback_is_refused_before_connecting(server: Server, host: str) -> Non
 @pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f000001", "localhost"])
 def test_numeric_aliases_and_names_of_loopback_are_refused(server: Server, host: str) -> None:
     policy = FetchPolicy(allow_private=False, timeout_s=5)
-    with pytest.raises(InputError, match=rf"host {host} resolves to an address that is not public"):
+    with pytest.raises(BadInput, match=rf"host {host} resolves to an address that is not public"):
         fetch_bytes(f"http://{host}:{server.port}/image.png", label="image_urls[0]", policy=policy)
     assert server.seen == []
 
@@ -340,7 +340,7 @@ def test_redirect_to_private_address_is_refused(
     only_loopback_one_is_public(monkeypatch)
     policy = FetchPolicy(allow_private=False, timeout_s=5)
     start = f"{server.base}/redirect-to?to=http://127.0.0.2:{server.port}/image.png"
-    with pytest.raises(InputError, match=r"^image_urls\[0\]: address 127.0.0.2 is not public$"):
+    with pytest.raises(BadInput, match=r"^image_urls\[0\]: address 127.0.0.2 is not public$"):
         fetch_bytes(start, label="image_urls[0]", policy=policy)
     assert [s.path.split("?")[0] for s in server.seen] == ["/redirect-to"]
 
@@ -367,7 +367,7 @@ def test_each_redirect_hop_is_resolved_and_checked_again(
     calls = resolver(monkeypatch, {"rebind.test": [["127.0.0.1"], ["10.0.0.1"]]})
     policy = FetchPolicy(allow_private=False, timeout_s=5)
     url = f"http://rebind.test:{server.port}/redirect-to?to=/image.png"
-    with pytest.raises(InputError, match=r"host rebind\.test resolves to an address that is not"):
+    with pytest.raises(BadInput, match=r"host rebind\.test resolves to an address that is not"):
         fetch_bytes(url, label="image_urls[0]", policy=policy)
     assert calls == ["rebind.test", "rebind.test"]
     assert len(server.seen) == 1
@@ -382,7 +382,7 @@ def test_every_resolved_address_must_be_public(
     only_loopback_one_is_public(monkeypatch)
     resolver(monkeypatch, {"mixed.test": [answers]})
     policy = FetchPolicy(allow_private=False, timeout_s=5)
-    with pytest.raises(InputError, match=r"host mixed\.test resolves to an address that is not"):
+    with pytest.raises(BadInput, match=r"host mixed\.test resolves to an address that is not"):
         fetch_bytes(
             f"http://mixed.test:{server.port}/image.png", label="image_urls[0]", policy=policy
         )
@@ -400,7 +400,7 @@ def test_every_resolved_address_must_be_public(
     ],
 )
 def test_bad_urls_are_refused(url: str, message: str) -> None:
-    with pytest.raises(InputError, match=rf"^image_urls\[1\]: {message}"):
+    with pytest.raises(BadInput, match=rf"^image_urls\[1\]: {message}"):
         fetch_bytes(url, label="image_urls[1]", policy=FetchPolicy())
 
 
@@ -408,13 +408,13 @@ def test_bad_urls_are_refused(url: str, message: str) -> None:
 
 
 def test_http_errors_name_the_status(server: Server) -> None:
-    with pytest.raises(InputError, match=r"^image_urls\[0\]: HTTP 404$"):
+    with pytest.raises(BadInput, match=r"^image_urls\[0\]: HTTP 404$"):
         fetch_bytes(f"{server.base}/missing", label="image_urls[0]", policy=LOCAL)
 
 
 def test_body_without_length_is_capped_while_reading(server: Server) -> None:
     started = time.monotonic()
-    with pytest.raises(InputError, match=r"^image_urls\[0\]: larger than 1 MB$"):
+    with pytest.raises(BadInput, match=r"^image_urls\[0\]: larger than 1 MB$"):
         fetch_bytes(f"{server.base}/huge", label="image_urls[0]", policy=LOCAL)
     assert time.monotonic() - started < 3
 
@@ -422,12 +422,12 @@ def test_body_without_length_is_capped_while_reading(server: Server) -> None:
 def test_declared_length_over_the_cap_is_refused_without_reading(server: Server) -> None:
     url = f"{server.base}/lying?length={20 * MB + 1}&send=10"
     policy = FetchPolicy(allow_private=True, timeout_s=5, max_bytes=20 * MB)
-    with pytest.raises(InputError, match=r"^image_urls\[0\]: larger than 20 MB$"):
+    with pytest.raises(BadInput, match=r"^image_urls\[0\]: larger than 20 MB$"):
         fetch_bytes(url, label="image_urls[0]", policy=policy)
 
 
 def test_length_longer_than_the_body_fails(server: Server) -> None:
-    with pytest.raises(InputError, match="closed before the whole body arrived"):
+    with pytest.raises(BadInput, match="closed before the whole body arrived"):
         fetch_bytes(f"{server.base}/lying?length=5000&send=10", label="image_urls[0]", policy=LOCAL)
 
 
@@ -440,7 +440,7 @@ def test_body_past_declared_length_is_not_read(server: Server) -> None:
 def test_slow_drip_hits_the_overall_deadline(server: Server, path: str) -> None:
     policy = FetchPolicy(allow_private=True, timeout_s=1, max_bytes=MB)
     started = time.monotonic()
-    with pytest.raises(InputError, match=r"^video_urls\[0\]: timed out after 1 s$"):
+    with pytest.raises(BadInput, match=r"^video_urls\[0\]: timed out after 1 s$"):
         fetch_bytes(f"{server.base}{path}", label="video_urls[0]", policy=policy)
     assert 0.9 < time.monotonic() - started < 1.8
 
@@ -449,7 +449,7 @@ def test_connection_refused_is_an_input_error() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(InputError, match=r"^image_urls\[0\]: could not fetch"):
+    with pytest.raises(BadInput, match=r"^image_urls\[0\]: could not fetch"):
         fetch_bytes(f"http://127.0.0.1:{port}/", label="image_urls[0]", policy=LOCAL)
 
 
@@ -463,12 +463,12 @@ def test_data_uri_is_decoded_locally() -> None:
 
 def test_data_uri_over_the_cap_is_refused() -> None:
     uri = "data:image/png;base64," + base64.b64encode(b"\0" * 4096).decode()
-    with pytest.raises(InputError, match=r"^image_urls\[0\]: larger than 2 KB$"):
+    with pytest.raises(BadInput, match=r"^image_urls\[0\]: larger than 2 KB$"):
         fetch_bytes(uri, label="image_urls[0]", policy=FetchPolicy(max_bytes=2048))
 
 
 def test_data_uri_with_bad_base64_is_refused() -> None:
-    with pytest.raises(InputError, match="not valid base64"):
+    with pytest.raises(BadInput, match="not valid base64"):
         fetch_bytes("data:image/png;base64,abcde", label="image_urls[0]", policy=FetchPolicy())
 
 
@@ -531,7 +531,7 @@ def test_https_with_a_certificate_for_another_name_fails(
     resolver(monkeypatch, {"other.test": [["127.0.0.1"]]})
     trust = ssl.create_default_context(cafile=str(certificate[0]))
     policy = FetchPolicy(allow_private=True, timeout_s=5, ssl_context=trust)
-    with pytest.raises(InputError, match=r"^image_urls\[0\]: TLS certificate check failed"):
+    with pytest.raises(BadInput, match=r"^image_urls\[0\]: TLS certificate check failed"):
         fetch_bytes(f"https://other.test:{server.port}/a", label="image_urls[0]", policy=policy)
     assert server.seen == []
 
@@ -541,6 +541,6 @@ def test_https_checks_certificates_against_the_system_store_by_default(
 ) -> None:
     server, _names = tls_server
     resolver(monkeypatch, {"rebind.test": [["127.0.0.1"]]})
-    with pytest.raises(InputError, match="TLS certificate check failed"):
+    with pytest.raises(BadInput, match="TLS certificate check failed"):
         fetch_bytes(f"https://rebind.test:{server.port}/a", label="image_urls[0]", policy=LOCAL)
     assert server.seen == []

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from omniflash.contract import GenerationSpec, parse_generation_request
-from omniflash.errors import InputError
+from omniflash.errors import BadInput
 from omniflash.media.decode import VideoClip
 from omniflash.media.inputs import clip_seconds, fetch_inputs
 from omniflash.settings import Settings
@@ -121,7 +121,7 @@ def test_reference_video_is_downloaded_and_probed(base: str, tmp_path: Path) -> 
 
 
 def test_private_addresses_are_refused_by_default(base: str, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"^image_urls\[0\]: address 127\.0\.0\.1 is not public$"):
+    with pytest.raises(BadInput, match=r"^image_urls\[0\]: address 127\.0\.0\.1 is not public$"):
         fetch_inputs(spec([f"{base}/red.png"]), tmp_path, Settings(data_dir=tmp_path))
 
 
@@ -133,26 +133,26 @@ def test_private_addresses_are_refused_by_default(base: str, tmp_path: Path) -> 
     ],
 )
 def test_failures_name_the_input(base: str, tmp_path: Path, paths: list[str], message: str) -> None:
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(BadInput, match=message):
         fetch_inputs(spec([base + path for path in paths]), tmp_path, settings(tmp_path))
 
 
 def test_image_limits_come_from_settings(base: str, tmp_path: Path) -> None:
     cap = len(FILES["/red.png"]) - 1
     small_files = settings(tmp_path, max_image_bytes=cap)
-    with pytest.raises(InputError, match=rf"^image_urls\[0\]: larger than {cap} bytes$"):
+    with pytest.raises(BadInput, match=rf"^image_urls\[0\]: larger than {cap} bytes$"):
         fetch_inputs(spec([f"{base}/red.png"]), tmp_path, small_files)
     small_images = settings(tmp_path, max_image_pixels=500)
-    with pytest.raises(InputError, match=r"^image_urls\[0\]: 30×20 is more than the limit"):
+    with pytest.raises(BadInput, match=r"^image_urls\[0\]: 30×20 is more than the limit"):
         fetch_inputs(spec([f"{base}/red.png"]), tmp_path, small_images)
 
 
 def test_video_limits_come_from_settings(base: str, tmp_path: Path) -> None:
     short = settings(tmp_path, max_video_seconds=2.0)
-    with pytest.raises(InputError, match=r"^video_urls\[0\]: longer than the limit of 2 s$"):
+    with pytest.raises(BadInput, match=r"^video_urls\[0\]: longer than the limit of 2 s$"):
         fetch_inputs(spec(video=f"{base}/long.mp4"), tmp_path, short)
     small = settings(tmp_path, max_video_bytes=1000, max_image_bytes=10**9)
-    with pytest.raises(InputError, match=r"^video_urls\[0\]: larger than 1000 bytes$"):
+    with pytest.raises(BadInput, match=r"^video_urls\[0\]: larger than 1000 bytes$"):
         fetch_inputs(spec(video=f"{base}/long.mp4"), tmp_path, small)
 
 

@@ -173,3 +173,30 @@ def test_a_result_for_a_cancelled_task_is_not_kept(tmp_path: Path) -> None:
     assert not source.complete(lease, output, {"duration": 4})
     assert list(storage.keys()) == [], "the file is deleted, not orphaned"
     assert store.keys.get(key.id).balance == store.keys.ledger_sum(key.id) == 10_000
+
+
+def test_a_failed_task_does_not_show_the_servers_paths(tmp_path: Path) -> None:
+    from omniflash.worker.child import _run_job
+
+    workdir = tmp_path / "scratch" / "task_1.1"
+
+    class Leaky:
+        name = "leaky"
+
+        def generate(self, job: Any, progress: Any, cancelled: Any) -> Any:
+            raise OSError(28, "No space left on device", str(workdir / "out.mp4.part"))
+
+    class Cancel:
+        def is_set(self) -> bool:
+            return False
+
+    payload = {
+        "task_id": "task_1",
+        "spec": SPEC.to_json(),
+        "seed": 1,
+        "workdir": str(workdir),
+        "output_path": str(workdir / "out.mp4"),
+    }
+    outcome = _run_job(Leaky(), payload, None, Cancel(), Settings(data_dir=tmp_path))  # type: ignore[arg-type]
+    assert outcome[:2] == ("error", "engine")
+    assert "No space left on device" in outcome[2] and str(tmp_path) not in outcome[2]

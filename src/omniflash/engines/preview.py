@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from omniflash.contract import GenerationSpec, Mode
 from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
 from omniflash.engines.estimates import preview_seconds
-from omniflash.errors import InputError, TaskCancelled
+from omniflash.errors import BadInput, TaskCancelled
 from omniflash.media.encode import Mp4Writer, YuvFrame
 
 if TYPE_CHECKING:
@@ -262,7 +262,7 @@ def _retimed(clip: VideoClip, width: int, height: int, frames: int) -> Iterator[
                 break
             current, position = YuvFrame.from_rgb(rgb), position + 1
         if current is None:
-            raise InputError("video_urls[0]: the video has no frames")
+            raise BadInput("video_urls[0]: the video has no frames")
         out = YuvFrame.blank(width, height)
         out.y[...], out.u[...], out.v[...] = current.y, current.u, current.v
         yield out
@@ -375,7 +375,7 @@ class PreviewEngine:
             return _PushIn(job.images[0], width, height, frames).frame
         if spec.mode is Mode.VIDEO:
             if job.video is None:
-                raise InputError("video_urls[0]: the video is missing")
+                raise BadInput("video_urls[0]: the video is missing")
             stream = _retimed(job.video, width, height, frames)
             corner = self._corner_cards(job.images, width, height)
 

@@ -20,7 +20,7 @@ import av
 import numpy
 from PIL import Image, ImageOps
 
-from omniflash.errors import InputError
+from omniflash.errors import BadInput
 
 __all__ = ["IMAGE_FORMATS", "VideoClip", "decode_image", "probe_video"]
 
@@ -36,24 +36,24 @@ def _megapixels(pixels: int) -> str:
     return f"{round(pixels / 1_000_000, 1):g} megapixels"
 
 
-def _too_many_pixels(label: str, width: int, height: int, max_pixels: int) -> InputError:
-    return InputError(
+def _too_many_pixels(label: str, width: int, height: int, max_pixels: int) -> BadInput:
+    return BadInput(
         f"{label}: {width}×{height} is more than the limit of {_megapixels(max_pixels)}"
     )
 
 
-def _bomb(label: str, max_pixels: int) -> InputError:
+def _bomb(label: str, max_pixels: int) -> BadInput:
     limit = (
         max_pixels if Image.MAX_IMAGE_PIXELS is None else min(max_pixels, Image.MAX_IMAGE_PIXELS)
     )
-    return InputError(f"{label}: the image is more than the limit of {_megapixels(limit)}")
+    return BadInput(f"{label}: the image is more than the limit of {_megapixels(limit)}")
 
 
 def decode_image(data: bytes, *, label: str, max_pixels: int) -> Image.Image:
     """An RGB image, turned upright by its EXIF orientation; transparency becomes white."""
     Image.init()
     formats = [name for name in IMAGE_FORMATS if name in Image.OPEN]
-    undecodable = InputError(f"{label}: not a decodable image")
+    undecodable = BadInput(f"{label}: not a decodable image")
     # Pillow's own bomb guard warns (or raises) at sizes of its choosing; make it an
     # exception so nothing is emitted, and let ``max_pixels`` decide below it.  Its other
     # warnings (corrupt EXIF, odd palettes) are about the sender's file, not ours to log.
@@ -114,7 +114,7 @@ class VideoClip:
                     yield _frame_array(frame, size)
                     produced += 1
         except (av.FFmpegError, OSError) as exc:
-            raise InputError(f"{_VIDEO_LABEL}: could not decode frame {produced}") from exc
+            raise BadInput(f"{_VIDEO_LABEL}: could not decode frame {produced}") from exc
 
 
 def _turns(frame: Any) -> int:
@@ -154,12 +154,12 @@ def probe_video(path: Path, *, label: str, max_seconds: float, max_pixels: int) 
     The frame count comes from the container when it agrees with duration × rate;
     otherwise every frame is decoded and counted (stopping past ``max_seconds``).
     """
-    undecodable = InputError(f"{label}: not a decodable video")
-    too_long = InputError(f"{label}: longer than the limit of {max_seconds:g} s")
+    undecodable = BadInput(f"{label}: not a decodable video")
+    too_long = BadInput(f"{label}: longer than the limit of {max_seconds:g} s")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise InputError(f"{label}: has no video stream")
+                raise BadInput(f"{label}: has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             width, height = stream.codec_context.width, stream.codec_context.height
@@ -195,12 +195,12 @@ def probe_video(path: Path, *, label: str, max_seconds: float, max_pixels: int) 
                         raise too_long
                 if trusted:
                     break
-    except InputError:
+    except BadInput:
         raise
     except (av.FFmpegError, OSError, ValueError, ZeroDivisionError) as exc:
         raise undecodable from exc
     if first is None:
-        raise InputError(f"{label}: has no video frames")
+        raise BadInput(f"{label}: has no video frames")
     if trusted:
         count = declared
     else:

@@ -10,7 +10,7 @@ bounds everything from DNS to the last byte::
     >>> policy = FetchPolicy(timeout_s=30, max_bytes=20 * 1024 * 1024)
     >>> fetch_bytes("http://10.0.0.1/a.png", label="image_urls[0]", policy=policy)
     Traceback (most recent call last):
-    omniflash.errors.InputError: image_urls[0]: address 10.0.0.1 is not public
+    omniflash.errors.BadInput: image_urls[0]: address 10.0.0.1 is not public
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote, urljoin, urlsplit
 
-from omniflash.errors import InputError
+from omniflash.errors import BadInput
 
 __all__ = ["USER_AGENT", "FetchPolicy", "fetch_bytes", "fetch_to_file", "is_public_address"]
 
@@ -261,31 +261,31 @@ def _request(
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise InputError(f"{label}: invalid URL") from exc
+        raise BadInput(f"{label}: invalid URL") from exc
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise InputError(f"{label}: only http and https URLs can be fetched, not {scheme!r}")
+        raise BadInput(f"{label}: only http and https URLs can be fetched, not {scheme!r}")
     if not parts.hostname:
-        raise InputError(f"{label}: the URL has no host")
+        raise BadInput(f"{label}: the URL has no host")
     try:
         host = parts.hostname.encode("idna").decode("ascii")
     except UnicodeError as exc:
-        raise InputError(f"{label}: invalid host name") from exc
+        raise BadInput(f"{label}: invalid host name") from exc
     port = port or (443 if scheme == "https" else 80)
 
     try:
         sockaddrs = _resolve(host, port, deadline)
     except socket.gaierror as exc:
-        raise InputError(f"{label}: could not resolve host {host}") from exc
+        raise BadInput(f"{label}: could not resolve host {host}") from exc
     if not sockaddrs:
-        raise InputError(f"{label}: could not resolve host {host}")
+        raise BadInput(f"{label}: could not resolve host {host}")
     if not policy.allow_private:
         for _family, sockaddr in sockaddrs:
             if not is_public_address(sockaddr[0]):
                 # Naming the address a host name resolved to would let callers map internal DNS.
                 if _is_ip_literal(host):
-                    raise InputError(f"{label}: address {sockaddr[0]} is not public")
-                raise InputError(f"{label}: host {host} resolves to an address that is not public")
+                    raise BadInput(f"{label}: address {sockaddr[0]} is not public")
+                raise BadInput(f"{label}: host {host} resolves to an address that is not public")
 
     tls = None
     if scheme == "https":
@@ -321,19 +321,19 @@ def _stream(url: str, label: str, policy: FetchPolicy, write: Callable[[bytes], 
                 if response.status in _REDIRECTS:
                     location = response.getheader("Location")
                     if not location:
-                        raise InputError(f"{label}: HTTP {response.status} without a Location")
+                        raise BadInput(f"{label}: HTTP {response.status} without a Location")
                     url = urljoin(url, location.strip())
                     continue
                 if response.status != 200:
-                    raise InputError(f"{label}: HTTP {response.status}")
+                    raise BadInput(f"{label}: HTTP {response.status}")
                 declared = response.getheader("Content-Length")
                 if declared and declared.strip().isdigit() and int(declared) > policy.max_bytes:
-                    raise InputError(f"{label}: larger than {limit}")
+                    raise BadInput(f"{label}: larger than {limit}")
                 total = 0
                 while chunk := response.read1(_CHUNK):
                     total += len(chunk)
                     if total > policy.max_bytes:
-                        raise InputError(f"{label}: larger than {limit}")
+                        raise BadInput(f"{label}: larger than {limit}")
                     write(chunk)
                 if response.length:
                     # read1() reports an early close as the end, with bytes still owed.
@@ -342,35 +342,33 @@ def _stream(url: str, label: str, policy: FetchPolicy, write: Callable[[bytes], 
             finally:
                 response.close()
                 conn.close()
-        raise InputError(f"{label}: too many redirects (more than {policy.max_redirects})")
+        raise BadInput(f"{label}: too many redirects (more than {policy.max_redirects})")
     except TimeoutError as exc:
-        raise InputError(f"{label}: timed out after {policy.timeout_s:g} s") from exc
+        raise BadInput(f"{label}: timed out after {policy.timeout_s:g} s") from exc
     except ssl.SSLCertVerificationError as exc:
-        raise InputError(f"{label}: TLS certificate check failed: {exc.verify_message}") from exc
+        raise BadInput(f"{label}: TLS certificate check failed: {exc.verify_message}") from exc
     except ssl.SSLError as exc:
-        raise InputError(f"{label}: TLS error ({exc.reason or exc})") from exc
+        raise BadInput(f"{label}: TLS error ({exc.reason or exc})") from exc
     except http.client.IncompleteRead as exc:
-        raise InputError(f"{label}: the connection closed before the whole body arrived") from exc
+        raise BadInput(f"{label}: the connection closed before the whole body arrived") from exc
     except (http.client.HTTPException, UnicodeError) as exc:
-        raise InputError(f"{label}: invalid HTTP response or URL ({type(exc).__name__})") from exc
+        raise BadInput(f"{label}: invalid HTTP response or URL ({type(exc).__name__})") from exc
     except OSError as exc:
-        raise InputError(
-            f"{label}: could not fetch ({exc.strerror or type(exc).__name__})"
-        ) from exc
+        raise BadInput(f"{label}: could not fetch ({exc.strerror or type(exc).__name__})") from exc
 
 
 def _data_uri_bytes(uri: str, label: str, max_bytes: int) -> bytes:
     if not _DATA_IMAGE.match(uri):
-        raise InputError(f"{label}: only data:image/...;base64, URIs are accepted")
+        raise BadInput(f"{label}: only data:image/...;base64, URIs are accepted")
     payload = uri.split(",", 1)[1]
     if len(payload) * 3 // 4 > max_bytes + 3:
-        raise InputError(f"{label}: larger than {_size_text(max_bytes)}")
+        raise BadInput(f"{label}: larger than {_size_text(max_bytes)}")
     try:
         data = binascii.a2b_base64(payload.encode("ascii"))
     except (binascii.Error, UnicodeEncodeError) as exc:
-        raise InputError(f"{label}: the data URI is not valid base64") from exc
+        raise BadInput(f"{label}: the data URI is not valid base64") from exc
     if len(data) > max_bytes:
-        raise InputError(f"{label}: larger than {_size_text(max_bytes)}")
+        raise BadInput(f"{label}: larger than {_size_text(max_bytes)}")
     return data
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from omniflash.contract import VIDEO_SECONDS_RANGE, GenerationSpec
-from omniflash.errors import InputError
+from omniflash.errors import BadInput
 from omniflash.inputs import VIDEO_LABEL, image_label
 from omniflash.media.decode import VideoClip, decode_image, probe_video
 from omniflash.media.fetch import FetchPolicy, fetch_bytes, fetch_to_file
@@ -40,7 +40,7 @@ def fetch_inputs(
     Images come back as RGB ``PIL`` images in ``spec.image_urls`` order; the video is
     downloaded into ``workdir`` and probed.  ``local`` maps labels of inputs already on
     disk (blob inputs the worker downloaded) to their files.  Any failure is an
-    ``InputError`` naming its input, e.g. ``image_urls[1]: HTTP 404``.
+    ``BadInput`` naming its input, e.g. ``image_urls[1]: HTTP 404``.
     """
     local = local or {}
     image_policy = FetchPolicy(
@@ -100,7 +100,7 @@ def _read_local(path: Path, label: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise InputError(f"{label}: the stored input could not be read") from exc
+        raise BadInput(f"{label}: the stored input could not be read") from exc
 
 
 def clip_seconds(clip: VideoClip) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from omniflash.contract import GenerationSpec, Mode
-from omniflash.errors import EngineBroken, InputError, TaskCancelled, TaskError
+from omniflash.errors import BadInput, EngineBroken, GenerationError, TaskCancelled
 from omniflash.settings import Settings
 
 __all__ = ["child_main"]
@@ -132,9 +132,9 @@ def _run_job(
         return ("error", "cancelled", "cancelled")
     except EngineBroken:
         raise
-    except InputError as exc:
+    except BadInput as exc:
         return ("error", "input", str(exc))
-    except TaskError as exc:
+    except GenerationError as exc:
         return ("error", "engine", str(exc))
     except MemoryError:
         return ("error", "engine", "the engine ran out of memory")

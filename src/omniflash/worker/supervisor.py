@@ -196,6 +196,9 @@ class Worker(threading.Thread):
                     )
                     return False
                 log.warning("%s: could not %s (%s); retrying", self.name, what, exc)
+                if self.stop.is_set():
+                    # Stopping: a few more seconds for the finish, not the whole minute.
+                    deadline = min(deadline, time.monotonic() + 5.0)
                 time.sleep(delay)
                 delay = min(delay * 2, self.BACKOFF_S[1])
             except Exception:

@@ -34,7 +34,7 @@ from omniflash.engines.diffusion.timeline import (
     tracked,
 )
 from omniflash.engines.diffusion.warmup import every_call_shape, listed_shapes
-from omniflash.errors import EngineBroken, EngineError, TaskCancelled, TaskError
+from omniflash.errors import EngineBroken, EngineError, GenerationError, TaskCancelled
 from omniflash.media.encode import Mp4Writer
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ class DiffusersEngine:
         head = segments[0].recipe
         try:
             return self._generate(job, segments, stretched, tracker, cancelled)
-        except TaskError:
+        except GenerationError:
             raise
         except torch.cuda.OutOfMemoryError:
             failure: EngineError = EngineError(

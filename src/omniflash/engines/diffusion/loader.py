@@ -1,8 +1,8 @@
 """Loading pipelines: the device, the dtypes, and one copy of each model in memory.
 
-Recipes that name the same model folder (Wan 2.2 TI2V serves text and first frame;
-one LTX folder serves ``LTXPipeline`` and ``LTXConditionPipeline``) share its loaded
-components: the second pipeline class is built around the first one's modules.
+Recipes that name the same model folder (Wan 2.2 TI2V serves text and first frame) share
+its loaded components: the second pipeline class is built around the first one's
+modules.
 """
 
 from __future__ import annotations
