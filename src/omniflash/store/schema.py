@@ -177,6 +177,10 @@ def _v1(conn: sa.Connection) -> None:
 
 
 ACTIVE_INDEX = "ix_tasks_active"
+ACTIVE_PREDICATE = "status IN ('pending', 'processing')"
+"""The partial index's condition.  A query uses the index only when its own condition
+is this very text with literal values (with bound parameters neither SQLite nor a
+PostgreSQL generic plan can tell that the index covers it): ``TaskStore.in_flight``."""
 
 
 def _v2(conn: sa.Connection) -> None:
@@ -186,9 +190,7 @@ def _v2(conn: sa.Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_tasks_lease ON tasks (status, lease_expires_at)")
     # A submit counts the key's tasks in flight: through this index the count costs what
     # the key has in flight, not its whole history.
-    conn.exec_driver_sql(
-        f"CREATE INDEX {ACTIVE_INDEX} ON tasks (key_id) WHERE status IN ('pending', 'processing')"
-    )
+    conn.exec_driver_sql(f"CREATE INDEX {ACTIVE_INDEX} ON tasks (key_id) WHERE {ACTIVE_PREDICATE}")
 
 
 def _v3(conn: sa.Connection) -> None:

@@ -33,7 +33,7 @@ from omniflash.ids import new_task_id
 from omniflash.pricing import credits as to_credits
 from omniflash.store.db import Database, retry_disconnect
 from omniflash.store.keys import KeyInfo
-from omniflash.store.schema import api_keys, idempotency, ledger, tasks
+from omniflash.store.schema import ACTIVE_PREDICATE, api_keys, idempotency, ledger, tasks
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -188,11 +188,7 @@ class TaskStore:
                 if replay is not None:
                     row = conn.execute(sa.select(tasks).where(tasks.c.id == replay)).one()
                     return Submission(TaskRow.from_row(row), replayed=True)
-            in_flight = conn.execute(
-                sa.select(sa.func.count()).where(
-                    tasks.c.key_id == key.id, tasks.c.status.in_(ACTIVE)
-                )
-            ).scalar_one()
+            in_flight = conn.execute(self.in_flight(key.id)).scalar_one()
             if in_flight >= key.max_concurrent:
                 raise RateLimited(
                     f"Too many tasks in flight: this key allows {key.max_concurrent} pending or "
@@ -241,6 +237,11 @@ class TaskStore:
         for hook in self.submit_hooks:
             hook(task)
         return Submission(task, replayed=False)
+
+    @staticmethod
+    def in_flight(key_id: int) -> sa.Select[int]:
+        """The count of the key's pending and processing tasks, through the partial index."""
+        return sa.select(sa.func.count()).where(tasks.c.key_id == key_id, sa.text(ACTIVE_PREDICATE))
 
     def _idempotent(
         self,
