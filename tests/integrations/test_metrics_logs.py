@@ -108,7 +108,10 @@ def test_logs_are_json_with_request_ids_and_no_signed_query(server: LiveServer) 
     assert any(e["logger"] == "uvicorn.access" and e["task_id"] == task_id for e in traced)
     worker = [e for e in lines if e["logger"].startswith("omniflash.worker")]
     assert any(task_id in e["message"] for e in worker)
-    # The engine processes log as JSON too.
+    # The worker's and the engine process's lines about the task carry its id, as JSON.
+    assert any(
+        e["logger"].startswith("omniflash.worker") and e["task_id"] == task_id for e in lines
+    )
     assert any(e["logger"] == "omniflash.engines.preview" for e in lines)
     assert not any("[engine]" in line for line in server.log().splitlines())
     downloads = [e["message"] for e in lines if "/v1/files/" in e["message"]]

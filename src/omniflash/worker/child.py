@@ -41,7 +41,7 @@ def _die_with_parent() -> None:
 
 def child_main(conn: Connection, cancel: Event, settings: Settings, log_level: int) -> None:
     _die_with_parent()
-    from omniflash.logs import configure_logging
+    from omniflash.logs import configure_logging, task_context
 
     configure_logging(
         logging.getLevelName(log_level),
@@ -70,7 +70,8 @@ def child_main(conn: Connection, cancel: Event, settings: Settings, log_level: i
         if message[0] != "job":
             continue
         try:
-            conn.send(_run_job(engine, message[1], conn, cancel, settings))
+            with task_context(str(message[1].get("task_id"))):
+                conn.send(_run_job(engine, message[1], conn, cancel, settings))
         except (BrokenPipeError, OSError):
             return
         except EngineBroken as exc:

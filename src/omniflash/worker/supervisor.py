@@ -24,6 +24,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+from omniflash.logs import task_context
 from omniflash.settings import Settings
 from omniflash.worker.child import child_main
 from omniflash.worker.source import Lease, SourceUnavailable, TaskSource
@@ -229,7 +230,8 @@ class Worker(threading.Thread):
         scratch = self.scratch_dir / f"{lease.task_id}.{lease.epoch}"
         output = scratch / "out.mp4"
         try:
-            self._attempt(lease, scratch, output)
+            with task_context(lease.task_id):  # log lines about this task carry its id
+                self._attempt(lease, scratch, output)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
