@@ -215,8 +215,9 @@ class TaskStore:
                     created_at=now,
                 )
             )
-            conn.execute(
-                tasks.insert().values(
+            row = conn.execute(
+                tasks.insert()
+                .values(
                     id=task_id,
                     key_id=key.id,
                     status=TaskStatus.PENDING.value,
@@ -230,9 +231,9 @@ class TaskStore:
                     lease_epoch=0,
                     result_deleted=False,
                 )
-            )
+                .returning(*tasks.c)
+            ).one()
             self._announce(conn)
-            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one()
         task = TaskRow.from_row(row)
         for hook in self.submit_hooks:
             hook(task)
