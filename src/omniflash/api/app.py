@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omniflash import __version__, webhooks
 from omniflash.api import files, openai_videos, webhook_secret, worker_routes
+from omniflash.api.apimart import localize_error, task_language, with_request_id
 from omniflash.api.deps import Services
 from omniflash.api.docs import install_docs
 from omniflash.api.limits import KeyCache, ReadLimiter
@@ -46,7 +47,7 @@ STATIC = Path(__file__).parent / "static"
 
 def error_response(exc: OmniflashError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+    return JSONResponse(with_request_id(exc.to_dict()), status_code=exc.status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -141,8 +142,8 @@ def create_app(
     install_docs(app)
 
     @app.exception_handler(OmniflashError)
-    async def _omniflash_error(_request: Request, exc: OmniflashError) -> JSONResponse:
-        return error_response(exc)
+    async def _omniflash_error(request: Request, exc: OmniflashError) -> JSONResponse:
+        return error_response(localize_error(exc, task_language(request)))
 
     @app.exception_handler(StorageUnavailable)
     async def _storage_down(_request: Request, exc: StorageUnavailable) -> JSONResponse:

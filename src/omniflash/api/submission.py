@@ -23,7 +23,8 @@ from omniflash.store import IdempotencyRequest, KeyInfo, Submission
 
 __all__ = ["IDEMPOTENCY_KEY_MAX", "idempotency_request", "read_json", "submit_spec"]
 
-IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_KEY_MAX = 191
+"""APIMart's limit: 1 to 191 visible ASCII characters (``!`` to ``~``)."""
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -55,8 +56,11 @@ def idempotency_request(idem_key: str | None, body: Any) -> IdempotencyRequest |
     if idem_key is None:
         return None
     idem_key = idem_key.strip()
-    if not idem_key or len(idem_key) > IDEMPOTENCY_KEY_MAX:
-        raise InvalidRequest(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
+    visible = all("!" <= c <= "~" for c in idem_key)
+    if not idem_key or len(idem_key) > IDEMPOTENCY_KEY_MAX or not visible:
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"
+        )
     try:
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     except (RecursionError, ValueError) as exc:
