@@ -49,6 +49,10 @@ _EXTRA_ERRORS: dict[tuple[str, str], set[int]] = {
     ("DELETE", "/v1/videos/{video_id}"): {404},
     ("GET", "/v1/videos/{video_id}/content"): {404, 409},
     ("POST", "/v1/videos/{video_id}/remix"): {402, 404, 409},
+    ("GET", "/v1/models/{model_id}"): {404},
+    ("GET", "/v1/model-docs"): {404},
+    ("GET", "/v1/model-docs/{document}"): {404},
+    ("GET", "/v1/model-schema"): {404},
 }
 """Statuses beyond the ones every operation of its kind can answer (see ``error_statuses``)."""
 
