@@ -1,4 +1,4 @@
-"""Discovery: models, the model's documentation and its JSON Schema, as APIMart's client reads them."""
+"""Discovery: models, the model's documentation and JSON Schema, as APIMart's client reads them."""
 
 from __future__ import annotations
 
