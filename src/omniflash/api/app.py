@@ -17,7 +17,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omniflash import __version__, webhooks
-from omniflash.api import discovery, files, openai_videos, webhook_secret, worker_routes
+from omniflash.api import (
+    discovery,
+    files,
+    openai_videos,
+    uploads,
+    webhook_secret,
+    worker_routes,
+)
 from omniflash.api.apimart import localize_error, task_language, with_request_id
 from omniflash.api.deps import Services
 from omniflash.api.docs import install_docs
@@ -140,6 +147,7 @@ def create_app(
     app.include_router(webhook_secret.router)
     app.include_router(metrics_router)
     app.include_router(discovery.router)
+    app.include_router(uploads.router)
     install_docs(app)
 
     @app.exception_handler(OmniflashError)

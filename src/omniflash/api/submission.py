@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import Request
 
 from omniflash.api.deps import Services
+from omniflash.api.uploads import own_upload_inputs
 from omniflash.contract import MAX_SEED, GenerationSpec
 from omniflash.errors import InvalidRequest
 from omniflash.ids import ulid
@@ -79,11 +80,14 @@ def submit_spec(
     Raises the store's ``PaymentRequired``, ``RateLimited`` or ``IdempotencyMismatch``.
     """
     estimate = max(1, round(services.estimator(spec)))
-    # Inline images go to blob storage before the transaction, under a name of their own;
-    # they are deleted again if the submit does not make a task of them.
-    spec, written = store_inline_inputs(spec, services.storage, f"inputs/{ulid()}")
+    # Inline images, and images uploaded here, go to blob storage before the transaction,
+    # under a name of their own; they are deleted again if the submit makes no task of them.
+    prefix = f"inputs/{ulid()}"
+    spec, written = store_inline_inputs(spec, services.storage, prefix)
     submitted = None
     try:
+        spec, copied = own_upload_inputs(spec, services.storage, services.signer, prefix)
+        written += copied
         submitted = services.store.tasks.submit(
             key,
             spec,
