@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from omniflash import __version__, webhooks
 from omniflash.api import (
@@ -29,6 +30,7 @@ from omniflash.api.apimart import localize_error, task_language, with_request_id
 from omniflash.api.deps import Services
 from omniflash.api.docs import install_docs
 from omniflash.api.limits import KeyCache, ReadLimiter
+from omniflash.api.mcp_server import MCP_PATH, McpEndpoint
 from omniflash.api.routes import router
 from omniflash.engines.estimates import estimator_for
 from omniflash.errors import (
@@ -112,6 +114,7 @@ def create_app(
         read_limiter=ReadLimiter(settings.read_rpm),
     )
     webhooks.install(store, settings, services.signer)
+    mcp = McpEndpoint(services)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -120,7 +123,8 @@ def create_app(
         if pool is not None:
             pool.start()
         try:
-            yield
+            async with mcp.lifespan():
+                yield
         finally:
             if pool is not None:
                 pool.close()
@@ -148,6 +152,7 @@ def create_app(
     app.include_router(metrics_router)
     app.include_router(discovery.router)
     app.include_router(uploads.router)
+    app.router.routes.append(Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"]))
     install_docs(app)
 
     @app.exception_handler(OmniflashError)

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from omniflash.api.apimart import with_request_id
-from omniflash.api.deps import ServicesDep, Submitter
+from omniflash.api.deps import Services, ServicesDep, Submitter
 from omniflash.errors import InvalidRequest, OmniflashError
 from omniflash.ids import ulid
 from omniflash.inputs import BLOB_SCHEME, image_label
@@ -38,7 +38,14 @@ if TYPE_CHECKING:
     from omniflash.contract import GenerationSpec
     from omniflash.storage import Storage, UrlSigner
 
-__all__ = ["UPLOADS", "UploadTooLarge", "own_upload_inputs", "router", "sniff_image"]
+__all__ = [
+    "UPLOADS",
+    "UploadTooLarge",
+    "own_upload_inputs",
+    "router",
+    "sniff_image",
+    "store_upload",
+]
 
 router = APIRouter(tags=["Uploads"])
 UPLOADS = "uploads/"
@@ -92,27 +99,41 @@ async def _read_file(request: Request, limit: int) -> tuple[bytes, str | None]:
         await form.close()
 
 
-@router.post("/v1/uploads/images", summary="Upload an image; answers a signed URL for image_urls")
-async def upload_image(request: Request, key: Submitter, services: ServicesDep) -> JSONResponse:
-    """Multipart ``file``: JPEG, PNG, GIF or WebP, judged from its bytes."""
+def store_upload(
+    services: Services, data: bytes, given: str | None, base_url: str
+) -> dict[str, Any]:
+    """Check and store an uploaded image; its answer (without ``request_id``). Blocking.
+
+    The HTTP route and the MCP ``upload_image`` tool both call this.
+    """
     settings = services.settings
-    data, given = await _read_file(request, settings.max_upload_bytes)
+    if len(data) > settings.max_upload_bytes:
+        raise UploadTooLarge(
+            f"The image is larger than {settings.max_upload_bytes // (1024 * 1024)} MB"
+        )
     kind = sniff_image(data[:16])
-    if kind is None or not data:
+    if kind is None:
         raise InvalidRequest("The file is not an image: upload a JPEG, PNG, GIF or WebP")
     content_type, ext = kind
     blob = f"{UPLOADS}{ulid()}.{ext}"
-    await run_in_threadpool(services.storage.put_bytes, blob, data, content_type)
+    services.storage.put_bytes(blob, data, content_type)
     now = int(time.time())
     expires_at = now + settings.upload_ttl_s
-    body: dict[str, Any] = {
-        "url": services.base_url(request).rstrip("/") + services.signer.path(blob, expires_at),
+    return {
+        "url": base_url.rstrip("/") + services.signer.path(blob, expires_at),
         "filename": _filename(given, ext),
         "content_type": content_type,
         "bytes": len(data),
         "created_at": now,
         "expires_at": expires_at,
     }
+
+
+@router.post("/v1/uploads/images", summary="Upload an image; answers a signed URL for image_urls")
+async def upload_image(request: Request, key: Submitter, services: ServicesDep) -> JSONResponse:
+    """Multipart ``file``: JPEG, PNG, GIF or WebP, judged from its bytes."""
+    data, given = await _read_file(request, services.settings.max_upload_bytes)
+    body = await run_in_threadpool(store_upload, services, data, given, services.base_url(request))
     return JSONResponse(with_request_id(body))
 
 
