@@ -195,7 +195,8 @@ class _Tools:
     ) -> CallToolResult:
         """Upload a JPEG, PNG, GIF or WebP; answers a URL to pass in input.image_urls."""
 
-        async def work(_key: KeyInfo, base_url: str) -> CallToolResult:
+        async def work(key: KeyInfo, base_url: str) -> CallToolResult:
+            await run_in_threadpool(self.services.store.keys.hit, key)
             payload = image_base64.strip()
             if payload[:5].lower() == "data:":
                 payload = payload.partition(",")[2]
