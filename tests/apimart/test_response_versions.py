@@ -113,6 +113,7 @@ def test_every_omni_flash_ext_answer_carries_its_request_id(api: Api) -> None:
         api.client.post(f"/v1/tasks/{task}/cancel", headers=api.auth),
         api.client.get("/v1/tasks/task_nope", headers=api.auth),
         api.client.get("/v1/account"),
+        api.client.post("/v1/account/webhook-secret", headers=api.auth),
         api.client.get(f"/v1/tasks/{task}", headers={**api.auth, "X-Request-Id": "mine-1"}),
     ]
     for response in answers:

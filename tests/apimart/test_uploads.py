@@ -160,3 +160,22 @@ def test_frame_mode_from_an_upload_on_a_server_that_refuses_private_addresses(
         assert refused["status"] == "failed"
         assert "is not public" in str(refused["error"])
         assert httpx.get(url).status_code == 200
+
+
+def test_a_remote_worker_gets_an_uploaded_image_from_the_api_not_its_url(api: Api) -> None:
+    data = image_bytes("PNG", (10, 200, 30))
+    url = api.upload(data).json()["url"]
+    body = {"model": "Omni-Flash-Ext", "prompt": "p", "duration": 4, "image_urls": [url]}
+    task_id = api.client.post("/v1/videos/generations", json=body, headers=api.auth).json()["data"][
+        0
+    ]["task_id"]
+    token, _ = api.store.workers.create("gpu-1")
+    worker = {"Authorization": f"Bearer {token}"}
+    claimed = api.client.post("/worker/v1/claim", json={"owner": "w-0"}, headers=worker)
+    lease = claimed.json()["lease"]
+    assert lease["spec"]["image_urls"][0].startswith("blob:inputs/")
+    assert url not in claimed.text, "the worker is never told the upload's URL"
+    response = api.client.get(
+        f"/worker/v1/tasks/{task_id}/inputs/0", params={"epoch": lease["epoch"]}, headers=worker
+    )
+    assert response.status_code == 200 and response.content == data
