@@ -159,3 +159,6 @@ def test_discovery_is_in_the_openapi_document(client: TestClient) -> None:
         assert "get" in paths[path] and "security" not in paths[path]["get"]
     assert "404" in paths["/v1/model-schema"]["get"]["responses"]
     assert "400" in paths["/v1/model-schema"]["get"]["responses"]
+    upload = paths["/v1/uploads/images"]["post"]
+    assert {"400", "401", "413", "429"} <= set(upload["responses"]) and upload["security"]
+    assert "multipart/form-data" in upload["requestBody"]["content"]
