@@ -28,11 +28,13 @@ from omniflash.client import (
     APIStatusError,
     Client,
     ConflictError,
+    NotFoundError,
     OmniflashClientError,
     Task,
     TaskFailedError,
     TaskStatus,
 )
+from omniflash.client.images import image_reference, is_url
 from omniflash.client.protocol import DEFAULT_SERVER
 
 __all__ = ["generate", "tasks"]
@@ -119,7 +121,7 @@ def when(timestamp: int | None) -> str:
     "images",
     multiple=True,
     metavar="PATH_OR_URL",
-    help="An image: a local file (sent inline) or a URL. Repeat for 3 references.",
+    help="An image: a local file (uploaded) or a URL. Repeat for 3 references.",
 )
 @click.option("--video", default=None, metavar="URL", help="A reference video URL.")
 @click.option(
@@ -169,7 +171,7 @@ def generate(
             duration=duration,
             resolution=resolution,
             aspect_ratio=aspect_ratio,
-            images=list(images),
+            images=[image_url(client, image) for image in images],
             video=video,
             generation_type=generation_type,
             seed=seed,
@@ -187,6 +189,19 @@ def generate(
                 f"task {exc.task_id} {exc.task.status}: {exc.reason}"
             ) from exc
         save_video(client, done, output)
+
+
+def image_url(client: Client, image: str) -> str:
+    """A URL for ``image``: a local file is uploaded (``POST /v1/uploads/images``).
+
+    A server without uploads (404) gets the file inline, as a ``data:`` URI.
+    """
+    if is_url(image):
+        return image
+    try:
+        return client.uploads.create(image).url
+    except NotFoundError:
+        return image_reference(image)
 
 
 def save_video(client: Client, done: Task, output: Path | None) -> None:

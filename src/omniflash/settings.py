@@ -53,6 +53,8 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "webhook_timeout_s": "OMNIFLASH_WEBHOOK_TIMEOUT",
     "metrics_token": "OMNIFLASH_METRICS_TOKEN",
     "log_format": "OMNIFLASH_LOG_FORMAT",
+    "upload_ttl_s": "OMNIFLASH_UPLOAD_TTL",
+    "max_upload_bytes": "OMNIFLASH_MAX_UPLOAD_BYTES",
 }
 PRICE_VARS: Final[Mapping[str, str]] = {
     "720p": "OMNIFLASH_PRICE_720P",
@@ -126,6 +128,10 @@ class Settings:
     """When set, ``GET /metrics`` wants ``Authorization: Bearer <token>``."""
     log_format: str = "text"
     """``text`` or ``json`` (one object a line)."""
+    upload_ttl_s: int = 72 * 3600
+    """How long an uploaded image's signed URL (``POST /v1/uploads/images``) lasts."""
+    max_upload_bytes: int = 20 * 1024 * 1024
+    """The largest image ``POST /v1/uploads/images`` takes."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:

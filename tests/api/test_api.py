@@ -59,7 +59,9 @@ def png_data_uri() -> str:
 def assert_error(response: Any, status: int, type_: str) -> str:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "type"}
+    assert set(body) == {"error", "request_id"}
+    assert set(body["error"]) == {"code", "message", "type"}
+    assert body["request_id"] == response.headers["x-request-id"]
     assert body["error"]["code"] == status and body["error"]["type"] == type_
     assert body["error"]["message"]
     return str(body["error"]["message"])
@@ -69,7 +71,7 @@ def test_submit_answer_is_exactly_the_seed_shape(api: Api) -> None:
     response = api.submit()
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"code", "data"} and body["code"] == 200
+    assert set(body) == {"code", "data", "request_id"} and body["code"] == 200
     assert len(body["data"]) == 1 and set(body["data"][0]) == {"status", "task_id"}
     assert body["data"][0]["status"] == "submitted"
     assert TASK_ID.match(body["data"][0]["task_id"])
@@ -182,7 +184,8 @@ def test_idempotency_key(api: Api) -> None:
     body = {"model": "Omni-Flash-Ext", "prompt": "a cat", "duration": 4}
     first = api.client.post("/v1/videos/generations", json=body, headers=headers)
     second = api.client.post("/v1/videos/generations", json=body, headers=headers)
-    assert first.json() == second.json()
+    assert first.json()["data"] == second.json()["data"]
+    assert first.json()["request_id"] != second.json()["request_id"], "each answer its own id"
     assert second.headers["Idempotency-Replayed"] == "true"
     assert "Idempotency-Replayed" not in first.headers
     assert api.store.keys.get(api.info.id).balance == 9000

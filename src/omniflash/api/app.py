@@ -15,12 +15,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from omniflash import __version__, webhooks
-from omniflash.api import files, openai_videos, webhook_secret, worker_routes
+from omniflash.api import (
+    discovery,
+    files,
+    openai_videos,
+    uploads,
+    webhook_secret,
+    worker_routes,
+)
+from omniflash.api.apimart import localize_error, task_language, with_request_id
 from omniflash.api.deps import Services
 from omniflash.api.docs import install_docs
 from omniflash.api.limits import KeyCache, ReadLimiter
+from omniflash.api.mcp_server import MCP_PATH, McpEndpoint
 from omniflash.api.routes import router
 from omniflash.engines.estimates import estimator_for
 from omniflash.errors import (
@@ -46,7 +56,7 @@ STATIC = Path(__file__).parent / "static"
 
 def error_response(exc: OmniflashError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+    return JSONResponse(with_request_id(exc.to_dict()), status_code=exc.status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -104,6 +114,7 @@ def create_app(
         read_limiter=ReadLimiter(settings.read_rpm),
     )
     webhooks.install(store, settings, services.signer)
+    mcp = McpEndpoint(services)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -112,7 +123,8 @@ def create_app(
         if pool is not None:
             pool.start()
         try:
-            yield
+            async with mcp.lifespan():
+                yield
         finally:
             if pool is not None:
                 pool.close()
@@ -138,11 +150,14 @@ def create_app(
     app.include_router(openai_videos.router)
     app.include_router(webhook_secret.router)
     app.include_router(metrics_router)
+    app.include_router(discovery.router)
+    app.include_router(uploads.router)
+    app.router.routes.append(Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"]))
     install_docs(app)
 
     @app.exception_handler(OmniflashError)
-    async def _omniflash_error(_request: Request, exc: OmniflashError) -> JSONResponse:
-        return error_response(exc)
+    async def _omniflash_error(request: Request, exc: OmniflashError) -> JSONResponse:
+        return error_response(localize_error(exc, task_language(request)))
 
     @app.exception_handler(StorageUnavailable)
     async def _storage_down(_request: Request, exc: StorageUnavailable) -> JSONResponse:

@@ -49,6 +49,11 @@ _EXTRA_ERRORS: dict[tuple[str, str], set[int]] = {
     ("DELETE", "/v1/videos/{video_id}"): {404},
     ("GET", "/v1/videos/{video_id}/content"): {404, 409},
     ("POST", "/v1/videos/{video_id}/remix"): {402, 404, 409},
+    ("GET", "/v1/models/{model_id}"): {404},
+    ("GET", "/v1/model-docs"): {404},
+    ("GET", "/v1/model-docs/{document}"): {404},
+    ("GET", "/v1/model-schema"): {404},
+    ("POST", "/v1/uploads/images"): {400, 413},
 }
 """Statuses beyond the ones every operation of its kind can answer (see ``error_statuses``)."""
 
@@ -59,6 +64,7 @@ _DESCRIPTIONS = {
     403: "Invalid or expired link",
     404: "Not found",
     409: "Conflicts with the current state",
+    413: "Too large",
     422: "Idempotency-Key reused with another body",
     429: "Too many requests (Retry-After)",
     500: "Server error",
@@ -175,6 +181,17 @@ def _schemas() -> dict[str, Any]:
                 },
             },
         },
+        "ImageUpload": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {
+                "file": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "A JPEG, PNG, GIF or WebP image (judged from its bytes).",
+                }
+            },
+        },
         "VideoRemix": {
             "type": "object",
             "required": ["prompt"],
@@ -190,6 +207,7 @@ _BODIES = {
         "application/json": "VideoCreateJson",
     },
     ("POST", "/v1/videos/{video_id}/remix"): {"application/json": "VideoRemix"},
+    ("POST", "/v1/uploads/images"): {"multipart/form-data": "ImageUpload"},
 }
 
 

@@ -23,6 +23,18 @@ __all__ = ["RangeNotSatisfiable", "byte_range", "router"]
 router = APIRouter()
 PATH = "/v1/files/{blob_key:path}"
 MEDIA_TYPE = "video/mp4"
+_IMAGE_TYPES = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp"}
+"""Uploaded images (``uploads/…``) keep their type; every other blob is a video."""
+
+
+def _media(blob_key: str) -> tuple[str, str]:
+    """The media type and download filename of a blob."""
+    stem, _, ext = blob_key.rsplit("/", 1)[-1].partition(".")
+    if blob_key.startswith("uploads/") and ext in _IMAGE_TYPES:
+        return _IMAGE_TYPES[ext], f"{stem}.{ext}"
+    return MEDIA_TYPE, stem + ".mp4"
+
+
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -78,7 +90,7 @@ def download(
         raise Forbidden()
     storage = services.storage
     headers = {"Cache-Control": f"private, max-age={max(0, int(expires - time.time()))}"}
-    filename = blob_key.rsplit("/", 1)[-1].split(".", 1)[0] + ".mp4"
+    media_type, filename = _media(blob_key)
     try:
         path = storage.local_path(blob_key)
         if path is not None:
@@ -86,7 +98,7 @@ def download(
                 raise FileNotFoundError(blob_key)
             return FileResponse(
                 path,
-                media_type=MEDIA_TYPE,
+                media_type=media_type,
                 filename=filename,
                 headers=headers,
                 content_disposition_type="inline",
@@ -97,11 +109,16 @@ def download(
     except StorageUnavailable as exc:
         raise _unavailable() from exc
     headers["Content-Disposition"] = f'inline; filename="{filename}"'
-    return _streamed(storage, blob_key, size, request, headers)
+    return _streamed(storage, blob_key, size, request, headers, media_type)
 
 
 def _streamed(
-    storage: Storage, key: str, size: int, request: Request, headers: dict[str, str]
+    storage: Storage,
+    key: str,
+    size: int,
+    request: Request,
+    headers: dict[str, str],
+    media_type: str = MEDIA_TYPE,
 ) -> Response:
     """The blob, or the one range asked for, streamed from storage (no body for ``HEAD``)."""
     headers["Accept-Ranges"] = "bytes"
@@ -118,12 +135,12 @@ def _streamed(
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
     if request.method == "HEAD":
-        return Response(status_code=status, headers=headers, media_type=MEDIA_TYPE)
+        return Response(status_code=status, headers=headers, media_type=media_type)
     return StreamingResponse(
         storage.iter_bytes(key, start, end),
         status_code=status,
         headers=headers,
-        media_type=MEDIA_TYPE,
+        media_type=media_type,
     )
 
 

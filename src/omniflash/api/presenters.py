@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from omniflash.api.apimart import number
 from omniflash.pricing import Pricing, credits
 from omniflash.storage import Storage, UrlSigner
 from omniflash.store import TaskRow, TaskStatus
@@ -35,8 +36,8 @@ def task_public(
         "completed": completed,
         "actual_time": completed - created if completed is not None else None,
         "estimated_time": task.estimated_time,
-        "cost": pricing.cost(task.credits),
-        "credits_cost": credits(task.credits),
+        "cost": number(pricing.cost(task.credits)),
+        "credits_cost": number(credits(task.credits)),
     }
     if task.status is TaskStatus.COMPLETED and task.result_key and task.result_expires_at:
         expires_at = int(task.result_expires_at)

@@ -8,46 +8,70 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from omniflash.api.apimart import (
+    RESPONSE_VERSION_HEADER,
+    failure_prefix,
+    number,
+    parse_language,
+    response_version,
+    submitted_task,
+    with_request_id,
+)
 from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
 from omniflash.api.presenters import task_public
 from omniflash.api.submission import idempotency_request, read_json, submit_spec
 from omniflash.contract import parse_generation_request
 from omniflash.errors import InvalidRequest
 from omniflash.pricing import credits
-from omniflash.store import KeyInfo, TaskRow
+from omniflash.store import KeyInfo, Submission, TaskRow, TaskStatus
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 
-def _submitted(task_id: str, replayed: bool = False) -> JSONResponse:
-    headers = {"Idempotency-Replayed": "true"} if replayed else None
-    return JSONResponse(
-        {"code": 200, "data": [{"status": "submitted", "task_id": task_id}]}, headers=headers
-    )
+def _submitted(submitted: Submission, version: str | None, services: Services) -> JSONResponse:
+    """The submit's answer: the seed's one-item array, or the task object of ``version``."""
+    headers = {"Idempotency-Replayed": "true"} if submitted.replayed else {}
+    task = submitted.task
+    data: Any
+    if version is None:
+        data = [{"status": "submitted", "task_id": task.id}]
+    else:
+        headers[RESPONSE_VERSION_HEADER] = version
+        pricing = services.settings.pricing
+        data = submitted_task(
+            task, credits_cost=credits(task.credits), cost=pricing.cost(task.credits)
+        )
+    return JSONResponse(with_request_id({"code": 200, "data": data}), headers=headers)
 
 
 @router.post("/v1/videos/generations", summary="Submit a video generation task")
 async def submit(request: Request, key: Submitter, services: ServicesDep) -> JSONResponse:
-    """Validate, price, charge and queue a task; answers at once with its id."""
+    """Validate, price, charge and queue a task; answers at once with its id.
+
+    ``X-APIMart-Response-Version: 2026-07-27`` (or later) answers ``data`` as the task object.
+    """
+    version = response_version(request.headers.get(RESPONSE_VERSION_HEADER))
     body = await read_json(request, services.settings.max_body_bytes)
     # The store blocks (SQLite waits on its write lock): keep it off the event loop.
-    return await run_in_threadpool(
+    submitted = await run_in_threadpool(
         _submit, body, request.headers.get("idempotency-key"), key, services
     )
+    return _submitted(submitted, version, services)
 
 
-def _submit(body: Any, idem_key: str | None, key: KeyInfo, services: Services) -> JSONResponse:
+def _submit(body: Any, idem_key: str | None, key: KeyInfo, services: Services) -> Submission:
     try:
         spec = parse_generation_request(body)
     except RecursionError as exc:
         raise InvalidRequest("The request body is nested too deeply") from exc
-    submitted = submit_spec(services, key, spec, idempotency_request(idem_key, body))
-    return _submitted(submitted.task.id, replayed=submitted.replayed)
+    return submit_spec(services, key, spec, idempotency_request(idem_key, body))
 
 
-def _one_task(task: TaskRow, request: Request, services: Services) -> JSONResponse:
+def _one_task(
+    task: TaskRow, request: Request, services: Services, language: str | None = None
+) -> JSONResponse:
     public = task_public(
         task,
         base_url=services.base_url(request),
@@ -55,16 +79,29 @@ def _one_task(task: TaskRow, request: Request, services: Services) -> JSONRespon
         pricing=services.settings.pricing,
         presigner=services.presigner,
     )
-    return JSONResponse({"code": 200, "data": public})
+    error = public.get("error")
+    if error is not None:
+        error["message"] = failure_prefix(
+            error["message"], cancelled=task.status is TaskStatus.CANCELLED, language=language
+        )
+    return JSONResponse(with_request_id({"code": 200, "data": public}))
 
 
 # Polls are most of the traffic: one thread hop for the one query, the rest on the loop.
 @router.get("/v1/tasks/{task_id}", summary="Get a task's status and result")
 async def get_task(
-    task_id: str, request: Request, key: Caller, services: ServicesDep
+    task_id: str,
+    request: Request,
+    key: Caller,
+    services: ServicesDep,
+    language: Annotated[
+        str | None,
+        Query(description="zh, en, ko or ja: standard error messages in that language"),
+    ] = None,
 ) -> JSONResponse:
+    lang = parse_language(language)
     task = await run_in_threadpool(services.store.tasks.get, task_id, key.id)
-    return _one_task(task, request, services)
+    return _one_task(task, request, services, lang)
 
 
 @router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a pending or processing task")
@@ -89,21 +126,23 @@ async def list_tasks(
     page = rows[:limit]
     base = services.base_url(request)
     return JSONResponse(
-        {
-            "code": 200,
-            "data": [
-                task_public(
-                    t,
-                    base_url=base,
-                    signer=services.signer,
-                    pricing=services.settings.pricing,
-                    presigner=services.presigner,
-                )
-                for t in page
-            ],
-            "has_more": len(rows) > limit,
-            "next_after": page[-1].id if len(rows) > limit else None,
-        }
+        with_request_id(
+            {
+                "code": 200,
+                "data": [
+                    task_public(
+                        t,
+                        base_url=base,
+                        signer=services.signer,
+                        pricing=services.settings.pricing,
+                        presigner=services.presigner,
+                    )
+                    for t in page
+                ],
+                "has_more": len(rows) > limit,
+                "next_after": page[-1].id if len(rows) > limit else None,
+            }
+        )
     )
 
 
@@ -112,14 +151,16 @@ def account(key: Caller, services: ServicesDep) -> dict[str, Any]:
     from omniflash.webhooks import WebhookSecrets
 
     fresh = services.store.keys.get(key.id)
-    return {
-        "code": 200,
-        "data": {
-            "name": fresh.name,
-            "prefix": fresh.prefix,
-            "balance": credits(fresh.balance),
-            "rpm": fresh.rpm,
-            "max_concurrent": fresh.max_concurrent,
-            "webhook_secret": WebhookSecrets(services.store.db).current(key.id),
-        },
-    }
+    return with_request_id(
+        {
+            "code": 200,
+            "data": {
+                "name": fresh.name,
+                "prefix": fresh.prefix,
+                "balance": number(credits(fresh.balance)),
+                "rpm": fresh.rpm,
+                "max_concurrent": fresh.max_concurrent,
+                "webhook_secret": WebhookSecrets(services.store.db).current(key.id),
+            },
+        }
+    )

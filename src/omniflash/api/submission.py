@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import Request
 
 from omniflash.api.deps import Services
+from omniflash.api.uploads import own_upload_inputs
 from omniflash.contract import MAX_SEED, GenerationSpec
 from omniflash.errors import InvalidRequest
 from omniflash.ids import ulid
@@ -23,7 +24,8 @@ from omniflash.store import IdempotencyRequest, KeyInfo, Submission
 
 __all__ = ["IDEMPOTENCY_KEY_MAX", "idempotency_request", "read_json", "submit_spec"]
 
-IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_KEY_MAX = 191
+"""APIMart's limit: 1 to 191 visible ASCII characters (``!`` to ``~``)."""
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -55,8 +57,11 @@ def idempotency_request(idem_key: str | None, body: Any) -> IdempotencyRequest |
     if idem_key is None:
         return None
     idem_key = idem_key.strip()
-    if not idem_key or len(idem_key) > IDEMPOTENCY_KEY_MAX:
-        raise InvalidRequest(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
+    visible = all("!" <= c <= "~" for c in idem_key)
+    if not idem_key or len(idem_key) > IDEMPOTENCY_KEY_MAX or not visible:
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"
+        )
     try:
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     except (RecursionError, ValueError) as exc:
@@ -75,11 +80,14 @@ def submit_spec(
     Raises the store's ``PaymentRequired``, ``RateLimited`` or ``IdempotencyMismatch``.
     """
     estimate = max(1, round(services.estimator(spec)))
-    # Inline images go to blob storage before the transaction, under a name of their own;
-    # they are deleted again if the submit does not make a task of them.
-    spec, written = store_inline_inputs(spec, services.storage, f"inputs/{ulid()}")
+    # Inline images, and images uploaded here, go to blob storage before the transaction,
+    # under a name of their own; they are deleted again if the submit makes no task of them.
+    prefix = f"inputs/{ulid()}"
+    spec, written = store_inline_inputs(spec, services.storage, prefix)
     submitted = None
     try:
+        spec, copied = own_upload_inputs(spec, services.storage, services.signer, prefix)
+        written += copied
         submitted = services.store.tasks.submit(
             key,
             spec,

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from omniflash.api.apimart import with_request_id
 from omniflash.api.deps import Caller, ServicesDep
 from omniflash.webhooks import ROTATION_GRACE_S, WebhookSecrets
 
@@ -20,10 +21,12 @@ def rotate_webhook_secret(key: Caller, services: ServicesDep) -> dict[str, Any]:
     secret, previous_expires = WebhookSecrets(services.store.db).rotate(
         key.id, grace_s=ROTATION_GRACE_S
     )
-    return {
-        "code": 200,
-        "data": {
-            "webhook_secret": secret,
-            "previous_secret_expires_at": int(previous_expires) if previous_expires else None,
-        },
-    }
+    return with_request_id(
+        {
+            "code": 200,
+            "data": {
+                "webhook_secret": secret,
+                "previous_secret_expires_at": int(previous_expires) if previous_expires else None,
+            },
+        }
+    )

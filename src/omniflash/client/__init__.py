@@ -43,6 +43,7 @@ from omniflash.client.models import (
     TaskInfo,
     TaskPage,
     TaskStatus,
+    Upload,
     Video,
     WaitOptions,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "TaskInfo",
     "TaskPage",
     "TaskStatus",
+    "Upload",
     "Video",
     "WaitOptions",
     "WaitPolicy",

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, Unpack
 import httpx
 
 from omniflash.client import core, effects
-from omniflash.client.models import Account, Task, TaskPage
+from omniflash.client.models import Account, Task, TaskPage, Upload
 
 __all__ = ["AsyncClient"]
 
@@ -38,6 +38,7 @@ class AsyncClient(core.BaseClient[httpx.AsyncBaseTransport]):
     ) -> None:
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True)
         self.videos, self.tasks = AsyncVideos(self), AsyncTasks(self)
+        self.uploads = AsyncUploads(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -59,9 +60,9 @@ class AsyncClient(core.BaseClient[httpx.AsyncBaseTransport]):
 
     async def _carry_out(self, effect: effects.Effect) -> Any:
         match effect:
-            case effects.Send(method, url, headers, json, params):
+            case effects.Send(method, url, headers, json, params, files):
                 request = self._http.build_request(
-                    method, url, json=json, params=params, headers=headers
+                    method, url, json=json, params=params, headers=headers, files=files
                 )
                 return await self._http.send(request)
             case effects.Fetch():
@@ -113,6 +114,19 @@ class AsyncVideos:
         self, prompt: str, **options: Unpack[core.GenerateAndWaitOptions]
     ) -> Task:
         return await self._run(self._core.generate_and_wait(prompt, **options))
+
+
+class AsyncUploads:
+    """``client.uploads`` of an ``AsyncClient``: see ``Client.uploads``."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._run = client._run
+        self._core = client._core
+
+    async def create(
+        self, image: str | os.PathLike[str] | bytes, *, filename: str | None = None
+    ) -> Upload:
+        return await self._run(self._core.upload(image, filename))
 
 
 class AsyncTasks:

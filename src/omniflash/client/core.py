@@ -43,12 +43,14 @@ from omniflash.client.generation import (
     GenerateOptions,
     GenerationRequest,
 )
+from omniflash.client.images import upload_content
 from omniflash.client.models import (
     Account,
     Task,
     TaskActions,
     TaskPage,
     TaskStatus,
+    Upload,
     WaitOptions,
 )
 from omniflash.client.policies import RetryPolicy, WaitPolicy
@@ -91,6 +93,8 @@ class RequestOptions(TypedDict, total=False):
     """The JSON body."""
     params: dict[str, Any] | None
     """The query string."""
+    files: dict[str, tuple[str, bytes, str]] | None
+    """A multipart body: field name → (filename, content, content type)."""
     headers: dict[str, str] | None
     """Headers besides the key's Authorization and the SDK's User-Agent."""
     mode: RetryMode
@@ -125,7 +129,7 @@ class ClientCore:
         """One API call with the retry policy; raises the SDK's exceptions."""
         headers = options.get("headers") or {}
         mode = options.get("mode", "read")
-        json, params = options.get("json"), options.get("params")
+        json, params, files = options.get("json"), options.get("params"), options.get("files")
         all_headers = default_headers(self.api_key) | headers
         retries = self.retry.retries_for(mode, all_headers)
         submit = mode == "submit"
@@ -133,7 +137,7 @@ class ClientCore:
         attempt = 0
         while True:
             try:
-                response = yield Send(method, url, all_headers, json, params)
+                response = yield Send(method, url, all_headers, json, params, files)
                 check(response)
                 return response  # type: ignore[no-any-return]
             except httpx.TransportError as exc:
@@ -150,6 +154,16 @@ class ClientCore:
     def account(self) -> Flow[Account]:
         data = payload((yield from self.request("GET", "/v1/account")))
         return Account.from_data(data if isinstance(data, dict) else {})
+
+    def upload(
+        self, image: str | os.PathLike[str] | bytes, filename: str | None = None
+    ) -> Flow[Upload]:
+        """``POST /v1/uploads/images``: a local image (path or bytes) → its signed URL."""
+        files = {"file": upload_content(image, filename)}
+        # Retrying an upload is safe: at worst a second copy is stored, nothing is charged.
+        response = yield from self.request("POST", "/v1/uploads/images", files=files)
+        data = _body_json(response)
+        return Upload.from_data(data if isinstance(data, dict) else {})
 
     def generate(self, prompt: str, **options: Unpack[GenerateOptions]) -> Flow[Task]:
         return self._submit(prompt, options)
@@ -293,6 +307,13 @@ class ClientCore:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _body_json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def _finish(task: Task, raise_on_failure: bool) -> Task:

@@ -44,6 +44,8 @@ class Send:
     headers: dict[str, str] = dataclasses.field(repr=False)
     json: Any = dataclasses.field(default=None, repr=False)
     params: dict[str, Any] | None = None
+    files: dict[str, tuple[str, bytes, str]] | None = dataclasses.field(default=None, repr=False)
+    """A multipart body: field name → (filename, content, content type)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,16 @@ from typing import TypeAlias
 
 from omniflash.client.errors import InputError
 
-__all__ = ["ACCEPTED_TYPES", "ImageInput", "data_uri", "image_reference", "sniff_image_type"]
+__all__ = [
+    "ACCEPTED_TYPES",
+    "UPLOAD_TYPES",
+    "ImageInput",
+    "data_uri",
+    "image_reference",
+    "is_url",
+    "sniff_image_type",
+    "upload_content",
+]
 
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes"
 """An ``http(s)://`` URL, a ``data:`` URI, a local path, or the image's bytes."""
@@ -31,6 +40,8 @@ ACCEPTED_TYPES = (
     "image/avif",
 )
 """The image types an omniflash server decodes; ``data_uri`` refuses every other."""
+UPLOAD_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp"}
+"""The image types ``POST /v1/uploads/images`` takes."""
 ACCEPTED_NAMES = "PNG, JPEG, WebP, GIF, BMP, TIFF or AVIF"
 # Enough of the head for an ISO-BMFF ``ftyp`` box and its list of compatible brands.
 HEAD_BYTES = 64
@@ -134,3 +145,38 @@ def image_reference(image: str | os.PathLike[str] | bytes, *, index: int = 0) ->
     except OSError as exc:
         raise InputError(f"cannot read image {str(path)!r}: {exc.strerror or exc}") from exc
     return data_uri(content, source=f"image {str(path)!r}")
+
+
+def is_url(image: object) -> bool:
+    """Whether ``image`` is an ``http(s)://`` URL or a ``data:`` URI (sent as it is)."""
+    if not isinstance(image, str):
+        return False
+    return image.split(":", 1)[0].lower() in ("http", "https", "data")
+
+
+def upload_content(
+    image: str | os.PathLike[str] | bytes, filename: str | None = None
+) -> tuple[str, bytes, str]:
+    """``(filename, content, content type)`` of a local image to upload.
+
+    Raises ``InputError`` for what the upload endpoint refuses: not JPEG, PNG, GIF or WebP,
+    or larger than 20 MB.
+    """
+    if isinstance(image, bytes | bytearray | memoryview):
+        content, source = bytes(image), "image bytes"
+    else:
+        path = Path(image)
+        source = f"image {str(path)!r}"
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read image {str(path)!r}: {exc.strerror or exc}") from exc
+        filename = filename or path.name
+    if len(content) > MAX_IMAGE_BYTES:
+        raise InputError(f"{source} is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+    mime = sniff_image_type(content[:HEAD_BYTES])
+    if mime not in UPLOAD_TYPES:
+        raise _refusal(mime, source) or InputError(
+            f"{source} is {mime}: uploads take JPEG, PNG, GIF or WebP"
+        )
+    return filename or f"image.{UPLOAD_TYPES[mime]}", content, mime

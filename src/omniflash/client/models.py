@@ -24,6 +24,7 @@ __all__ = [
     "TaskInfo",
     "TaskPage",
     "TaskStatus",
+    "Upload",
     "Video",
     "WaitOptions",
 ]
@@ -281,5 +282,31 @@ class Account:
             prefix=prefix if isinstance(prefix, str) else None,
             rpm=_int(data.get("rpm")),
             max_concurrent=_int(data.get("max_concurrent")),
+            raw=dict(data),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """``POST /v1/uploads/images``: an image's signed URL, for ``images=[upload.url]``."""
+
+    url: str
+    filename: str | None = None
+    content_type: str | None = None
+    bytes: int | None = None
+    created_at: int | None = None
+    expires_at: int | None = None
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Upload:
+        name, kind = data.get("filename"), data.get("content_type")
+        return cls(
+            url=str(data.get("url") or ""),
+            filename=name if isinstance(name, str) else None,
+            content_type=kind if isinstance(kind, str) else None,
+            bytes=_int(data.get("bytes")),
+            created_at=_int(data.get("created_at")),
+            expires_at=_int(data.get("expires_at")),
             raw=dict(data),
         )

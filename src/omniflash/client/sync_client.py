@@ -16,7 +16,7 @@ from typing import Any, TypeVar, Unpack
 import httpx
 
 from omniflash.client import core, effects
-from omniflash.client.models import Account, Task, TaskPage
+from omniflash.client.models import Account, Task, TaskPage, Upload
 
 __all__ = ["Client"]
 
@@ -35,7 +35,7 @@ class Client(core.BaseClient[httpx.BaseTransport]):
         self, transport: httpx.BaseTransport | None, timeout: float | httpx.Timeout
     ) -> None:
         self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True)
-        self.videos, self.tasks = Videos(self), Tasks(self)
+        self.videos, self.tasks, self.uploads = Videos(self), Tasks(self), Uploads(self)
         self._core.actions = self.tasks
 
     def __enter__(self) -> Client:
@@ -59,9 +59,9 @@ class Client(core.BaseClient[httpx.BaseTransport]):
 
     def _carry_out(self, effect: effects.Effect) -> Any:
         match effect:
-            case effects.Send(method, url, headers, json, params):
+            case effects.Send(method, url, headers, json, params, files):
                 request = self._http.build_request(
-                    method, url, json=json, params=params, headers=headers
+                    method, url, json=json, params=params, headers=headers, files=files
                 )
                 return self._http.send(request)
             case effects.Fetch():
@@ -127,6 +127,20 @@ class Videos:
         Takes ``generate``'s options, and ``wait``'s ``timeout`` and ``on_progress``.
         """
         return self._run(self._core.generate_and_wait(prompt, **options))
+
+
+class Uploads:
+    """``client.uploads``: local images to signed URLs, for ``images=[...]``."""
+
+    def __init__(self, client: Client) -> None:
+        self._run = client._run
+        self._core = client._core
+
+    def create(
+        self, image: str | os.PathLike[str] | bytes, *, filename: str | None = None
+    ) -> Upload:
+        """Upload a JPEG, PNG, GIF or WebP (a path or bytes); returns its signed URL (72 h)."""
+        return self._run(self._core.upload(image, filename))
 
 
 class Tasks:

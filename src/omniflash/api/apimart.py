@@ -1,0 +1,188 @@
+"""APIMart's additions to the Omni-Flash-Ext answers: response versions, request ids, languages.
+
+Pure helpers, no I/O; ``routes`` and the app's error handler call them.
+
+- ``X-APIMart-Response-Version: 2026-07-27`` (or a later date) makes a submit answer
+  ``data`` as one task object instead of the seed's one-item array::
+
+      >>> response_version("2026-08-01"), response_version(None), response_version("2025-01-01")
+      ('2026-07-27', None, None)
+
+- every body carries the request's id (``X-Request-Id``) as ``request_id``;
+- ``?language=zh|en|ko|ja`` on ``GET /v1/tasks/{id}`` localises the seed's standard error
+  messages and the prefix of a failed task's ``error.message``;
+- whole credits are JSON integers: ``number(4.0) == 4`` is written ``4``, not ``4.0``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any
+
+from starlette.requests import Request
+
+from omniflash.errors import InvalidRequest, OmniflashError
+from omniflash.logs import request_id_var
+from omniflash.store import TaskRow
+
+__all__ = [
+    "LANGUAGES",
+    "RESPONSE_VERSION_HEADER",
+    "SUPPORTED_VERSIONS",
+    "V2026_07_27",
+    "failure_prefix",
+    "localize_error",
+    "number",
+    "parse_language",
+    "request_id",
+    "response_version",
+    "submitted_task",
+    "task_language",
+    "with_request_id",
+]
+
+RESPONSE_VERSION_HEADER = "X-APIMart-Response-Version"
+V2026_07_27 = "2026-07-27"
+SUPPORTED_VERSIONS = (V2026_07_27,)
+"""Dated response versions, oldest first; no header (or an earlier date) is the seed's shape."""
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$", re.ASCII)
+LANGUAGES = ("zh", "en", "ko", "ja")
+
+
+def response_version(header: str | None) -> str | None:
+    """The response version a header value selects; ``None`` for the seed's shape.
+
+    A value that is not a ``YYYY-MM-DD`` date raises ``InvalidRequest`` naming the versions.
+    """
+    if header is None or not header.strip():
+        return None
+    value = header.strip()
+    try:
+        if not _DATE.match(value):
+            raise ValueError(value)
+        date = datetime.date.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"{RESPONSE_VERSION_HEADER} {value!r} is not a date; supported versions: "
+            + ", ".join(SUPPORTED_VERSIONS)
+            + " (or no header for the original shape)"
+        ) from exc
+    chosen = None
+    for version in SUPPORTED_VERSIONS:
+        if date >= datetime.date.fromisoformat(version):
+            chosen = version
+    return chosen
+
+
+def request_id() -> str | None:
+    """This request's id, as ``RequestMiddleware`` set it (also the ``X-Request-Id`` header)."""
+    return request_id_var.get()
+
+
+def with_request_id(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with this request's ``request_id`` added, when there is a request."""
+    rid = request_id()
+    if rid is not None:
+        body["request_id"] = rid
+    return body
+
+
+def number(value: float) -> int | float:
+    """A whole number as an ``int`` (written ``4``), a fraction unchanged (``0.4``)."""
+    return int(value) if float(value).is_integer() else value
+
+
+def submitted_task(task: TaskRow, *, credits_cost: float, cost: float) -> dict[str, Any]:
+    """Version 2026-07-27's submit ``data``: the task as one object."""
+    return {
+        "id": task.id,
+        "object": "generation.task",
+        "status": task.status.value,
+        "model": "Omni-Flash-Ext",
+        "created": int(task.created_at),
+        "estimated_time": task.estimated_time,
+        "credits_cost": number(credits_cost),
+        "cost": number(cost),
+    }
+
+
+def parse_language(value: str | None) -> str | None:
+    """``?language=``'s value, checked; ``None`` when absent."""
+    if value is None or value == "":
+        return None
+    lang = value.strip().lower()
+    if lang not in LANGUAGES:
+        raise InvalidRequest(f"`language` must be one of {', '.join(LANGUAGES)}, got {value!r}")
+    return lang
+
+
+# The seed's standard messages, by error type, in each language (English is the seed's).
+_MESSAGES: dict[str, dict[str, str]] = {
+    "invalid_request_error": {
+        "zh": "请求参数无效",
+        "ko": "요청 매개변수가 올바르지 않습니다",
+        "ja": "リクエストパラメータが無効です",
+    },
+    "authentication_error": {
+        "zh": "认证失败，请检查您的 API 密钥",
+        "ko": "인증에 실패했습니다. API 키를 확인하세요",
+        "ja": "認証に失敗しました。API キーを確認してください",
+    },
+    "payment_required": {
+        "zh": "账户余额不足，请充值后重试",
+        "ko": "계정 잔액이 부족합니다. 충전 후 다시 시도하세요",
+        "ja": "残高が不足しています。チャージしてから再試行してください",
+    },
+    "not_found_error": {
+        "zh": "任务不存在",
+        "ko": "작업을 찾을 수 없습니다",
+        "ja": "タスクが見つかりません",
+    },
+    "rate_limit_error": {
+        "zh": "请求过于频繁，请稍后重试",
+        "ko": "요청이 너무 많습니다. 잠시 후 다시 시도하세요",
+        "ja": "リクエストが多すぎます。しばらくしてから再試行してください",
+    },
+    "api_error": {
+        "zh": "服务器内部错误",
+        "ko": "서버 내부 오류",
+        "ja": "サーバー内部エラー",
+    },
+}
+_FAILED = {
+    "en": "Generation failed",
+    "zh": "生成失败",
+    "ko": "생성 실패",
+    "ja": "生成に失敗しました",
+}
+_CANCELLED = {"en": "Cancelled", "zh": "已取消", "ko": "취소됨", "ja": "キャンセルされました"}
+
+
+def localize_error(exc: OmniflashError, language: str | None) -> OmniflashError:
+    """``exc`` with the seed's standard message for its type in ``language`` (English: as is)."""
+    text = _MESSAGES.get(exc.type, {}).get(language or "en")
+    if text is None:
+        return exc
+    exc.message = text
+    return exc
+
+
+def failure_prefix(message: str, *, cancelled: bool, language: str | None) -> str:
+    """A failed (or cancelled) task's ``error.message``, prefixed in ``language``."""
+    if language is None:
+        return message
+    prefix = (_CANCELLED if cancelled else _FAILED)[language]
+    separator = "：" if language in ("zh", "ja") else ": "
+    return f"{prefix}{separator}{message}"
+
+
+def task_language(request: Request) -> str | None:
+    """The valid ``?language=`` of a ``GET /v1/tasks/{id}``; ``None`` for any other request."""
+    if request.method != "GET" or not _TASK_PATH.match(request.url.path):
+        return None
+    value = request.query_params.get("language", "").strip().lower()
+    return value if value in LANGUAGES else None
+
+
+_TASK_PATH = re.compile(r"^/v1/tasks/[^/]+$")

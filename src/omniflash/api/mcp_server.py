@@ -1,0 +1,328 @@
+"""The MCP server for agents: APIMart's tools over streamable HTTP at ``/mcp``.
+
+Stateless, JSON responses, built on the official ``mcp`` SDK and mounted in the API app.
+The caller's API key is the Bearer token: a request without a valid one gets HTTP 401
+(the error envelope) before any MCP message is read.  Each tool is a thin dialect: it
+calls the same functions as the HTTP routes (``contract`` to parse, ``submit_spec`` to
+charge and queue, ``task_public`` to show a task), so every rule is the HTTP API's.
+
+Tools: ``list_models``, ``get_model_docs``, ``get_model_schema``, ``upload_image``,
+``generate_video``, ``get_task`` and ``cancel_task``.  Each answers structured content
+(a JSON object) and the same object as text; an API error is a tool error (``isError``)
+whose structured content is ``{"error": {"code", "type", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import CallToolResult, ResourceLink, TextContent
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from omniflash import __version__
+from omniflash.api.apimart import failure_prefix, parse_language, with_request_id
+from omniflash.api.deps import Services, authenticate
+from omniflash.api.discovery import model_docs, model_object, model_schema
+from omniflash.api.presenters import task_public
+from omniflash.api.submission import idempotency_request, submit_spec
+from omniflash.api.uploads import UploadTooLarge, store_upload
+from omniflash.contract import MODEL_NAME, parse_generation_request
+from omniflash.errors import AuthenticationFailed, InvalidRequest, OmniflashError
+from omniflash.store import KeyInfo, TaskRow, TaskStatus
+
+__all__ = ["MCP_PATH", "POLL_AFTER_S", "McpEndpoint"]
+
+MCP_PATH = "/mcp"
+POLL_AFTER_S = 5
+"""What ``next_poll_after_seconds`` says while a task runs."""
+
+_INSTRUCTIONS = (
+    "Generate videos with Omni-Flash-Ext. Read get_model_schema for the input; upload local "
+    "images with upload_image and pass the URL in input.image_urls; call generate_video with "
+    "an idempotency_key (retrying with the same key never charges twice); then get_task every "
+    "few seconds until terminal is true. A completed task links its mp4."
+)
+
+
+def _result(data: dict[str, Any], links: list[ResourceLink] | None = None) -> CallToolResult:
+    text = TextContent(type="text", text=json.dumps(data, ensure_ascii=False, indent=1))
+    return CallToolResult(content=[text, *(links or [])], structured_content=data)
+
+
+def _error(exc: OmniflashError) -> CallToolResult:
+    data = {"error": {"code": exc.status, "type": exc.type, "message": exc.message}}
+    text = TextContent(type="text", text=f"{exc.type}: {exc.message}")
+    return CallToolResult(content=[text], structured_content=data, is_error=True)
+
+
+class _Tools:
+    """The tools, bound to one app's services."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def _caller(self, ctx: Context) -> tuple[KeyInfo, str]:
+        """The key of the Bearer token (checked again: each tool call is a request) and base URL."""
+        request = ctx.request_context.request
+        if not isinstance(request, Request):
+            raise AuthenticationFailed("MCP tools are served over HTTP with a Bearer API key")
+        key = getattr(request.state, "omniflash_key", None)
+        if not isinstance(key, KeyInfo):
+            key = await authenticate(request)
+        return key, self.services.base_url(request)
+
+    async def _run(
+        self, ctx: Context, work: Callable[[KeyInfo, str], Awaitable[CallToolResult]]
+    ) -> CallToolResult:
+        try:
+            key, base_url = await self._caller(ctx)
+            return await work(key, base_url)
+        except OmniflashError as exc:
+            return _error(exc)
+
+    def _task(
+        self, task: TaskRow, base_url: str, language: str | None = None
+    ) -> tuple[dict[str, Any], list[ResourceLink]]:
+        services = self.services
+        public = task_public(
+            task,
+            base_url=base_url,
+            signer=services.signer,
+            pricing=services.settings.pricing,
+            presigner=services.presigner,
+        )
+        error = public.get("error")
+        if error is not None:
+            error["message"] = failure_prefix(
+                error["message"], cancelled=task.status is TaskStatus.CANCELLED, language=language
+            )
+        terminal = task.status.terminal
+        data: dict[str, Any] = {
+            "kind": "task",
+            "task_id": task.id,
+            "status": task.status.value,
+            "terminal": terminal,
+            "should_poll": not terminal,
+            "next_poll_after_seconds": 0 if terminal else POLL_AFTER_S,
+            "task": public,
+        }
+        links = []
+        if "result" in public:
+            url = public["result"]["videos"][0]["url"][0]
+            data["video_url"] = url
+            links.append(
+                ResourceLink(
+                    type="resource_link",
+                    uri=url,
+                    name=f"{task.id}.mp4",
+                    mime_type="video/mp4",
+                    description="The generated video (a signed URL; it expires)",
+                )
+            )
+        return data, links
+
+    # -- the tools ------------------------------------------------------------------------
+
+    async def list_models(
+        self,
+        ctx: Context,
+        query: Annotated[str | None, Field(description="Words to filter models by")] = None,
+        limit: Annotated[int, Field(ge=1, le=200, description="Models per page")] = 50,
+        cursor: Annotated[str | None, Field(description="next_cursor of the last page")] = None,
+    ) -> CallToolResult:
+        """List the models this server generates with."""
+
+        async def work(_key: KeyInfo, _base: str) -> CallToolResult:
+            models = [model_object()]
+            if query:
+                words = query.lower().split()
+                models = [
+                    m
+                    for m in models
+                    if all(w in f"{m['id']} {m['description']} video".lower() for w in words)
+                ]
+            start = int(cursor) if cursor and cursor.isdigit() else 0
+            page = models[start : start + limit]
+            more = start + limit < len(models)
+            data = {
+                "object": "list",
+                "data": page,
+                "has_more": more,
+                "next_cursor": str(start + limit) if more else None,
+            }
+            return _result(data)
+
+        return await self._run(ctx, work)
+
+    async def get_model_docs(
+        self, ctx: Context, model: Annotated[str, Field(description="Omni-Flash-Ext")]
+    ) -> CallToolResult:
+        """The model's documentation (Markdown): parameters, modes, prices, limits."""
+
+        async def work(_key: KeyInfo, base_url: str) -> CallToolResult:
+            return _result(model_docs(self.services, base_url, model))
+
+        return await self._run(ctx, work)
+
+    async def get_model_schema(
+        self,
+        ctx: Context,
+        model: Annotated[str, Field(description="Omni-Flash-Ext")],
+        operation: Annotated[str | None, Field(description="video_generation")] = None,
+    ) -> CallToolResult:
+        """The JSON Schema of generate_video's `input` (the request body without `model`)."""
+
+        async def work(_key: KeyInfo, _base: str) -> CallToolResult:
+            return _result(model_schema(model, operation))
+
+        return await self._run(ctx, work)
+
+    async def upload_image(
+        self,
+        ctx: Context,
+        image_base64: Annotated[str, Field(description="The image's bytes, base64")],
+        filename: Annotated[str, Field(description="A name for it, e.g. cat.png")],
+    ) -> CallToolResult:
+        """Upload a JPEG, PNG, GIF or WebP; answers a URL to pass in input.image_urls."""
+
+        async def work(key: KeyInfo, base_url: str) -> CallToolResult:
+            await run_in_threadpool(self.services.store.keys.hit, key)
+            payload = image_base64.strip()
+            if payload[:5].lower() == "data:":
+                payload = payload.partition(",")[2]
+            limit = self.services.settings.max_upload_bytes
+            if len(payload) > (limit // 3 + 1) * 4:
+                raise UploadTooLarge(f"The image is larger than {limit // (1024 * 1024)} MB")
+            try:
+                data = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidRequest("`image_base64` is not valid base64") from exc
+            answer = await run_in_threadpool(store_upload, self.services, data, filename, base_url)
+            return _result(answer)
+
+        return await self._run(ctx, work)
+
+    async def generate_video(
+        self,
+        ctx: Context,
+        model: Annotated[str, Field(description="Omni-Flash-Ext")],
+        input: Annotated[
+            dict[str, Any],
+            Field(description="The request body without `model` (see get_model_schema)"),
+        ],
+        idempotency_key: Annotated[
+            str, Field(description="1-191 visible ASCII; the same key returns the same task")
+        ],
+    ) -> CallToolResult:
+        """Submit a video generation; answers the task to poll with get_task."""
+
+        async def work(key: KeyInfo, base_url: str) -> CallToolResult:
+            services = self.services
+            await run_in_threadpool(services.store.keys.hit, key)
+            body = {**input, "model": model}
+            request = idempotency_request(idempotency_key, body)
+
+            def submit() -> Any:
+                return submit_spec(services, key, parse_generation_request(body), request)
+
+            submitted = await run_in_threadpool(submit)
+            task = submitted.task
+            data = {
+                "kind": "task",
+                "task_id": task.id,
+                "status": task.status.value,
+                "model": MODEL_NAME,
+                "should_poll": not task.status.terminal,
+                "next_poll_after_seconds": POLL_AFTER_S,
+                "idempotency_key": request.key if request else idempotency_key,
+                "replayed": submitted.replayed,
+                "estimated_time": task.estimated_time,
+            }
+            return _result(data)
+
+        return await self._run(ctx, work)
+
+    async def get_task(
+        self,
+        ctx: Context,
+        task_id: Annotated[str, Field(description="The id generate_video answered")],
+        language: Annotated[str | None, Field(description="zh, en, ko or ja")] = None,
+    ) -> CallToolResult:
+        """A task's status, progress, cost and, once completed, its video URL."""
+
+        async def work(key: KeyInfo, base_url: str) -> CallToolResult:
+            lang = parse_language(language)
+            task = await run_in_threadpool(self.services.store.tasks.get, task_id, key.id)
+            return _result(*self._task(task, base_url, lang))
+
+        return await self._run(ctx, work)
+
+    async def cancel_task(
+        self,
+        ctx: Context,
+        task_id: Annotated[str, Field(description="A pending or processing task")],
+    ) -> CallToolResult:
+        """Cancel a pending or processing task; it is refunded."""
+
+        async def work(key: KeyInfo, base_url: str) -> CallToolResult:
+            task = await run_in_threadpool(self.services.store.tasks.cancel, task_id, key.id)
+            return _result(*self._task(task, base_url))
+
+        return await self._run(ctx, work)
+
+
+def build_server(services: Services) -> MCPServer:
+    server = MCPServer(
+        "omniflash", version=__version__, instructions=_INSTRUCTIONS, log_level="WARNING"
+    )
+    tools = _Tools(services)
+    for name in (
+        "list_models",
+        "get_model_docs",
+        "get_model_schema",
+        "upload_image",
+        "generate_video",
+        "get_task",
+        "cancel_task",
+    ):
+        server.add_tool(getattr(tools, name), name=name, structured_output=False)
+    return server
+
+
+class McpEndpoint:
+    """The ASGI endpoint at ``/mcp``: the Bearer key first, then the SDK's transport."""
+
+    def __init__(self, services: Services) -> None:
+        self.server = build_server(services)
+        # Builds the SDK's session manager (stateless, JSON answers); its own Starlette app
+        # is not used: this endpoint is mounted in the API app, behind its middleware.
+        self.server.streamable_http_app(json_response=True, stateless_http=True, host="0.0.0.0")
+        self.manager = self.server.session_manager
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        async with self.manager.run():
+            yield
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            key = await authenticate(Request(scope, receive))
+        except OmniflashError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            response = JSONResponse(
+                with_request_id(exc.to_dict()), status_code=exc.status, headers=headers
+            )
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["omniflash_key"] = key
+        await self.manager.handle_request(scope, receive, send)
