@@ -30,7 +30,7 @@ from omniflash.api.apimart import localize_error, task_language, with_request_id
 from omniflash.api.deps import Services
 from omniflash.api.docs import install_docs
 from omniflash.api.limits import KeyCache, ReadLimiter
-from omniflash.api.mcp_server import MCP_PATH, McpEndpoint
+from omniflash.api.mcp_endpoint import MCP_PATH, LazyMcpEndpoint
 from omniflash.api.routes import router
 from omniflash.engines.estimates import estimator_for
 from omniflash.errors import (
@@ -114,7 +114,7 @@ def create_app(
         read_limiter=ReadLimiter(settings.read_rpm),
     )
     webhooks.install(store, settings, services.signer)
-    mcp = McpEndpoint(services)
+    mcp = LazyMcpEndpoint(services)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -123,9 +123,9 @@ def create_app(
         if pool is not None:
             pool.start()
         try:
-            async with mcp.lifespan():
-                yield
+            yield
         finally:
+            await mcp.close()
             if pool is not None:
                 pool.close()
             for thread in background:

@@ -14,11 +14,11 @@ whose structured content is ``{"error": {"code", "type", "message"}}``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -33,6 +33,7 @@ from omniflash import __version__
 from omniflash.api.apimart import failure_prefix, parse_language, with_request_id
 from omniflash.api.deps import Services, authenticate
 from omniflash.api.discovery import model_docs, model_object, model_schema
+from omniflash.api.mcp_endpoint import MCP_PATH
 from omniflash.api.presenters import task_public
 from omniflash.api.submission import idempotency_request, submit_spec
 from omniflash.api.uploads import UploadTooLarge, store_upload
@@ -42,7 +43,6 @@ from omniflash.store import KeyInfo, TaskRow, TaskStatus
 
 __all__ = ["MCP_PATH", "POLL_AFTER_S", "McpEndpoint"]
 
-MCP_PATH = "/mcp"
 POLL_AFTER_S = 5
 """What ``next_poll_after_seconds`` says while a task runs."""
 
@@ -300,19 +300,44 @@ def build_server(services: Services) -> MCPServer:
 
 
 class McpEndpoint:
-    """The ASGI endpoint at ``/mcp``: the Bearer key first, then the SDK's transport."""
+    """The ASGI endpoint at ``/mcp``: the Bearer key first, then the SDK's transport.
+
+    The SDK is built on the first MCP request, not with the app: importing it costs an
+    API process that never serves an agent some 30 MiB.  Its session manager then runs
+    in a task of its own until the app stops (``close``), since the manager's task group
+    must be entered and left in one task.
+    """
 
     def __init__(self, services: Services) -> None:
-        self.server = build_server(services)
-        # Builds the SDK's session manager (stateless, JSON answers); its own Starlette app
-        # is not used: this endpoint is mounted in the API app, behind its middleware.
-        self.server.streamable_http_app(json_response=True, stateless_http=True, host="0.0.0.0")
-        self.manager = self.server.session_manager
+        self.services = services
+        self._manager: Any = None
+        self._runner: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(self) -> AsyncIterator[None]:
-        async with self.manager.run():
-            yield
+    async def _started(self) -> Any:
+        async with self._lock:
+            if self._runner is None:
+                server = build_server(self.services)
+                # Builds the SDK's session manager (stateless, JSON answers); its own
+                # Starlette app is not used: this endpoint sits behind the API's middleware.
+                server.streamable_http_app(json_response=True, stateless_http=True, host="0.0.0.0")
+                self._manager = server.session_manager
+                self._runner = asyncio.create_task(self._run(), name="mcp-sessions")
+        await self._ready.wait()
+        return self._manager
+
+    async def _run(self) -> None:
+        async with self._manager.run():
+            self._ready.set()
+            await self._stop.wait()
+
+    async def close(self) -> None:
+        """Stop the session manager, if an MCP request ever started it."""
+        if self._runner is not None:
+            self._stop.set()
+            await self._runner
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -325,4 +350,5 @@ class McpEndpoint:
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})["omniflash_key"] = key
-        await self.manager.handle_request(scope, receive, send)
+        manager = await self._started()
+        await manager.handle_request(scope, receive, send)
