@@ -146,10 +146,13 @@ def test_two_senders_deliver_each_attempt_once(
 # -- one event per ended task, whoever ends it -----------------------------------------------
 
 
-def _ender(url: str, tmp: str, key_id: int, leases: list[tuple[str, int]], i: int) -> None:
+def _ender(
+    url: str, tmp: str, key_id: int, leases: list[tuple[str, int]], i: int, start: Any
+) -> None:
     store = Store(url, migrate=False)
     install(store, _settings(url, tmp), UrlSigner(b"secret"))  # as create_app does
     try:
+        start.wait(60)  # all three ready before any begins: they really race
         for task_id, epoch in leases if i % 2 else leases[::-1]:
             if i == 0:
                 with contextlib.suppress(Conflict):  # it ended first another way
@@ -184,8 +187,9 @@ def test_a_task_ended_by_racing_processes_queues_one_event(
         assert claim is not None
         leases.append((claim.task.id, claim.epoch))
     ctx = mp.get_context("spawn")
+    start = ctx.Barrier(3)
     procs = [
-        ctx.Process(target=_ender, args=(postgres_url, str(tmp_path), info.id, leases, i))
+        ctx.Process(target=_ender, args=(postgres_url, str(tmp_path), info.id, leases, i, start))
         for i in range(3)
     ]
     for p in procs:
