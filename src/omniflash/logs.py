@@ -20,8 +20,8 @@ import datetime
 import json
 import logging
 import re
+import secrets
 import sys
-import uuid
 from collections.abc import Iterator
 
 __all__ = [
@@ -61,7 +61,7 @@ def new_request_id(incoming: str | None = None) -> str:
     """The caller's ``X-Request-Id`` when it is a sane token, else a new ``req_…`` id."""
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
-    return "req_" + uuid.uuid4().hex
+    return "req_" + secrets.token_hex(16)
 
 
 @contextlib.contextmanager

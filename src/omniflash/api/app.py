@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
@@ -31,6 +31,7 @@ from omniflash.api.deps import Services
 from omniflash.api.docs import install_docs
 from omniflash.api.limits import KeyCache, ReadLimiter
 from omniflash.api.mcp_endpoint import MCP_PATH, LazyMcpEndpoint
+from omniflash.api.responses import JSONResponse
 from omniflash.api.routes import router
 from omniflash.engines.estimates import estimator_for
 from omniflash.errors import (
@@ -45,6 +46,7 @@ from omniflash.metrics import router as metrics_router
 from omniflash.settings import Settings
 from omniflash.storage import Storage, StorageUnavailable, UrlSigner, create_storage
 from omniflash.store import Store
+from omniflash.store.reads import hot_reads
 from omniflash.worker import Listener, Maintenance, StoreTaskSource, WorkerPool
 from omniflash.worker.wake import Waker
 
@@ -98,6 +100,7 @@ def create_app(
         )
     if not store.db.is_sqlite:
         background.append(Listener(store, waker))
+    reads = hot_reads(store.db, store.tasks)
     services = Services(
         settings=settings,
         store=store,
@@ -110,7 +113,8 @@ def create_app(
         pool=pool,
         estimator=estimator_for(settings),
         waker=waker,
-        key_cache=KeyCache(store.keys),
+        key_cache=KeyCache(reads.key),
+        reads=reads,
         read_limiter=ReadLimiter(settings.read_rpm),
     )
     webhooks.install(store, settings, services.signer)
@@ -126,6 +130,7 @@ def create_app(
             yield
         finally:
             await mcp.close()
+            await reads.close()
             if pool is not None:
                 pool.close()
             for thread in background:
@@ -140,6 +145,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        default_response_class=JSONResponse,
     )
     app.state.services = services
     app.state.metrics = metrics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +15,7 @@ from omniflash.errors import AuthenticationFailed, RateLimited
 from omniflash.settings import Settings
 from omniflash.storage import Storage, UrlSigner
 from omniflash.store import KeyInfo, Store
+from omniflash.store.reads import HotReads
 from omniflash.worker import WorkerPool
 from omniflash.worker.wake import Waker
 
@@ -26,6 +27,7 @@ __all__ = [
     "authenticate",
     "authenticate_submit",
     "get_services",
+    "services_of",
 ]
 
 
@@ -39,7 +41,9 @@ class Services:
     estimator: Estimator
     waker: Waker
     key_cache: KeyCache
+    reads: HotReads
     read_limiter: ReadLimiter
+    _base_urls: dict[tuple[Any, ...], str] = dataclasses.field(default_factory=dict)
 
     @property
     def presigner(self) -> Storage | None:
@@ -47,12 +51,34 @@ class Services:
         return self.storage if self.settings.presign_results else None
 
     def base_url(self, request: Request) -> str:
-        return self.settings.public_url or str(request.base_url)
+        """``OMNIFLASH_PUBLIC_URL``, else the URL the request came to (remembered per host:
+        building it from the request costs more than the rest of a poll's answer)."""
+        if self.settings.public_url:
+            return self.settings.public_url
+        scope = request.scope
+        seen = (
+            scope.get("scheme"),
+            request.headers.get("host"),
+            tuple(scope.get("server") or ()),
+            scope.get("root_path"),
+        )
+        url = self._base_urls.get(seen)
+        if url is None:
+            if len(self._base_urls) >= 256:  # the Host header is the client's to choose
+                self._base_urls.clear()
+            url = self._base_urls[seen] = str(request.base_url)
+        return url
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+async def get_services(request: Request) -> Services:
+    """The ``ServicesDep`` dependency.  ``async`` on purpose: FastAPI runs a plain ``def``
+    dependency in a worker thread, a hop that cost a poll a sixth of its time."""
+    return services_of(request)
 
 
 def _token(request: Request) -> str:
@@ -66,11 +92,8 @@ def _token(request: Request) -> str:
 
 
 async def _key(request: Request, services: Services) -> KeyInfo:
-    token = _token(request)
-    # A cached key costs no thread hop and no query; a miss looks it up off the event loop.
-    key = services.key_cache.cached(token)
-    if key is None:
-        key = await run_in_threadpool(services.key_cache.authenticate, token)
+    # A cached key costs no query; a miss is one read awaited on the event loop.
+    key = await services.key_cache.authenticate(_token(request))
     if key is None:
         raise AuthenticationFailed()
     return key
@@ -78,7 +101,7 @@ async def _key(request: Request, services: Services) -> KeyInfo:
 
 async def authenticate(request: Request) -> KeyInfo:
     """The caller's key, for reads: counted against its per-process read limit, no writes."""
-    services = get_services(request)
+    services = services_of(request)
     key = await _key(request, services)
     wait = services.read_limiter.take(key.id)
     if wait:
@@ -92,7 +115,7 @@ async def authenticate(request: Request) -> KeyInfo:
 
 async def authenticate_submit(request: Request) -> KeyInfo:
     """The caller's key, for submits: counted against its ``rpm``, exactly, on every replica."""
-    services = get_services(request)
+    services = services_of(request)
     key = await _key(request, services)
     await run_in_threadpool(services.store.keys.hit, key)
     return key

@@ -12,9 +12,10 @@ import re
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from omniflash.api.deps import ServicesDep
+from omniflash.api.responses import JSONResponse
 from omniflash.errors import Forbidden, InvalidRequest, NotFound, OmniflashError, ServiceUnavailable
 from omniflash.storage import Storage, StorageUnavailable
 

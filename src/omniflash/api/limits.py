@@ -15,44 +15,40 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 from omniflash.ids import hash_key
-from omniflash.store import KeyInfo, KeyStore
+from omniflash.store import KeyInfo
 
 __all__ = ["KeyCache", "ReadLimiter"]
 
 
 class KeyCache:
+    """Keys by the hash of their token, for ``ttl_s``; used on the event loop only."""
+
     MAX_ENTRIES = 10_000
 
-    def __init__(self, keys: KeyStore, ttl_s: float = 5.0) -> None:
-        self.keys = keys
+    def __init__(
+        self, lookup: Callable[[str], Awaitable[KeyInfo | None]], ttl_s: float = 5.0
+    ) -> None:
+        self.lookup = lookup
         self.ttl_s = ttl_s
-        self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, KeyInfo]] = {}
 
-    def cached(self, token: str, now: float | None = None) -> KeyInfo | None:
-        """The key if it was looked up less than ``ttl_s`` ago; never touches the database."""
+    async def authenticate(self, token: str, now: float | None = None) -> KeyInfo | None:
+        """The key, from the cache or the database; ``None`` when unknown or revoked."""
         now = time.monotonic() if now is None else now
-        with self._lock:
-            hit = self._entries.get(hash_key(token))
-        return hit[1] if hit is not None and now - hit[0] < self.ttl_s else None
-
-    def authenticate(self, token: str, now: float | None = None) -> KeyInfo | None:
-        """The key, from the cache or the database (blocking); ``None`` when unknown."""
-        now = time.monotonic() if now is None else now
-        hit = self.cached(token, now)
-        if hit is not None:
-            return hit
         digest = hash_key(token)
-        key = self.keys.authenticate(token)
-        with self._lock:
-            if key is None:
-                self._entries.pop(digest, None)
-            else:
-                if len(self._entries) >= self.MAX_ENTRIES:
-                    self._entries.clear()
-                self._entries[digest] = (now, key)
+        hit = self._entries.get(digest)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        key = await self.lookup(digest)
+        if key is None:
+            self._entries.pop(digest, None)
+        else:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[digest] = (now, key)
         return key
 
 

@@ -26,7 +26,6 @@ from mcp.types import CallToolResult, ResourceLink, TextContent
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from omniflash import __version__
@@ -35,6 +34,7 @@ from omniflash.api.deps import Services, authenticate
 from omniflash.api.discovery import model_docs, model_object, model_schema
 from omniflash.api.mcp_endpoint import MCP_PATH
 from omniflash.api.presenters import task_public
+from omniflash.api.responses import JSONResponse
 from omniflash.api.submission import idempotency_request, submit_spec
 from omniflash.api.uploads import UploadTooLarge, store_upload
 from omniflash.contract import MODEL_NAME, parse_generation_request

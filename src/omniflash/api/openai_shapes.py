@@ -13,10 +13,10 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from omniflash.api.responses import JSONResponse
 from omniflash.contract import MODEL_NAME, VIDEO_SECONDS_RANGE, InvalidParam
 from omniflash.errors import InvalidRequest, OmniflashError, RateLimited
 from omniflash.store import TaskRow, TaskStatus

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
 from omniflash.api.openai_shapes import OpenAIRoute, poll_after_ms, video_object
+from omniflash.api.responses import JSONResponse
 from omniflash.api.submission import idempotency_request, read_json, submit_spec
 from omniflash.contract import (
     InvalidParam,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from omniflash.api.apimart import (
@@ -19,9 +18,10 @@ from omniflash.api.apimart import (
 )
 from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
 from omniflash.api.presenters import task_public
+from omniflash.api.responses import JSONResponse
 from omniflash.api.submission import idempotency_request, read_json, submit_spec
 from omniflash.contract import parse_generation_request
-from omniflash.errors import InvalidRequest
+from omniflash.errors import InvalidRequest, NotFound
 from omniflash.pricing import credits
 from omniflash.store import KeyInfo, Submission, TaskRow, TaskStatus
 
@@ -87,7 +87,7 @@ def _one_task(
     return JSONResponse(with_request_id({"code": 200, "data": public}))
 
 
-# Polls are most of the traffic: one thread hop for the one query, the rest on the loop.
+# Polls are most of the traffic: one read awaited on the event loop, no thread hop.
 @router.get("/v1/tasks/{task_id}", summary="Get a task's status and result")
 async def get_task(
     task_id: str,
@@ -100,7 +100,9 @@ async def get_task(
     ] = None,
 ) -> JSONResponse:
     lang = parse_language(language)
-    task = await run_in_threadpool(services.store.tasks.get, task_id, key.id)
+    task = await services.reads.task(task_id, key.id)
+    if task is None:
+        raise NotFound(f"No task {task_id!r} for this API key")
     return _one_task(task, request, services, lang)
 
 
@@ -120,9 +122,7 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="the last task id of the previous page")] = None,
 ) -> JSONResponse:
-    rows = await run_in_threadpool(
-        services.store.tasks.list_for_key, key.id, limit=limit + 1, after=after
-    )
+    rows = await services.reads.page(key.id, limit=limit + 1, after=after)
     page = rows[:limit]
     base = services.base_url(request)
     return JSONResponse(

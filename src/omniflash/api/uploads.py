@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from omniflash.api.apimart import with_request_id
 from omniflash.api.deps import Services, ServicesDep, Submitter
+from omniflash.api.responses import JSONResponse
 from omniflash.errors import InvalidRequest, OmniflashError
 from omniflash.ids import ulid
 from omniflash.inputs import BLOB_SCHEME, image_label

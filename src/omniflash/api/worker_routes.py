@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from omniflash import __version__
-from omniflash.api.deps import Services, ServicesDep, get_services
+from omniflash.api.deps import Services, ServicesDep, services_of
+from omniflash.api.responses import JSONResponse
 from omniflash.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from omniflash.inputs import blob_inputs
 from omniflash.store import TaskRow, TaskStatus, WorkerInfo
@@ -57,7 +58,7 @@ def authenticate_worker(request: Request) -> WorkerInfo:
         raise AuthenticationFailed(
             "Authentication failed: send the worker token as `Authorization: Bearer TOKEN`"
         )
-    worker = get_services(request).store.workers.authenticate(token)
+    worker = services_of(request).store.workers.authenticate(token)
     if worker is None:
         raise AuthenticationFailed(
             "Authentication failed: this worker token is unknown or revoked "

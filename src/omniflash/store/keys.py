@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -31,7 +33,11 @@ class KeyInfo:
 
     @classmethod
     def from_row(cls, row: sa.Row[tuple[object, ...]]) -> KeyInfo:
-        m = row._mapping
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> KeyInfo:
+        """From a row's columns by name (a SQLAlchemy row's mapping, or a plain dict)."""
         return cls(
             id=m["id"],
             prefix=m["prefix"],

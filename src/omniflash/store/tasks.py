@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -71,6 +72,13 @@ ACTIVE = (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value)
 TERMINAL = tuple(s.value for s in TaskStatus if s.terminal)
 
 
+@functools.lru_cache(maxsize=4096)
+def _spec(text: str) -> GenerationSpec:
+    """A task's spec, parsed once per process: it never changes after the submit, and
+    a poll or a page of tasks would otherwise parse the same JSON again each time."""
+    return GenerationSpec.from_json(text)
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskRow:
     id: str
@@ -94,13 +102,17 @@ class TaskRow:
 
     @classmethod
     def from_row(cls, row: sa.Row[tuple[object, ...]]) -> TaskRow:
-        m = row._mapping
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> TaskRow:
+        """From a row's columns by name (a SQLAlchemy row's mapping, or a plain dict)."""
         return cls(
             id=m["id"],
             key_id=m["key_id"],
             status=TaskStatus(m["status"]),
             progress=m["progress"],
-            spec=GenerationSpec.from_json(m["spec"]),
+            spec=_spec(m["spec"]),
             seed=m["seed"],
             credits=m["credits"],
             estimated_time=m["estimated_time"],

@@ -1,0 +1,269 @@
+"""The API's hot reads, awaited on the event loop: a task, a page of a key's tasks, a key.
+
+Polls are most of an API's traffic, so these three reads skip what the store's general
+path costs per request: a hop to a worker thread and back, and SQLAlchemy's statement
+and result machinery.  The statements are plain SQL over the same tables
+(``store/schema.py``), and their rows become the store's own ``TaskRow`` and ``KeyInfo``.
+
+- SQLite (WAL mode): a reader never waits for a writer and a lookup by primary key or
+  index costs microseconds, so the event loop runs the statement itself, on a read-only
+  connection of its own thread.  In the rare case that SQLite answers "busy" (another
+  process recovering the WAL), the read goes to a worker thread through the store,
+  which waits as long as it takes, instead of stalling the loop.  An in-memory database
+  cannot be shared between connections, so it is always read through the store.
+- PostgreSQL: psycopg's asynchronous connections (autocommit, statements prepared by
+  the server after a few uses) in a small pool per event loop; while one read waits for
+  the server, the loop serves other requests.  A connection that fails is dropped and
+  the read tried once more on a new one (a database restart costs no error); when the
+  database is down the read raises ``ServiceUnavailable`` (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from starlette.concurrency import run_in_threadpool
+
+from omniflash.errors import ServiceUnavailable
+from omniflash.store.db import Database
+from omniflash.store.keys import KeyInfo
+from omniflash.store.schema import api_keys, tasks
+from omniflash.store.tasks import TaskRow, TaskStore
+
+__all__ = ["HotReads", "hot_reads"]
+
+TASK_COLUMNS = (
+    "id, key_id, status, progress, spec, seed, credits, estimated_time, created_at, "
+    "started_at, completed_at, error, result_key, result_expires_at, result_deleted, "
+    "attempts, lease_epoch, info"
+)
+KEY_COLUMNS = "id, prefix, name, balance, rpm, max_concurrent, created_at, revoked_at"
+
+
+def _sql(placeholder: str) -> dict[str, str]:
+    """The three statements, with the driver's parameter marker (``?`` or ``%s``)."""
+    p = placeholder
+    return {
+        "task": f"SELECT {TASK_COLUMNS} FROM {tasks.name} WHERE id = {p} AND key_id = {p}",
+        # ``ix_tasks_key_id`` (key_id, id) serves both the filter and the order: task ids
+        # are ULIDs, so they sort by creation time.
+        "page": f"SELECT {TASK_COLUMNS} FROM {tasks.name} WHERE key_id = {p} "
+        f"ORDER BY id DESC LIMIT {p}",
+        "page_after": f"SELECT {TASK_COLUMNS} FROM {tasks.name} WHERE key_id = {p} "
+        f"AND id < {p} ORDER BY id DESC LIMIT {p}",
+        "key": f"SELECT {KEY_COLUMNS} FROM {api_keys.name} "
+        f"WHERE key_hash = {p} AND revoked_at IS NULL",
+    }
+
+
+_TASK_NAMES = tuple(c.strip() for c in TASK_COLUMNS.split(","))
+_KEY_NAMES = tuple(c.strip() for c in KEY_COLUMNS.split(","))
+
+
+def _task(row: Sequence[Any]) -> TaskRow:
+    return TaskRow.from_mapping(dict(zip(_TASK_NAMES, row, strict=True)))
+
+
+def _key(row: Sequence[Any]) -> KeyInfo:
+    return KeyInfo.from_mapping(dict(zip(_KEY_NAMES, row, strict=True)))
+
+
+def _page_query(key_id: int, limit: int, after: str | None) -> tuple[str, tuple[Any, ...]]:
+    if after:
+        return "page_after", (key_id, after, limit)
+    return "page", (key_id, limit)
+
+
+class HotReads(Protocol):
+    async def task(self, task_id: str, key_id: int) -> TaskRow | None:
+        """The key's task, or ``None`` (another key's task is simply not found)."""
+
+    async def page(self, key_id: int, *, limit: int, after: str | None = None) -> list[TaskRow]:
+        """The key's tasks, newest first; ``after`` is the last id of the previous page."""
+
+    async def key(self, key_hash: str) -> KeyInfo | None:
+        """The active key with this hash (``ids.hash_key``), or ``None``."""
+
+    async def close(self) -> None:
+        """Close this event loop's connections."""
+
+
+def hot_reads(store_db: Database, task_store: TaskStore) -> HotReads:
+    """The fastest ``HotReads`` for this database."""
+    if store_db.is_sqlite:
+        path = store_db.engine.url.database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            return SqliteReads(path, ThreadReads(store_db, task_store))
+        return ThreadReads(store_db, task_store)
+    return PostgresReads(store_db)
+
+
+class ThreadReads:
+    """Through the store's SQLAlchemy engine, in a worker thread: works on any database."""
+
+    def __init__(self, db: Database, task_store: TaskStore) -> None:
+        self.db = db
+        self.tasks = task_store
+
+    def _run(self, name: str, params: tuple[Any, ...]) -> list[Any]:
+        with self.db.read() as conn:
+            sql = _sql("?" if self.db.is_sqlite else "%s")[name]
+            return list(conn.exec_driver_sql(sql, params).all())
+
+    async def task(self, task_id: str, key_id: int) -> TaskRow | None:
+        rows = await run_in_threadpool(self._run, "task", (task_id, key_id))
+        return _task(rows[0]) if rows else None
+
+    async def page(self, key_id: int, *, limit: int, after: str | None = None) -> list[TaskRow]:
+        rows = await run_in_threadpool(self._run, *_page_query(key_id, limit, after))
+        return [_task(r) for r in rows]
+
+    async def key(self, key_hash: str) -> KeyInfo | None:
+        rows = await run_in_threadpool(self._run, "key", (key_hash,))
+        return _key(rows[0]) if rows else None
+
+    async def close(self) -> None:
+        return None
+
+
+class SqliteReads:
+    """SQLite in WAL mode: the statement runs on the event loop's thread."""
+
+    BUSY_TIMEOUT_S = 0.05
+
+    def __init__(self, path: str, fallback: ThreadReads) -> None:
+        self.path = path
+        self.fallback = fallback
+        self.sql = _sql("?")
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=self.BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=True
+            )
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+        return conn
+
+    def _rows(self, name: str, params: tuple[Any, ...]) -> list[Any] | None:
+        """The rows, or ``None`` when SQLite is busy and the read must wait in a thread."""
+        try:
+            return self._conn().execute(self.sql[name], params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return None
+            raise
+
+    async def task(self, task_id: str, key_id: int) -> TaskRow | None:
+        rows = self._rows("task", (task_id, key_id))
+        if rows is None:
+            return await self.fallback.task(task_id, key_id)
+        return _task(rows[0]) if rows else None
+
+    async def page(self, key_id: int, *, limit: int, after: str | None = None) -> list[TaskRow]:
+        rows = self._rows(*_page_query(key_id, limit, after))
+        if rows is None:
+            return await self.fallback.page(key_id, limit=limit, after=after)
+        return [_task(r) for r in rows]
+
+    async def key(self, key_hash: str) -> KeyInfo | None:
+        rows = self._rows("key", (key_hash,))
+        if rows is None:
+            return await self.fallback.key(key_hash)
+        return _key(rows[0]) if rows else None
+
+    async def close(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class _Pool:
+    """At most ``size`` psycopg async connections, opened on demand, for one event loop."""
+
+    def __init__(self, conninfo: str, size: int, max_age_s: float) -> None:
+        self.conninfo = conninfo
+        self.max_age_s = max_age_s
+        self.slots = asyncio.Semaphore(size)
+        self.idle: list[tuple[float, Any]] = []  # (opened at, connection)
+
+    async def run(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        import psycopg
+
+        async with self.slots:
+            for attempt in (1, 2):
+                opened, conn = self.idle.pop() if self.idle else (0.0, None)
+                try:
+                    if conn is None:
+                        opened = time.monotonic()
+                        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                    cur = await conn.execute(sql, params)
+                    rows = await cur.fetchall()
+                except psycopg.OperationalError as exc:
+                    # A dropped connection (a restart, a network cut): try once on a new one.
+                    if conn is not None:
+                        await conn.close()
+                    if attempt == 2:
+                        raise ServiceUnavailable("The database cannot be reached just now") from exc
+                    continue
+                if time.monotonic() - opened < self.max_age_s:
+                    self.idle.append((opened, conn))
+                else:
+                    await conn.close()
+                return rows
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        while self.idle:
+            await self.idle.pop()[1].close()
+
+
+class PostgresReads:
+    """PostgreSQL through psycopg's async connections, a small pool per event loop."""
+
+    POOL_SIZE = 8
+    MAX_AGE_S = 1800.0
+
+    def __init__(self, db: Database) -> None:
+        self.conninfo = db.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        self.sql = _sql("%s")
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _pool(self) -> _Pool:
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            pool = self._pools[loop] = _Pool(self.conninfo, self.POOL_SIZE, self.MAX_AGE_S)
+        return pool
+
+    async def _rows(self, name: str, params: tuple[Any, ...]) -> list[Any]:
+        return await self._pool().run(self.sql[name], params)
+
+    async def task(self, task_id: str, key_id: int) -> TaskRow | None:
+        rows = await self._rows("task", (task_id, key_id))
+        return _task(rows[0]) if rows else None
+
+    async def page(self, key_id: int, *, limit: int, after: str | None = None) -> list[TaskRow]:
+        return [_task(r) for r in await self._rows(*_page_query(key_id, limit, after))]
+
+    async def key(self, key_hash: str) -> KeyInfo | None:
+        rows = await self._rows("key", (key_hash,))
+        return _key(rows[0]) if rows else None
+
+    async def close(self) -> None:
+        pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.close()
