@@ -9,8 +9,7 @@ and result machinery.  The statements are plain SQL over the same tables
   index costs microseconds, so the event loop runs the statement itself, on a read-only
   connection of its own thread.  In the rare case that SQLite answers "busy" (another
   process recovering the WAL), the read goes to a worker thread through the store,
-  which waits as long as it takes, instead of stalling the loop.  An in-memory database
-  cannot be shared between connections, so it is always read through the store.
+  which waits as long as it takes, instead of stalling the loop.
 - PostgreSQL: psycopg's asynchronous connections (autocommit, statements prepared by
   the server after a few uses) in a small pool per event loop; while one read waits for
   the server, the loop serves other requests.  A connection that fails is dropped and
@@ -43,6 +42,8 @@ TASK_COLUMNS = (
     "started_at, completed_at, error, result_key, result_expires_at, result_deleted, "
     "attempts, lease_epoch, info"
 )
+APPLICATION_NAME = "omniflash reads"
+"""How these connections show in PostgreSQL's ``pg_stat_activity``."""
 KEY_COLUMNS = "id, prefix, name, balance, rpm, max_concurrent, created_at, revoked_at"
 
 
@@ -98,9 +99,8 @@ def hot_reads(store_db: Database, task_store: TaskStore) -> HotReads:
     """The fastest ``HotReads`` for this database."""
     if store_db.is_sqlite:
         path = store_db.engine.url.database
-        if path and path != ":memory:" and not path.startswith("file:"):
-            return SqliteReads(path, ThreadReads(store_db, task_store))
-        return ThreadReads(store_db, task_store)
+        assert path, "a SQLite store is a file"
+        return SqliteReads(path, ThreadReads(store_db, task_store))
     return PostgresReads(store_db)
 
 
@@ -205,13 +205,17 @@ class _Pool:
                 try:
                     if conn is None:
                         opened = time.monotonic()
-                        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                        conn = await psycopg.AsyncConnection.connect(
+                            self.conninfo, autocommit=True, application_name=APPLICATION_NAME
+                        )
                     cur = await conn.execute(sql, params)
                     rows = await cur.fetchall()
                 except psycopg.OperationalError as exc:
-                    # A dropped connection (a restart, a network cut): try once on a new one.
+                    # A dropped connection (a restart, a network cut): the idle ones are
+                    # likely gone too, so drop them all and try once on a new connection.
                     if conn is not None:
                         await conn.close()
+                    await self.close()
                     if attempt == 2:
                         raise ServiceUnavailable("The database cannot be reached just now") from exc
                     continue
