@@ -75,7 +75,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 def _truncate(store: Store) -> None:
     with store.db.write() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE rate_windows, idempotency, tasks, ledger, api_keys, worker_tokens, meta "
+            "TRUNCATE idempotency, tasks, ledger, api_keys, worker_tokens, meta "
             "RESTART IDENTITY CASCADE"
         )
 

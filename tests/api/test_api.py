@@ -126,6 +126,33 @@ def test_rate_limit_has_retry_after_and_charges_nothing(api: Api) -> None:
     assert api.store.keys.get(info.id).balance == 10_000 - 2000
 
 
+def test_every_submit_counts_once_against_rpm_whatever_its_answer(api: Api) -> None:
+    """Refused bodies, refused charges and accepted tasks each use one of the minute's
+    requests; once they are used up, the 429 comes first, whatever the body."""
+    key, info = api.store.keys.create("four", 1000, 4, 4)  # one 4 s 720p task's worth
+    headers = api.headers(key)
+    bad_json = api.client.post("/v1/videos/generations", content=b"{", headers=headers)
+    assert_error(bad_json, 400, "invalid_request_error")
+    assert_error(api.submit(key=key, duration=5), 400, "invalid_duration")
+    assert api.submit(key=key).status_code == 200
+    assert_error(api.submit(key=key), 402, "payment_required")
+    assert_error(api.submit(key=key), 429, "rate_limit_error")
+    assert_error(api.submit(key=key, duration=5), 429, "rate_limit_error")
+    upload = api.client.post(
+        "/v1/uploads/images", files={"file": ("a.png", b"png?", "image/png")}, headers=headers
+    )
+    assert_error(upload, 429, "rate_limit_error")
+    assert api.store.keys.get(info.id).balance == 0 == api.store.keys.ledger_sum(info.id)
+
+
+def test_a_revoked_key_cannot_submit_even_while_it_is_cached(api: Api) -> None:
+    key, info = api.store.keys.create("gone", 10_000, 60, 4)
+    assert api.get("/v1/tasks", key=key).status_code == 200  # in the key cache now
+    api.store.keys.revoke(key)
+    assert_error(api.submit(key=key), 401, "authentication_error")
+    assert api.store.keys.ledger_sum(info.id) == 10_000 == api.store.keys.get(info.id).balance
+
+
 def test_reads_neither_lock_nor_write(api: Api) -> None:
     """A poll takes no write transaction: with the write lock held elsewhere, it still answers."""
     task_id = api.submit().json()["data"][0]["task_id"]

@@ -74,7 +74,7 @@ def pg(postgres_url: str) -> Iterator[Store]:
     store = Store(postgres_url)
     with store.db.write() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE rate_windows, idempotency, tasks, ledger, "
+            "TRUNCATE idempotency, tasks, ledger, "
             "api_keys, worker_tokens, meta RESTART IDENTITY CASCADE"
         )
     try:

@@ -2,8 +2,9 @@
 
 Each test starts real processes (spawned, each with its own connection pool), lets them
 collide on the same rows for many rounds, then checks the money: every key's balance
-equals its ledger, every task was charged once and refunded at most once, and a task
-shows ``credits == 0`` exactly when it was refunded in full.
+equals its ledger, every task was charged once and refunded at most once, a task shows
+``credits == 0`` exactly when it was refunded in full, and every key's in-flight counter
+equals the count of its pending and processing tasks.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import pytest
 import sqlalchemy as sa
 
 from omniflash.contract import parse_generation_request
-from omniflash.errors import Conflict, NotFound
+from omniflash.errors import Conflict, NotFound, PaymentRequired, RateLimited
 from omniflash.pricing import Pricing
 from omniflash.store import IdempotencyRequest, Store, TaskStatus
-from omniflash.store.schema import MIGRATIONS, ledger, tasks
+from omniflash.store.schema import MIGRATIONS, api_keys, ledger, tasks
+from omniflash.store.tasks import TaskStore
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -36,7 +38,7 @@ def pg(postgres_url: str) -> Iterator[Store]:
     store = Store(postgres_url)
     with store.db.write() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE rate_windows, idempotency, tasks, ledger, api_keys, worker_tokens, meta "
+            "TRUNCATE idempotency, tasks, ledger, api_keys, worker_tokens, meta "
             "RESTART IDENTITY CASCADE"
         )
     try:
@@ -54,9 +56,16 @@ def _run(target: Any, *args: Any) -> list[Any]:
 
 
 def assert_money(store: Store) -> None:
-    """balance = ledger for every key; one charge a task; at most one refund; credits agree."""
+    """balance = ledger for every key; one charge a task; at most one refund; credits agree;
+    each key's in-flight counter agrees with its tasks."""
     for key in store.keys.all():
         assert key.balance == store.keys.ledger_sum(key.id), key
+        with store.db.read() as conn:
+            kept = conn.execute(
+                sa.select(api_keys.c.in_flight).where(api_keys.c.id == key.id)
+            ).scalar_one()
+            counted = conn.execute(TaskStore.in_flight(key.id)).scalar_one()
+        assert kept == counted, (key, kept, counted)
     with store.db.read() as conn:
         entries = conn.execute(sa.select(ledger.c.task_id, ledger.c.reason, ledger.c.delta)).all()
         rows = {r.id: r for r in conn.execute(sa.select(tasks)).all()}
@@ -180,6 +189,82 @@ def test_one_idempotency_key_makes_one_task_across_processes(pg: Store, postgres
         assert len({answer[n] for answer in answers}) == 1, "each key made one task"
     assert len(pg.tasks.list_for_key(key.id, limit=100)) == ROUNDS
     assert pg.keys.get(key.id).balance == 10**9 - ROUNDS * P.hold(SPEC)
+    assert_money(pg)
+
+
+# -- submits against the key's limits, while a worker ends tasks ------------------------------
+
+MINUTE = 1_000_020.0  # every submit below counts in this one minute
+
+
+def _limited_submits(url: str, key_id: int, rounds: int, _i: int) -> dict[str, int]:
+    store = Store(url, migrate=False)
+    out = Counter[str]()
+    try:
+        key = store.keys.get(key_id)
+        for _ in range(rounds):
+            try:
+                store.tasks.submit(
+                    key, SPEC, millicredits=P.hold(SPEC), estimated_time=1, seed=1, now=MINUTE
+                )
+                out["accepted"] += 1
+            except PaymentRequired:
+                out["payment"] += 1
+            except RateLimited as exc:
+                out["in_flight" if "in flight" in str(exc) else "rpm"] += 1
+    finally:
+        store.close()
+    return dict(out)
+
+
+def _ending_worker(url: str, rounds: int, _i: int) -> int:
+    store = Store(url, migrate=False)
+    ended = 0
+    try:
+        for n in range(rounds):
+            claim = store.tasks.claim("w", lease_s=60)
+            if claim is None:
+                time.sleep(0.005)
+                continue
+            if n % 2:
+                store.tasks.complete(claim.task.id, claim.epoch, result_key="r.mp4", ttl_s=60)
+            else:
+                store.tasks.fail(claim.task.id, claim.epoch, "x", retry=False, max_attempts=1)
+            ended += 1
+    finally:
+        store.close()
+    return ended
+
+
+@pytest.mark.postgres
+def test_submits_from_many_processes_keep_rpm_in_flight_and_balance(
+    pg: Store, postgres_url: str
+) -> None:
+    """120 submits from 4 processes against rpm 60, 6 in flight and 30 tasks' worth of
+    credits, while a worker completes and fails tasks: exactly 60 get past the rate limit,
+    the counters agree with the tasks, and the money adds up."""
+    rpm, in_flight, submits = 60, 6, 30
+    _, key = pg.keys.create("limits", 30 * P.hold(SPEC), rpm, in_flight)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(5) as pool:
+        jobs = [
+            pool.apply_async(_limited_submits, (postgres_url, key.id, submits, i)) for i in range(4)
+        ]
+        worker = pool.apply_async(_ending_worker, (postgres_url, 400, 0))
+        results = [job.get(timeout=180) for job in jobs]
+        worker.get(timeout=180)
+    total = Counter[str]()
+    for result in results:
+        total.update(result)
+    assert sum(total.values()) == 4 * submits
+    assert total["rpm"] == 4 * submits - rpm, total
+    with pg.db.read() as conn:
+        hits = conn.execute(
+            sa.select(api_keys.c.rate_hits).where(api_keys.c.id == key.id)
+        ).scalar_one()
+    assert hits == rpm
+    assert total["accepted"] == len(pg.tasks.list_for_key(key.id, limit=100)) >= in_flight
+    assert pg.keys.get(key.id).balance >= 0
     assert_money(pg)
 
 

@@ -1,4 +1,10 @@
-"""What routes need: the app's services, and the caller's key (authenticated, rate-counted)."""
+"""What routes need: the app's services, and the caller's key (authenticated, rate-counted).
+
+Three ways a key is checked: ``Caller`` (reads, held to the per-process read limit, no
+writes), ``Uploader`` (counted against ``rpm`` at once) and ``Submitter`` (authenticated
+only: the submit's own transaction counts the request against ``rpm``, and
+``submission.counted_if_refused`` counts one that fails before it gets there).
+"""
 
 from __future__ import annotations
 
@@ -24,8 +30,10 @@ __all__ = [
     "Services",
     "ServicesDep",
     "Submitter",
+    "Uploader",
     "authenticate",
     "authenticate_submit",
+    "authenticate_upload",
     "get_services",
     "services_of",
 ]
@@ -114,7 +122,12 @@ async def authenticate(request: Request) -> KeyInfo:
 
 
 async def authenticate_submit(request: Request) -> KeyInfo:
-    """The caller's key, for submits: counted against its ``rpm``, exactly, on every replica."""
+    """The caller's key, for submits, which count themselves against its ``rpm``."""
+    return await _key(request, services_of(request))
+
+
+async def authenticate_upload(request: Request) -> KeyInfo:
+    """The caller's key, for uploads: counted against its ``rpm``, exactly, on every replica."""
     services = services_of(request)
     key = await _key(request, services)
     await run_in_threadpool(services.store.keys.hit, key)
@@ -124,3 +137,4 @@ async def authenticate_submit(request: Request) -> KeyInfo:
 ServicesDep = Annotated[Services, Depends(get_services)]
 Caller = Annotated[KeyInfo, Depends(authenticate)]
 Submitter = Annotated[KeyInfo, Depends(authenticate_submit)]
+Uploader = Annotated[KeyInfo, Depends(authenticate_upload)]

@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 
-from omniflash.api.deps import authenticate, authenticate_submit
+from omniflash.api.deps import authenticate, authenticate_submit, authenticate_upload
 from omniflash.api.openai_shapes import OpenAIRoute
 from omniflash.contract import (
     MAX_CALLBACK_URL_CHARS,
@@ -92,8 +92,9 @@ def _walk(dependant: Dependant) -> Iterable[Dependant]:
 
 
 def is_authenticated(route: APIRoute) -> bool:
-    """Whether the route takes an API key (it depends on ``authenticate`` or its submit form)."""
-    return any(d.call in (authenticate, authenticate_submit) for d in _walk(route.dependant))
+    """Whether the route takes an API key (it depends on ``authenticate`` or a form of it)."""
+    checks = (authenticate, authenticate_submit, authenticate_upload)
+    return any(d.call in checks for d in _walk(route.dependant))
 
 
 def error_statuses(route: APIRoute, method: str, path: str) -> set[int]:

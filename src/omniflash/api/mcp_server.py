@@ -35,7 +35,7 @@ from omniflash.api.discovery import model_docs, model_object, model_schema
 from omniflash.api.mcp_endpoint import MCP_PATH
 from omniflash.api.presenters import task_public
 from omniflash.api.responses import JSONResponse
-from omniflash.api.submission import idempotency_request, submit_spec
+from omniflash.api.submission import counted_if_refused, idempotency_request, submit_spec
 from omniflash.api.uploads import UploadTooLarge, store_upload
 from omniflash.contract import MODEL_NAME, parse_generation_request
 from omniflash.errors import AuthenticationFailed, InvalidRequest, OmniflashError
@@ -228,12 +228,13 @@ class _Tools:
 
         async def work(key: KeyInfo, base_url: str) -> CallToolResult:
             services = self.services
-            await run_in_threadpool(services.store.keys.hit, key)
             body = {**input, "model": model}
-            request = idempotency_request(idempotency_key, body)
 
             def submit() -> Any:
-                return submit_spec(services, key, parse_generation_request(body), request)
+                with counted_if_refused(services, key):
+                    request = idempotency_request(idempotency_key, body)
+                    spec = parse_generation_request(body)
+                return submit_spec(services, key, spec, request)
 
             submitted = await run_in_threadpool(submit)
             task = submitted.task
@@ -244,7 +245,7 @@ class _Tools:
                 "model": MODEL_NAME,
                 "should_poll": not task.status.terminal,
                 "next_poll_after_seconds": POLL_AFTER_S,
-                "idempotency_key": request.key if request else idempotency_key,
+                "idempotency_key": idempotency_key,
                 "replayed": submitted.replayed,
                 "estimated_time": task.estimated_time,
             }

@@ -22,7 +22,13 @@ from starlette.datastructures import UploadFile
 from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
 from omniflash.api.openai_shapes import OpenAIRoute, poll_after_ms, video_object
 from omniflash.api.responses import JSONResponse
-from omniflash.api.submission import idempotency_request, read_json, submit_spec
+from omniflash.api.submission import (
+    counted_if_refused,
+    counted_if_refused_async,
+    idempotency_request,
+    read_json,
+    submit_spec,
+)
 from omniflash.contract import (
     InvalidParam,
     parse_openai_video_request,
@@ -102,11 +108,12 @@ async def _read_create(request: Request, limit: int) -> tuple[dict[str, Any], st
 @router.post("", summary="Create a video (OpenAI videos API)")
 async def create_video(request: Request, key: Submitter, services: ServicesDep) -> JSONResponse:
     """Multipart (as the ``openai`` SDK sends it) or JSON; ``input_reference`` is a first frame."""
-    fields, reference = await _read_create(request, services.settings.max_body_bytes)
-    spec = parse_openai_video_request(fields, input_reference=reference)
-    idempotency = idempotency_request(
-        request.headers.get("idempotency-key"), {**fields, "input_reference": reference}
-    )
+    async with counted_if_refused_async(services, key):
+        fields, reference = await _read_create(request, services.settings.max_body_bytes)
+        spec = parse_openai_video_request(fields, input_reference=reference)
+        idempotency = idempotency_request(
+            request.headers.get("idempotency-key"), {**fields, "input_reference": reference}
+        )
     submitted = await run_in_threadpool(submit_spec, services, key, spec, idempotency)
     headers = {"Idempotency-Replayed": "true"} if submitted.replayed else None
     return JSONResponse(video_object(submitted.task), headers=headers)
@@ -226,16 +233,17 @@ def _reinline(services: Services, task: TaskRow) -> list[str]:
 
 
 def _remix(services: Services, key: KeyInfo, video_id: str, body: object) -> TaskRow:
-    source = _video(services, key, video_id)
-    if source.status is not TaskStatus.COMPLETED:
-        raise Conflict(f"Only a completed video can be remixed; {video_id} is {source.status}")
-    if source.spec.video_url and source.spec.video_url.startswith(BLOB_SCHEME):
-        raise Conflict("A video made from an uploaded reference video cannot be remixed")
-    spec = parse_remix_request(source.spec, source.id, body)
-    # The seed the source ran with (chosen at its submit when it had none) keeps the look.
-    spec = dataclasses.replace(
-        spec, image_urls=tuple(_reinline(services, source)), seed=source.seed
-    )
+    with counted_if_refused(services, key):
+        source = _video(services, key, video_id)
+        if source.status is not TaskStatus.COMPLETED:
+            raise Conflict(f"Only a completed video can be remixed; {video_id} is {source.status}")
+        if source.spec.video_url and source.spec.video_url.startswith(BLOB_SCHEME):
+            raise Conflict("A video made from an uploaded reference video cannot be remixed")
+        spec = parse_remix_request(source.spec, source.id, body)
+        # The seed the source ran with (chosen at its submit when it had none) keeps the look.
+        spec = dataclasses.replace(
+            spec, image_urls=tuple(_reinline(services, source)), seed=source.seed
+        )
     return submit_spec(services, key, spec).task
 
 
@@ -244,6 +252,7 @@ async def remix_video(
     video_id: str, request: Request, key: Submitter, services: ServicesDep
 ) -> dict[str, Any]:
     """The same settings (size, length, inputs, seed) and a new prompt."""
-    body = await read_json(request, services.settings.max_body_bytes)
+    async with counted_if_refused_async(services, key):
+        body = await read_json(request, services.settings.max_body_bytes)
     task = await run_in_threadpool(_remix, services, key, video_id, body)
     return video_object(task)

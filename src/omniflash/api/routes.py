@@ -19,7 +19,13 @@ from omniflash.api.apimart import (
 from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
 from omniflash.api.presenters import task_public
 from omniflash.api.responses import JSONResponse
-from omniflash.api.submission import idempotency_request, read_json, submit_spec
+from omniflash.api.submission import (
+    counted_if_refused,
+    counted_if_refused_async,
+    idempotency_request,
+    read_json,
+    submit_spec,
+)
 from omniflash.contract import parse_generation_request
 from omniflash.errors import InvalidRequest, NotFound
 from omniflash.pricing import credits
@@ -53,7 +59,8 @@ async def submit(request: Request, key: Submitter, services: ServicesDep) -> JSO
     ``X-APIMart-Response-Version: 2026-07-27`` (or later) answers ``data`` as the task object.
     """
     version = response_version(request.headers.get(RESPONSE_VERSION_HEADER))
-    body = await read_json(request, services.settings.max_body_bytes)
+    async with counted_if_refused_async(services, key):
+        body = await read_json(request, services.settings.max_body_bytes)
     # The store blocks (SQLite waits on its write lock): keep it off the event loop.
     submitted = await run_in_threadpool(
         _submit, body, request.headers.get("idempotency-key"), key, services
@@ -62,11 +69,13 @@ async def submit(request: Request, key: Submitter, services: ServicesDep) -> JSO
 
 
 def _submit(body: Any, idem_key: str | None, key: KeyInfo, services: Services) -> Submission:
-    try:
-        spec = parse_generation_request(body)
-    except RecursionError as exc:
-        raise InvalidRequest("The request body is nested too deeply") from exc
-    return submit_spec(services, key, spec, idempotency_request(idem_key, body))
+    with counted_if_refused(services, key):
+        try:
+            spec = parse_generation_request(body)
+        except RecursionError as exc:
+            raise InvalidRequest("The request body is nested too deeply") from exc
+        idempotency = idempotency_request(idem_key, body)
+    return submit_spec(services, key, spec, idempotency)
 
 
 def _one_task(

@@ -3,16 +3,24 @@
 Every dialect (Omni-Flash-Ext, OpenAI videos, MCP tools) parses its own wire format into a
 ``GenerationSpec`` with ``omniflash.contract`` and then calls ``submit_spec``, so that the
 charge, the idempotency rules and the inputs' storage are the same for all of them.
+
+Each submit-type request counts once against its key's ``rpm``: the submit's transaction
+counts it (``TaskStore.submit``); a request refused before it gets there, for a body that
+does not parse or an image that cannot be stored, is counted by ``counted_if_refused``,
+and a key over its limit then gets the 429 rather than the other error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from omniflash.api.deps import Services
 from omniflash.api.uploads import own_upload_inputs
@@ -22,10 +30,38 @@ from omniflash.ids import ulid
 from omniflash.inputs import store_inline_inputs
 from omniflash.store import IdempotencyRequest, KeyInfo, Submission
 
-__all__ = ["IDEMPOTENCY_KEY_MAX", "idempotency_request", "read_json", "submit_spec"]
+__all__ = [
+    "IDEMPOTENCY_KEY_MAX",
+    "counted_if_refused",
+    "counted_if_refused_async",
+    "idempotency_request",
+    "read_json",
+    "submit_spec",
+]
 
 IDEMPOTENCY_KEY_MAX = 191
 """APIMart's limit: 1 to 191 visible ASCII characters (``!`` to ``~``)."""
+
+
+@contextlib.contextmanager
+def counted_if_refused(services: Services, key: KeyInfo) -> Iterator[None]:
+    """Around work before the submit's transaction: if it fails, count the request against
+    the key's ``rpm`` here (a key over its limit gets the 429 instead).  Blocking."""
+    try:
+        yield
+    except Exception:
+        services.store.keys.hit(key)
+        raise
+
+
+@contextlib.asynccontextmanager
+async def counted_if_refused_async(services: Services, key: KeyInfo) -> AsyncIterator[None]:
+    """``counted_if_refused`` for work on the event loop (reading the body)."""
+    try:
+        yield
+    except Exception:
+        await run_in_threadpool(services.store.keys.hit, key)
+        raise
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -79,19 +115,22 @@ def submit_spec(
 
     Raises the store's ``PaymentRequired``, ``RateLimited`` or ``IdempotencyMismatch``.
     """
-    estimate = max(1, round(services.estimator(spec)))
     # Inline images, and images uploaded here, go to blob storage before the transaction,
     # under a name of their own; they are deleted again if the submit makes no task of them.
     prefix = f"inputs/{ulid()}"
-    spec, written = store_inline_inputs(spec, services.storage, prefix)
+    written: list[str] = []
     submitted = None
     try:
-        spec, copied = own_upload_inputs(spec, services.storage, services.signer, prefix)
-        written += copied
+        with counted_if_refused(services, key):
+            estimate = max(1, round(services.estimator(spec)))
+            spec, written = store_inline_inputs(spec, services.storage, prefix)
+            spec, copied = own_upload_inputs(spec, services.storage, services.signer, prefix)
+            written += copied
+            millicredits = services.settings.pricing.hold(spec)
         submitted = services.store.tasks.submit(
             key,
             spec,
-            millicredits=services.settings.pricing.hold(spec),
+            millicredits=millicredits,
             estimated_time=estimate,
             seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED + 1),
             idempotency_key=idempotency,

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from omniflash.api.apimart import with_request_id
-from omniflash.api.deps import Services, ServicesDep, Submitter
+from omniflash.api.deps import Services, ServicesDep, Uploader
 from omniflash.api.responses import JSONResponse
 from omniflash.errors import InvalidRequest, OmniflashError
 from omniflash.ids import ulid
@@ -130,7 +130,7 @@ def store_upload(
 
 
 @router.post("/v1/uploads/images", summary="Upload an image; answers a signed URL for image_urls")
-async def upload_image(request: Request, key: Submitter, services: ServicesDep) -> JSONResponse:
+async def upload_image(request: Request, key: Uploader, services: ServicesDep) -> JSONResponse:
     """Multipart ``file``: JPEG, PNG, GIF or WebP, judged from its bytes."""
     data, given = await _read_file(request, services.settings.max_upload_bytes)
     body = await run_in_threadpool(store_upload, services, data, given, services.base_url(request))

@@ -1,7 +1,10 @@
 """The SQL engine, transactions, and migrations, for SQLite and PostgreSQL alike.
 
 SQLite runs in WAL mode; a write transaction starts with ``BEGIN IMMEDIATE`` so two
-writers queue on the database lock instead of failing halfway.  PostgreSQL uses its
+writers queue on the database lock instead of failing halfway.  Within one process the
+writers first queue on a lock of the process's own: SQLite's busy handler waits by
+sleeping and polling (up to 100 ms a nap), which under a burst of submits left the lock
+idle between naps and put whole seconds on the slowest requests.  PostgreSQL uses its
 default READ COMMITTED with explicit row locks where it matters.
 """
 
@@ -62,6 +65,7 @@ class Database:
                 pool_size=32,
                 max_overflow=16,
             )
+            self._writers: contextlib.AbstractContextManager[Any] = threading.Lock()
             sa.event.listen(self.engine, "connect", self._sqlite_connect)
             sa.event.listen(self.engine, "begin", self._sqlite_begin)
         else:
@@ -70,6 +74,7 @@ class Database:
             # No ping before every checkout (a round trip per transaction): connections are
             # recycled instead, and reads retry once when the server dropped them
             # (``retry_disconnect``); a worker's writes retry through its loop.
+            self._writers = contextlib.nullcontext()
             self.engine = sa.create_engine(
                 url, pool_size=24, max_overflow=8, pool_timeout=30, pool_recycle=1800
             )
@@ -94,8 +99,11 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
-        """A read-write transaction, committed on success and rolled back on error."""
-        with self.engine.connect() as conn:
+        """A read-write transaction, committed on success and rolled back on error.
+
+        Not to be nested: on SQLite the inner one would wait for the outer one forever.
+        """
+        with self._writers, self.engine.connect() as conn:
             conn.execution_options(omniflash_write=True)
             with conn.begin():
                 yield conn

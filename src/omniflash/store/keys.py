@@ -12,11 +12,45 @@ import sqlalchemy as sa
 from omniflash.errors import NotFound, RateLimited
 from omniflash.ids import hash_key, new_api_key
 from omniflash.store.db import Database, retry_disconnect
-from omniflash.store.schema import api_keys, ledger, rate_windows
+from omniflash.store.schema import api_keys, ledger
 
-__all__ = ["KeyInfo", "KeyStore"]
+__all__ = ["COUNT_REQUEST", "KeyInfo", "KeyStore", "rate_window", "too_many_requests"]
 
 RATE_WINDOW_S = 60
+
+
+def rate_window(now: float) -> int:
+    """The minute ``now`` falls in, as the submit-rate counter numbers them."""
+    return int(now // RATE_WINDOW_S)
+
+
+COUNT_REQUEST = (
+    api_keys.update()
+    .where(api_keys.c.id == sa.bindparam("key_id"))
+    .values(
+        rate_hits=sa.case(
+            (api_keys.c.rate_window == sa.bindparam("window"), api_keys.c.rate_hits + 1),
+            else_=1,
+        ),
+        rate_window=sa.bindparam("window"),
+    )
+)
+"""Count one submit-type request (parameters ``key_id``, ``window``), returning what it is
+given to return.  On PostgreSQL it holds the key's row lock until the transaction ends.
+The right-hand sides read the row as it was before the update.  Built once: building a
+statement costs more than running it."""
+
+_HIT = COUNT_REQUEST.returning(api_keys.c.rate_hits, api_keys.c.rpm)
+
+
+def too_many_requests(rpm: int, now: float) -> RateLimited:
+    """The 429 for a key over its ``rpm``: retry when the next minute starts."""
+    retry = (rate_window(now) + 1) * RATE_WINDOW_S - now
+    return RateLimited(
+        f"Too many requests: this key allows {rpm} requests per minute. "
+        f"Try again in {max(1, int(retry + 0.999))} s",
+        retry_after=int(retry + 0.999),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,40 +230,12 @@ class KeyStore:
     def hit(self, key: KeyInfo, now: float | None = None) -> None:
         """Count one request in the key's current minute; over ``rpm`` raises ``RateLimited``.
 
-        The counter lives in the database so that several API replicas share it.
+        The counter lives on the key's row so that several API replicas share it.  A submit
+        counts itself inside its own transaction (``TaskStore.submit``); this is for the
+        requests that end before one (a body that does not parse) or make none (uploads).
         """
         now = time.time() if now is None else now
-        window = int(now // RATE_WINDOW_S)
         with self.db.write() as conn:
-            updated = conn.execute(
-                rate_windows.update()
-                .where(rate_windows.c.key_id == key.id, rate_windows.c.window == window)
-                .values(hits=rate_windows.c.hits + 1)
-                .returning(rate_windows.c.hits)
-            ).scalar_one_or_none()
-            if updated is None:
-                conn.execute(
-                    rate_windows.delete().where(
-                        rate_windows.c.key_id == key.id, rate_windows.c.window < window
-                    )
-                )
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            rate_windows.insert().values(key_id=key.id, window=window, hits=1)
-                        )
-                    updated = 1
-                except sa.exc.IntegrityError:
-                    updated = conn.execute(
-                        rate_windows.update()
-                        .where(rate_windows.c.key_id == key.id, rate_windows.c.window == window)
-                        .values(hits=rate_windows.c.hits + 1)
-                        .returning(rate_windows.c.hits)
-                    ).scalar_one()
-        if updated > key.rpm:
-            retry = (window + 1) * RATE_WINDOW_S - now
-            raise RateLimited(
-                f"Too many requests: this key allows {key.rpm} requests per minute. "
-                f"Try again in {max(1, int(retry + 0.999))} s",
-                retry_after=int(retry + 0.999),
-            )
+            hits, rpm = conn.execute(_HIT, {"key_id": key.id, "window": rate_window(now)}).one()
+        if hits > rpm:
+            raise too_many_requests(rpm, now)

@@ -20,7 +20,6 @@ __all__ = [
     "ledger",
     "meta",
     "metadata",
-    "rate_windows",
     "tasks",
     "video_deletions",
     "webhook_outbox",
@@ -49,7 +48,16 @@ api_keys = sa.Table(
     sa.Column("max_concurrent", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float, nullable=True),
+    # The submit rate: requests counted in the minute ``rate_window`` (Unix minutes).  On
+    # the key's row, so that a submit counts itself in the statement that locks the key.
+    sa.Column("rate_window", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("rate_hits", sa.Integer, nullable=False, server_default="0"),
+    # The key's pending and processing tasks: one more in the submit's transaction, one
+    # less in the transaction that ends a task (``TaskStore._ended``).
+    sa.Column("in_flight", sa.Integer, nullable=False, server_default="0"),
 )
+V4_COLUMNS = ("rate_window", "rate_hits", "in_flight")
+"""The key columns migration 4 added."""
 
 ledger = sa.Table(
     "ledger",
@@ -99,13 +107,14 @@ idempotency = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
-rate_windows = sa.Table(
+_rate_windows_v1 = sa.Table(
     "rate_windows",
-    metadata,
+    sa.MetaData(),
     sa.Column("key_id", sa.Integer, primary_key=True),
     sa.Column("window", sa.BigInteger, primary_key=True),
     sa.Column("hits", sa.Integer, nullable=False),
 )
+"""Version 1's submit-rate counters; migration 4 moved them onto ``api_keys``."""
 
 
 worker_tokens = sa.Table(
@@ -172,15 +181,18 @@ video_deletions = sa.Table(
 
 
 def _v1(conn: sa.Connection) -> None:
-    for table in (api_keys, ledger, tasks, idempotency, rate_windows):
+    # api_keys as version 1 had it: migration 4 adds the counters.
+    keys_v1 = sa.Table(
+        "api_keys",
+        sa.MetaData(),
+        *(c._copy() for c in api_keys.columns if c.name not in V4_COLUMNS),
+    )
+    for table in (keys_v1, ledger, tasks, idempotency, _rate_windows_v1):
         table.create(conn)
 
 
-ACTIVE_INDEX = "ix_tasks_active"
 ACTIVE_PREDICATE = "status IN ('pending', 'processing')"
-"""The partial index's condition.  A query uses the index only when its own condition
-is this very text with literal values (with bound parameters neither SQLite nor a
-PostgreSQL generic plan can tell that the index covers it): ``TaskStore.in_flight``."""
+"""A task in flight: it holds a place in its key's ``max_concurrent``."""
 
 
 def _v2(conn: sa.Connection) -> None:
@@ -188,9 +200,8 @@ def _v2(conn: sa.Connection) -> None:
         table.create(conn)
     # Reaps look for expired leases.
     conn.exec_driver_sql("CREATE INDEX ix_tasks_lease ON tasks (status, lease_expires_at)")
-    # A submit counts the key's tasks in flight: through this index the count costs what
-    # the key has in flight, not its whole history.
-    conn.exec_driver_sql(f"CREATE INDEX {ACTIVE_INDEX} ON tasks (key_id) WHERE {ACTIVE_PREDICATE}")
+    # Submits counted the key's tasks in flight through this index until migration 4.
+    conn.exec_driver_sql(f"CREATE INDEX ix_tasks_active ON tasks (key_id) WHERE {ACTIVE_PREDICATE}")
 
 
 def _v3(conn: sa.Connection) -> None:
@@ -198,8 +209,26 @@ def _v3(conn: sa.Connection) -> None:
         table.create(conn)
 
 
+def _v4(conn: sa.Connection) -> None:
+    # Counters on the key's row, which a submit locks anyway: its rate this minute (the
+    # table that held it goes) and its tasks in flight (the partial index that counted
+    # them goes), so a submit costs the same however many tasks the key has.
+    for column in V4_COLUMNS:
+        kind = "BIGINT" if column == "rate_window" else "INTEGER"
+        conn.exec_driver_sql(f"ALTER TABLE api_keys ADD COLUMN {column} {kind} NOT NULL DEFAULT 0")
+    conn.exec_driver_sql(
+        "UPDATE api_keys SET in_flight = (SELECT count(*) FROM tasks "
+        f"WHERE tasks.key_id = api_keys.id AND {ACTIVE_PREDICATE})"
+    )
+    conn.exec_driver_sql("DROP TABLE rate_windows")
+    conn.exec_driver_sql("DROP INDEX ix_tasks_active")
+    # A key's page of tasks, newest first (ids sort by creation time), without a sort.
+    conn.exec_driver_sql("CREATE INDEX ix_tasks_key_id ON tasks (key_id, id)")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "keys, ledger, tasks, idempotency, rate windows", _v1),
     (2, "worker tokens, shared meta values, lease and in-flight indexes", _v2),
     (3, "webhook outbox and secrets, deleted videos", _v3),
+    (4, "submit rate and tasks in flight counted on the key row, key-and-id index", _v4),
 ]

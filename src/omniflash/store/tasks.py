@@ -29,11 +29,19 @@ from typing import Any
 import sqlalchemy as sa
 
 from omniflash.contract import GenerationSpec
-from omniflash.errors import Conflict, IdempotencyMismatch, NotFound, PaymentRequired, RateLimited
+from omniflash.errors import (
+    AuthenticationFailed,
+    Conflict,
+    IdempotencyMismatch,
+    NotFound,
+    OmniflashError,
+    PaymentRequired,
+    RateLimited,
+)
 from omniflash.ids import new_task_id
 from omniflash.pricing import credits as to_credits
 from omniflash.store.db import Database, retry_disconnect
-from omniflash.store.keys import KeyInfo
+from omniflash.store.keys import COUNT_REQUEST, KeyInfo, rate_window, too_many_requests
 from omniflash.store.schema import ACTIVE_PREDICATE, api_keys, idempotency, ledger, tasks
 
 __all__ = [
@@ -48,6 +56,33 @@ __all__ = [
 ]
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+
+# The submit's statements, built once: building a statement costs more than running it.
+_COUNT_AND_LOCK = COUNT_REQUEST.returning(
+    api_keys.c.rate_hits,
+    api_keys.c.rpm,
+    api_keys.c.balance,
+    api_keys.c.max_concurrent,
+    api_keys.c.in_flight,
+    api_keys.c.revoked_at,
+)
+_CHARGE = (
+    api_keys.update()
+    .where(api_keys.c.id == sa.bindparam("key_id"))
+    .values(
+        balance=api_keys.c.balance - sa.bindparam("amount"),
+        in_flight=api_keys.c.in_flight + 1,
+    )
+)
+_INSERT_LEDGER = ledger.insert()
+_NOTIFY = sa.text("SELECT pg_notify(:channel, '')")
+_INSERT_IDEMPOTENCY = idempotency.insert()
+_INSERT_TASK = tasks.insert().returning(*tasks.c)
+_TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("task_id"))
+_IDEMPOTENCY_RECORD = sa.select(idempotency).where(
+    idempotency.c.key_id == sa.bindparam("key_id"),
+    idempotency.c.idem_key == sa.bindparam("idem_key"),
+)
 
 
 class TaskStatus(enum.StrEnum):
@@ -179,108 +214,159 @@ class TaskStore:
         idempotency_key: IdempotencyRequest | None = None,
         now: float | None = None,
     ) -> Submission:
-        """Charge the key and queue the task in one transaction.
+        """Count the request, charge the key and queue the task, in one transaction.
 
-        With ``idempotency_key``, the same transaction records it, or finds the task an
-        earlier submit with the same key made and returns that (``replayed``), charging
-        nothing.  Raises ``PaymentRequired`` (balance too small), ``RateLimited`` (too
-        many tasks in flight) or ``IdempotencyMismatch`` (the key was used with another
-        body); then nothing is charged or stored.
+        The first statement counts the request against the key's ``rpm`` (see
+        ``keys.COUNT_REQUEST``) and locks the key's row, which serialises the key's
+        submits: the in-flight count, the balance check and the idempotency lookup below
+        cannot race.  With ``idempotency_key``, the transaction records it, or finds the
+        task an earlier submit with the same key made and returns that (``replayed``),
+        charging nothing.  Raises ``RateLimited`` (over ``rpm``, or too many tasks in
+        flight), ``PaymentRequired`` (balance too small), ``IdempotencyMismatch`` (the
+        key was used with another body) or ``AuthenticationFailed`` (revoked since it was
+        looked up); then nothing is charged or stored, and the request is still counted.
         """
         now = time.time() if now is None else now
         task_id = new_task_id(now)
+        refused: OmniflashError | None = None
         with self.db.write() as conn:
-            # The key row's lock serialises one key's submits: the in-flight count, the
-            # balance check and the idempotency lookup below cannot race.
-            balance = conn.execute(
-                self.db.for_update(sa.select(api_keys.c.balance).where(api_keys.c.id == key.id))
-            ).scalar_one()
+            counted = (
+                conn.execute(_COUNT_AND_LOCK, {"key_id": key.id, "window": rate_window(now)})
+                .one()
+                ._mapping
+            )
+            if counted["revoked_at"] is not None:
+                raise AuthenticationFailed()
+            if counted["rate_hits"] > counted["rpm"]:
+                # Rolled back: the count stays at the limit, which refuses the next one too.
+                raise too_many_requests(counted["rpm"], now)
+            replay = None
             if idempotency_key is not None:
-                replay = self._idempotent(conn, key.id, idempotency_key, task_id, now)
-                if replay is not None:
-                    row = conn.execute(sa.select(tasks).where(tasks.c.id == replay)).one()
-                    return Submission(TaskRow.from_row(row), replayed=True)
-            in_flight = conn.execute(self.in_flight(key.id)).scalar_one()
-            if in_flight >= key.max_concurrent:
-                raise RateLimited(
-                    f"Too many tasks in flight: this key allows {key.max_concurrent} pending or "
-                    "processing tasks at once. Wait for one to finish",
-                    retry_after=5,
-                )
-            if balance < millicredits:
-                raise PaymentRequired(
-                    "Insufficient account balance. Please recharge and try again "
-                    f"(this task needs {to_credits(millicredits)} credits, "
-                    f"the balance is {to_credits(balance)})"
-                )
-            conn.execute(
-                api_keys.update()
-                .where(api_keys.c.id == key.id)
-                .values(balance=api_keys.c.balance - millicredits)
-            )
-            conn.execute(
-                ledger.insert().values(
-                    key_id=key.id,
-                    task_id=task_id,
-                    delta=-millicredits,
-                    reason="charge",
-                    created_at=now,
-                )
-            )
-            row = conn.execute(
-                tasks.insert()
-                .values(
-                    id=task_id,
-                    key_id=key.id,
-                    status=TaskStatus.PENDING.value,
-                    progress=0,
-                    spec=spec.to_json(),
-                    seed=seed,
-                    credits=millicredits,
+                try:
+                    replay = self._idempotent(conn, key.id, idempotency_key, now)
+                except IdempotencyMismatch as exc:
+                    refused = exc
+            if refused is None and replay is None:
+                refused = self._refusal(counted, millicredits)
+            if refused is None and replay is not None:
+                row = conn.execute(_TASK_BY_ID, {"task_id": replay}).one()
+            elif refused is None:
+                row = self._queue(
+                    conn,
+                    key.id,
+                    task_id,
+                    spec,
+                    millicredits=millicredits,
                     estimated_time=estimated_time,
-                    created_at=now,
-                    attempts=0,
-                    lease_epoch=0,
-                    result_deleted=False,
+                    seed=seed,
+                    idempotency_key=idempotency_key,
+                    now=now,
                 )
-                .returning(*tasks.c)
-            ).one()
-            self._announce(conn)
+        # A refusal commits the count above and nothing else.
+        if refused is not None:
+            raise refused
         task = TaskRow.from_row(row)
+        if replay is not None:
+            return Submission(task, replayed=True)
         for hook in self.submit_hooks:
             hook(task)
         return Submission(task, replayed=False)
 
     @staticmethod
-    def in_flight(key_id: int) -> sa.Select[int]:
-        """The count of the key's pending and processing tasks, through the partial index."""
-        return sa.select(sa.func.count()).where(tasks.c.key_id == key_id, sa.text(ACTIVE_PREDICATE))
+    def _refusal(key: Mapping[Any, Any], millicredits: int) -> OmniflashError | None:
+        """Why the key (its locked, counted row) cannot queue a new task now, if it cannot."""
+        if key["in_flight"] >= key["max_concurrent"]:
+            return RateLimited(
+                f"Too many tasks in flight: this key allows {key['max_concurrent']} pending or "
+                "processing tasks at once. Wait for one to finish",
+                retry_after=5,
+            )
+        if key["balance"] < millicredits:
+            return PaymentRequired(
+                "Insufficient account balance. Please recharge and try again "
+                f"(this task needs {to_credits(millicredits)} credits, "
+                f"the balance is {to_credits(key['balance'])})"
+            )
+        return None
 
-    def _idempotent(
+    def _queue(
         self,
         conn: sa.Connection,
         key_id: int,
-        request: IdempotencyRequest,
         task_id: str,
+        spec: GenerationSpec,
+        *,
+        millicredits: int,
+        estimated_time: int,
+        seed: int,
+        idempotency_key: IdempotencyRequest | None,
         now: float,
-    ) -> str | None:
-        """The task to replay, or ``None`` after recording ``request`` for ``task_id``."""
-        where = sa.and_(idempotency.c.key_id == key_id, idempotency.c.idem_key == request.key)
-        row = conn.execute(sa.select(idempotency).where(where)).one_or_none()
-        if row is not None and row.created_at < now - IDEMPOTENCY_TTL_S:
-            conn.execute(idempotency.delete().where(where))
-            row = None
-        if row is None:
+    ) -> sa.Row[Any]:
+        """Charge the key and insert the pending task (and its idempotency record)."""
+        if idempotency_key is not None:
             # Rolled back with the task if the submit fails, so the key can be used again.
             conn.execute(
-                idempotency.insert().values(
-                    key_id=key_id,
-                    idem_key=request.key,
-                    body_hash=request.body_hash,
-                    task_id=task_id,
-                    created_at=now,
+                _INSERT_IDEMPOTENCY,
+                {
+                    "key_id": key_id,
+                    "idem_key": idempotency_key.key,
+                    "body_hash": idempotency_key.body_hash,
+                    "task_id": task_id,
+                    "created_at": now,
+                },
+            )
+        conn.execute(_CHARGE, {"key_id": key_id, "amount": millicredits})
+        conn.execute(
+            _INSERT_LEDGER,
+            {
+                "key_id": key_id,
+                "task_id": task_id,
+                "delta": -millicredits,
+                "reason": "charge",
+                "created_at": now,
+            },
+        )
+        row = conn.execute(
+            _INSERT_TASK,
+            {
+                "id": task_id,
+                "key_id": key_id,
+                "status": TaskStatus.PENDING.value,
+                "progress": 0,
+                "spec": spec.to_json(),
+                "seed": seed,
+                "credits": millicredits,
+                "estimated_time": estimated_time,
+                "created_at": now,
+                "attempts": 0,
+                "lease_epoch": 0,
+                "result_deleted": False,
+            },
+        ).one()
+        self._announce(conn)
+        return row
+
+    @staticmethod
+    def in_flight(key_id: int) -> sa.Select[int]:
+        """The count of the key's pending and processing tasks, from the tasks themselves
+        (what ``api_keys.in_flight`` keeps without counting)."""
+        return sa.select(sa.func.count()).where(tasks.c.key_id == key_id, sa.text(ACTIVE_PREDICATE))
+
+    def _idempotent(
+        self, conn: sa.Connection, key_id: int, request: IdempotencyRequest, now: float
+    ) -> str | None:
+        """The task an earlier submit with ``request``'s key made, if any (an expired
+        record is deleted); raises ``IdempotencyMismatch`` when that used another body."""
+        params = {"key_id": key_id, "idem_key": request.key}
+        row = conn.execute(_IDEMPOTENCY_RECORD, params).one_or_none()
+        if row is not None and row.created_at < now - IDEMPOTENCY_TTL_S:
+            conn.execute(
+                idempotency.delete().where(
+                    idempotency.c.key_id == key_id, idempotency.c.idem_key == request.key
                 )
             )
+            row = None
+        if row is None:
             return None
         if row.body_hash != request.body_hash:
             raise IdempotencyMismatch(
@@ -439,7 +525,7 @@ class TaskStore:
             )
             if final < held:
                 self._credit(conn, row, held - final, "settle", now)
-            self._ended(conn, task_id, TaskStatus.COMPLETED)
+            self._ended(conn, row, TaskStatus.COMPLETED)
         return True
 
     def fail(
@@ -577,7 +663,7 @@ class TaskStore:
     def _announce(self, conn: sa.Connection) -> None:
         """PostgreSQL: wake workers in other processes (sent when the transaction commits)."""
         if not self.db.is_sqlite:
-            conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+            conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL})
 
     def _credit(
         self, conn: sa.Connection, row: sa.Row[Any], amount: int, reason: str, now: float
@@ -627,8 +713,15 @@ class TaskStore:
         )
         if int(m["credits"]):
             self._credit(conn, row, int(m["credits"]), "refund", now)
-        self._ended(conn, m["id"], status)
+        self._ended(conn, row, status)
 
-    def _ended(self, conn: sa.Connection, task_id: str, status: TaskStatus) -> None:
+    def _ended(self, conn: sa.Connection, row: sa.Row[Any], status: TaskStatus) -> None:
+        """In the transaction that moved ``row`` (locked) out of pending or processing."""
+        m = row._mapping
+        conn.execute(
+            api_keys.update()
+            .where(api_keys.c.id == m["key_id"])
+            .values(in_flight=api_keys.c.in_flight - 1)
+        )
         for hook in self.end_hooks:
-            hook(conn, task_id, status)
+            hook(conn, m["id"], status)
