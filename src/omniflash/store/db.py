@@ -123,6 +123,16 @@ class Database:
                 conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
+    @contextlib.contextmanager
+    def statement(self) -> Iterator[sa.Connection]:
+        """PostgreSQL: a connection for one statement that writes and commits by itself (its
+        row locks last only while it runs).  SQLite writes take ``write()``."""
+        if self.is_sqlite:
+            raise RuntimeError("SQLite writes go through write()")
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
     def for_update(self, stmt: sa.Select[Any], *, skip_locked: bool = False) -> sa.Select[Any]:
         """Row locks on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers."""
         if self.is_sqlite:

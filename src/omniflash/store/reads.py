@@ -20,6 +20,7 @@ and result machinery.  The statements are plain SQL over the same tables
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 import time
@@ -67,7 +68,10 @@ _TASK_NAMES = tuple(c.strip() for c in TASK_COLUMNS.split(","))
 _KEY_NAMES = tuple(c.strip() for c in KEY_COLUMNS.split(","))
 
 
-def _task(row: Sequence[Any]) -> TaskRow:
+@functools.lru_cache(maxsize=4096)
+def _task(row: tuple[Any, ...]) -> TaskRow:
+    """A row as a ``TaskRow``, remembered by its whole content: a page of tasks is mostly
+    rows that have not changed since the last look, and a changed row is another key."""
     return TaskRow.from_mapping(dict(zip(_TASK_NAMES, row, strict=True)))
 
 
