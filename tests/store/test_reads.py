@@ -16,6 +16,7 @@ from omniflash.errors import ServiceUnavailable
 from omniflash.ids import hash_key
 from omniflash.store import Store, TaskStatus
 from omniflash.store.reads import HotReads, PostgresReads, SqliteReads, ThreadReads, hot_reads
+from omniflash.store.videos import VideoStore
 
 SPEC = parse_generation_request({"model": "Omni-Flash-Ext", "prompt": "a harbour", "duration": 4})
 
@@ -45,6 +46,8 @@ def test_hot_reads_answer_what_the_store_answers(store: Store) -> None:
         claim.task.id, claim.epoch, result_key="results/x.mp4", ttl_s=60, info={"frames": 96}
     )
     store.keys.revoke(other_token)
+    videos = VideoStore(store.db)
+    videos.mark_deleted(ids[3])
 
     async def check(reads: HotReads) -> None:
         for task_id in ids:
@@ -57,6 +60,16 @@ def test_hot_reads_answer_what_the_store_answers(store: Store) -> None:
             got = await reads.page(key.id, limit=limit, after=after)
             assert got == store.tasks.list_for_key(key.id, limit=limit, after=after)
         assert [t.id for t in await reads.page(key.id, limit=100)] == ids[::-1]
+        # The OpenAI dialect's view: the same tasks, less the deleted video.
+        assert await reads.video(ids[0], key.id) == (store.tasks.get(ids[0]), False)
+        assert await reads.video(ids[3], key.id) == (store.tasks.get(ids[3]), True)
+        assert await reads.video(ids[0], other.id) is None
+        for order in ("asc", "desc"):
+            for limit, after in [(100, None), (2, None), (2, ids[1]), (3, ids[5])]:
+                got = await reads.videos(key.id, limit=limit, after=after, order=order)
+                assert got == videos.list_for_key(key.id, limit=limit, after=after, order=order)
+                assert ids[3] not in [t.id for t in got]
+        assert len(await reads.videos(key.id, limit=100)) == len(ids) - 1
         assert await reads.key(hash_key(token)) == store.keys.authenticate(token)
         assert await reads.key(hash_key(other_token)) is None  # revoked
         assert await reads.key(hash_key("of_nothing")) is None

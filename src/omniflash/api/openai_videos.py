@@ -48,8 +48,20 @@ _IMAGE_TYPES = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP
 
 def _video(services: Services, key: KeyInfo, video_id: str) -> TaskRow:
     task = services.store.tasks.get(video_id, key.id)
-    if VideoStore(services.store.db).is_deleted(task.id):
-        raise NotFound(f"No video {video_id!r}: it was deleted")
+    return _not_deleted(task, VideoStore(services.store.db).is_deleted(task.id))
+
+
+async def _polled_video(services: Services, key: KeyInfo, video_id: str) -> TaskRow:
+    """``_video`` for polls: one read awaited on the event loop."""
+    found = await services.reads.video(video_id, key.id)
+    if found is None:
+        raise NotFound(f"No task {video_id!r} for this API key")
+    return _not_deleted(*found)
+
+
+def _not_deleted(task: TaskRow, deleted: bool) -> TaskRow:
+    if deleted:
+        raise NotFound(f"No video {task.id!r}: it was deleted")
     return task
 
 
@@ -120,16 +132,14 @@ async def create_video(request: Request, key: Submitter, services: ServicesDep) 
 
 
 @router.get("", summary="List videos (OpenAI videos API)")
-def list_videos(
+async def list_videos(
     key: Caller,
     services: ServicesDep,
     after: Annotated[str | None, Query(description="the last id of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
 ) -> dict[str, Any]:
-    rows = VideoStore(services.store.db).list_for_key(
-        key.id, limit=limit + 1, after=after, order=order
-    )
+    rows = await services.reads.videos(key.id, limit=limit + 1, after=after, order=order)
     page = rows[:limit]
     return {
         "object": "list",
@@ -141,8 +151,8 @@ def list_videos(
 
 
 @router.get("/{video_id}", summary="Retrieve a video (OpenAI videos API)")
-def retrieve_video(video_id: str, key: Caller, services: ServicesDep) -> JSONResponse:
-    task = _video(services, key, video_id)
+async def retrieve_video(video_id: str, key: Caller, services: ServicesDep) -> JSONResponse:
+    task = await _polled_video(services, key, video_id)
     return JSONResponse(
         video_object(task),
         headers={"openai-poll-after-ms": str(poll_after_ms(task, services.settings.read_rpm))},

@@ -1,6 +1,7 @@
-"""The API's hot reads, awaited on the event loop: a task, a page of a key's tasks, a key.
+"""The API's hot reads, awaited on the event loop: a task, a page of a key's tasks, a key,
+and the same task and page as the OpenAI videos dialect sees them (deleted videos apart).
 
-Polls are most of an API's traffic, so these three reads skip what the store's general
+Polls are most of an API's traffic, so these reads skip what the store's general
 path costs per request: a hop to a worker thread and back, and SQLAlchemy's statement
 and result machinery.  The statements are plain SQL over the same tables
 (``store/schema.py``), and their rows become the store's own ``TaskRow`` and ``KeyInfo``.
@@ -33,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from omniflash.errors import ServiceUnavailable
 from omniflash.store.db import Database
 from omniflash.store.keys import KeyInfo
-from omniflash.store.schema import api_keys, tasks
+from omniflash.store.schema import api_keys, tasks, video_deletions
 from omniflash.store.tasks import TaskRow, TaskStore
 
 __all__ = ["HotReads", "hot_reads"]
@@ -49,9 +50,17 @@ KEY_COLUMNS = "id, prefix, name, balance, rpm, max_concurrent, created_at, revok
 
 
 def _sql(placeholder: str) -> dict[str, str]:
-    """The three statements, with the driver's parameter marker (``?`` or ``%s``)."""
+    """The statements, with the driver's parameter marker (``?`` or ``%s``)."""
     p = placeholder
+    deleted = f"EXISTS (SELECT 1 FROM {video_deletions.name} d WHERE d.task_id = {tasks.name}.id)"
+    videos = f"SELECT {TASK_COLUMNS} FROM {tasks.name} WHERE key_id = {p} AND NOT {deleted}"
     return {
+        "video": f"SELECT {TASK_COLUMNS}, {deleted} FROM {tasks.name} "
+        f"WHERE id = {p} AND key_id = {p}",
+        "videos_desc": f"{videos} ORDER BY id DESC LIMIT {p}",
+        "videos_desc_after": f"{videos} AND id < {p} ORDER BY id DESC LIMIT {p}",
+        "videos_asc": f"{videos} ORDER BY id ASC LIMIT {p}",
+        "videos_asc_after": f"{videos} AND id > {p} ORDER BY id ASC LIMIT {p}",
         "task": f"SELECT {TASK_COLUMNS} FROM {tasks.name} WHERE id = {p} AND key_id = {p}",
         # ``ix_tasks_key_id`` (key_id, id) serves both the filter and the order: task ids
         # are ULIDs, so they sort by creation time.
@@ -92,6 +101,14 @@ class HotReads(Protocol):
     async def page(self, key_id: int, *, limit: int, after: str | None = None) -> list[TaskRow]:
         """The key's tasks, newest first; ``after`` is the last id of the previous page."""
 
+    async def video(self, task_id: str, key_id: int) -> tuple[TaskRow, bool] | None:
+        """The key's task and whether its owner deleted it as a video, or ``None``."""
+
+    async def videos(
+        self, key_id: int, *, limit: int, after: str | None = None, order: str = "desc"
+    ) -> list[TaskRow]:
+        """The key's tasks that are not deleted videos, by id (``asc`` or ``desc``)."""
+
     async def key(self, key_hash: str) -> KeyInfo | None:
         """The active key with this hash (``ids.hash_key``), or ``None``."""
 
@@ -108,35 +125,60 @@ def hot_reads(store_db: Database, task_store: TaskStore) -> HotReads:
     return PostgresReads(store_db)
 
 
-class ThreadReads:
-    """Through the store's SQLAlchemy engine, in a worker thread: works on any database."""
+class _Reads:
+    """The reads, in terms of one ``_fetch`` (a statement's name and parameters: its rows)."""
 
-    def __init__(self, db: Database, task_store: TaskStore) -> None:
-        self.db = db
-        self.tasks = task_store
-
-    def _run(self, name: str, params: tuple[Any, ...]) -> list[Any]:
-        with self.db.read() as conn:
-            sql = _sql("?" if self.db.is_sqlite else "%s")[name]
-            return list(conn.exec_driver_sql(sql, params).all())
+    async def _fetch(self, name: str, params: tuple[Any, ...]) -> list[Any]:
+        raise NotImplementedError
 
     async def task(self, task_id: str, key_id: int) -> TaskRow | None:
-        rows = await run_in_threadpool(self._run, "task", (task_id, key_id))
-        return _task(rows[0]) if rows else None
+        rows = await self._fetch("task", (task_id, key_id))
+        return _task(tuple(rows[0])) if rows else None
 
     async def page(self, key_id: int, *, limit: int, after: str | None = None) -> list[TaskRow]:
-        rows = await run_in_threadpool(self._run, *_page_query(key_id, limit, after))
-        return [_task(r) for r in rows]
+        return [_task(tuple(r)) for r in await self._fetch(*_page_query(key_id, limit, after))]
+
+    async def video(self, task_id: str, key_id: int) -> tuple[TaskRow, bool] | None:
+        rows = await self._fetch("video", (task_id, key_id))
+        if not rows:
+            return None
+        *row, deleted = rows[0]
+        return _task(tuple(row)), bool(deleted)
+
+    async def videos(
+        self, key_id: int, *, limit: int, after: str | None = None, order: str = "desc"
+    ) -> list[TaskRow]:
+        if order not in ("asc", "desc"):
+            raise ValueError(f"order is asc or desc, not {order!r}")
+        name = f"videos_{order}_after" if after else f"videos_{order}"
+        params = (key_id, after, limit) if after else (key_id, limit)
+        return [_task(tuple(r)) for r in await self._fetch(name, params)]
 
     async def key(self, key_hash: str) -> KeyInfo | None:
-        rows = await run_in_threadpool(self._run, "key", (key_hash,))
+        rows = await self._fetch("key", (key_hash,))
         return _key(rows[0]) if rows else None
 
     async def close(self) -> None:
         return None
 
 
-class SqliteReads:
+class ThreadReads(_Reads):
+    """Through the store's SQLAlchemy engine, in a worker thread: works on any database."""
+
+    def __init__(self, db: Database, task_store: TaskStore) -> None:
+        self.db = db
+        self.tasks = task_store
+        self.sql = _sql("?" if db.is_sqlite else "%s")
+
+    def _run(self, name: str, params: tuple[Any, ...]) -> list[Any]:
+        with self.db.read() as conn:
+            return list(conn.exec_driver_sql(self.sql[name], params).all())
+
+    async def _fetch(self, name: str, params: tuple[Any, ...]) -> list[Any]:
+        return await run_in_threadpool(self._run, name, params)
+
+
+class SqliteReads(_Reads):
     """SQLite in WAL mode: the statement runs on the event loop's thread."""
 
     BUSY_TIMEOUT_S = 0.05
@@ -166,23 +208,11 @@ class SqliteReads:
                 return None
             raise
 
-    async def task(self, task_id: str, key_id: int) -> TaskRow | None:
-        rows = self._rows("task", (task_id, key_id))
+    async def _fetch(self, name: str, params: tuple[Any, ...]) -> list[Any]:
+        rows = self._rows(name, params)
         if rows is None:
-            return await self.fallback.task(task_id, key_id)
-        return _task(rows[0]) if rows else None
-
-    async def page(self, key_id: int, *, limit: int, after: str | None = None) -> list[TaskRow]:
-        rows = self._rows(*_page_query(key_id, limit, after))
-        if rows is None:
-            return await self.fallback.page(key_id, limit=limit, after=after)
-        return [_task(r) for r in rows]
-
-    async def key(self, key_hash: str) -> KeyInfo | None:
-        rows = self._rows("key", (key_hash,))
-        if rows is None:
-            return await self.fallback.key(key_hash)
-        return _key(rows[0]) if rows else None
+            return await self.fallback._fetch(name, params)
+        return rows
 
     async def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -235,7 +265,7 @@ class _Pool:
             await self.idle.pop()[1].close()
 
 
-class PostgresReads:
+class PostgresReads(_Reads):
     """PostgreSQL through psycopg's async connections, a small pool per event loop."""
 
     POOL_SIZE = 8
@@ -257,19 +287,8 @@ class PostgresReads:
             pool = self._pools[loop] = _Pool(self.conninfo, self.POOL_SIZE, self.MAX_AGE_S)
         return pool
 
-    async def _rows(self, name: str, params: tuple[Any, ...]) -> list[Any]:
+    async def _fetch(self, name: str, params: tuple[Any, ...]) -> list[Any]:
         return await self._pool().run(self.sql[name], params)
-
-    async def task(self, task_id: str, key_id: int) -> TaskRow | None:
-        rows = await self._rows("task", (task_id, key_id))
-        return _task(rows[0]) if rows else None
-
-    async def page(self, key_id: int, *, limit: int, after: str | None = None) -> list[TaskRow]:
-        return [_task(r) for r in await self._rows(*_page_query(key_id, limit, after))]
-
-    async def key(self, key_hash: str) -> KeyInfo | None:
-        rows = await self._rows("key", (key_hash,))
-        return _key(rows[0]) if rows else None
 
     async def close(self) -> None:
         pool = self._pools.pop(asyncio.get_running_loop(), None)
