@@ -10,6 +10,7 @@ equals the count of its pending and processing tasks.
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 import time
 import uuid
 from collections import Counter
@@ -265,6 +266,51 @@ def test_submits_from_many_processes_keep_rpm_in_flight_and_balance(
     assert hits == rpm
     assert total["accepted"] == len(pg.tasks.list_for_key(key.id, limit=100)) >= in_flight
     assert pg.keys.get(key.id).balance >= 0
+    assert_money(pg)
+
+
+@pytest.mark.postgres
+def test_one_idempotency_key_raced_by_threads_makes_one_task_and_counts_each_request(
+    pg: Store,
+) -> None:
+    """Six submits with one key start together behind a barrier, 30 times: those that
+    waited for the key's row find the record the first one made, and every request is
+    counted once against the rate, whichever way it went."""
+    _, key = pg.keys.create("idem-threads", 10**9, 10**6, 10**6)
+    made: dict[int, set[str]] = {}
+    errors: list[BaseException] = []
+
+    def submit(n: int, barrier: threading.Barrier) -> None:
+        try:
+            barrier.wait()
+            submitted = pg.tasks.submit(
+                key,
+                SPEC,
+                millicredits=P.hold(SPEC),
+                estimated_time=1,
+                seed=1,
+                idempotency_key=IdempotencyRequest(f"t-{n}", "same-body"),
+                now=MINUTE,
+            )
+            made.setdefault(n, set()).add(submitted.task.id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    for n in range(30):
+        barrier = threading.Barrier(6)
+        threads = [threading.Thread(target=submit, args=(n, barrier)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert not errors, errors
+    assert all(len(ids) == 1 for ids in made.values()) and len(made) == 30
+    with pg.db.read() as conn:
+        hits = conn.execute(
+            sa.select(api_keys.c.rate_hits).where(api_keys.c.id == key.id)
+        ).scalar_one()
+    assert hits == 30 * 6
+    assert len(pg.tasks.list_for_key(key.id, limit=100)) == 30
     assert_money(pg)
 
 

@@ -9,10 +9,17 @@ transaction moves the epoch on, so a task is refunded at most once.
 
 Locks, on PostgreSQL (SQLite's ``BEGIN IMMEDIATE`` serialises every writer anyway):
 a transaction that ends a task locks the task row first (``FOR UPDATE``, re-checking
-its status and epoch once it holds the lock), then touches the key row (refund, settle).
-A submit locks the key row and inserts a new task row.  No transaction locks a key row
-and then an existing task row, and no transaction refunds two keys, so the locks are
-always taken in the same order and two replicas can neither deadlock nor double-refund.
+its status and epoch once it holds the lock), then touches the key row (refund, settle,
+one task fewer in flight).  A submit locks the key row and inserts a new task row.  No
+transaction locks a key row and then an existing task row, and no transaction refunds
+two keys, so the locks are always taken in the same order and two replicas can neither
+deadlock nor double-refund.
+
+The key row keeps two counters a submit checks under its lock: the requests of the
+current minute (``rpm``) and the tasks in flight (``max_concurrent``), one more in the
+submit's transaction and one fewer in the transaction that ends the task (``_ended``).
+On PostgreSQL a submit is one statement (``_SUBMIT_STATEMENT``).
+
 Lease times come from the database's clock, never a process's own.
 """
 
@@ -76,42 +83,64 @@ _CHARGE = (
 )
 _INSERT_LEDGER = ledger.insert()
 _NOTIFY = sa.text("SELECT pg_notify(:channel, '')")
-# PostgreSQL: the whole submit without an idempotency key, as one statement that commits by
-# itself.  ``old`` locks the key row and reads it (FOR UPDATE waits for, then reads, the
-# latest version); ``verdict`` decides; the key row is counted (not when over ``rpm``, as
-# a refused transaction would not have been) and charged; the ledger row and the task are
-# inserted only when the verdict is yes; the workers are notified at commit.
+# PostgreSQL: the whole submit as one statement that commits by itself.  ``old`` locks the
+# key row and reads it (FOR UPDATE waits for, then reads, the latest version); ``prior`` is
+# an unexpired record of the idempotency key; ``verdict`` decides.  The key row is counted
+# (``:count`` is 0 on a second look, so a request counts once) unless over ``rpm``, as a
+# refused transaction would not have been; with a yes, the idempotency key is recorded
+# (over an expired record) and only if that took (``go``) is the key charged and the
+# task queued; the workers are notified at commit.  A record another submit committed
+# while this one waited for the lock is not in this statement's snapshot: ``remembered``
+# then takes nothing and no task is made, and ``submit`` looks again.
 _SUBMIT_STATEMENT = sa.text(
     f"""
 WITH old AS (
     SELECT id, rpm, max_concurrent, balance, in_flight, revoked_at,
-           CASE WHEN rate_window = :window THEN rate_hits + 1 ELSE 1 END AS hits
+           CASE WHEN rate_window = :window THEN rate_hits + :count ELSE :count END AS hits
     FROM {api_keys.name} WHERE id = :key_id FOR UPDATE
+), prior AS (
+    SELECT task_id, body_hash FROM {idempotency.name}
+    WHERE key_id = :key_id AND idem_key = CAST(:idem_key AS TEXT)
+      AND created_at >= :fresh_after
 ), verdict AS (
-    SELECT old.*, (revoked_at IS NULL AND hits <= rpm AND in_flight < max_concurrent
-                   AND balance >= :amount) AS ok
-    FROM old
+    SELECT old.*, prior.task_id AS prior_task, prior.body_hash AS prior_hash,
+           (prior.task_id IS NULL AND revoked_at IS NULL AND hits <= rpm
+            AND in_flight < max_concurrent AND balance >= :amount) AS ok
+    FROM old LEFT JOIN prior ON true
+), remembered AS (
+    INSERT INTO {idempotency.name} AS i (key_id, idem_key, body_hash, task_id, created_at)
+    SELECT id, CAST(:idem_key AS TEXT), :body_hash, :id, :now FROM verdict
+    WHERE ok AND CAST(:idem_key AS TEXT) IS NOT NULL
+    ON CONFLICT (key_id, idem_key) DO UPDATE
+        SET body_hash = EXCLUDED.body_hash, task_id = EXCLUDED.task_id,
+            created_at = EXCLUDED.created_at
+        WHERE i.created_at < :fresh_after
+    RETURNING i.task_id
+), go AS (
+    SELECT id FROM verdict
+    WHERE ok AND (CAST(:idem_key AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM remembered))
 ), counted AS (
     UPDATE {api_keys.name} AS k SET
         rate_window = :window,
         rate_hits = verdict.hits,
-        balance = k.balance - CASE WHEN verdict.ok THEN :amount ELSE 0 END,
-        in_flight = k.in_flight + CASE WHEN verdict.ok THEN 1 ELSE 0 END
+        balance = k.balance - CASE WHEN EXISTS (SELECT 1 FROM go) THEN :amount ELSE 0 END,
+        in_flight = k.in_flight + CASE WHEN EXISTS (SELECT 1 FROM go) THEN 1 ELSE 0 END
     FROM verdict WHERE k.id = verdict.id AND verdict.hits <= verdict.rpm
 ), charged AS (
     INSERT INTO {ledger.name} (key_id, task_id, delta, reason, created_at)
-    SELECT id, :id, -CAST(:amount AS BIGINT), 'charge', :now FROM verdict WHERE ok
+    SELECT id, :id, -CAST(:amount AS BIGINT), 'charge', :now FROM go
 ), queued AS (
     INSERT INTO {tasks.name} (id, key_id, status, progress, spec, seed, credits,
         estimated_time, created_at, attempts, lease_epoch, result_deleted)
     SELECT :id, id, 'pending', 0, :spec, :seed, :amount, :estimated_time, :now, 0, 0, false
-    FROM verdict WHERE ok
+    FROM go
     RETURNING *
 )
 SELECT verdict.ok AS k_ok, verdict.hits AS k_hits, verdict.rpm AS k_rpm,
        verdict.max_concurrent AS k_max_concurrent, verdict.in_flight AS k_in_flight,
-       verdict.balance AS k_balance, verdict.revoked_at AS k_revoked_at, queued.*,
-       CASE WHEN verdict.ok THEN pg_notify(:channel, '') END AS k_notified
+       verdict.balance AS k_balance, verdict.revoked_at AS k_revoked_at,
+       verdict.prior_task AS k_prior_task, verdict.prior_hash AS k_prior_hash, queued.*,
+       CASE WHEN queued.id IS NOT NULL THEN pg_notify(:channel, '') END AS k_notified
 FROM verdict LEFT JOIN queued ON true
 """
 )
@@ -229,6 +258,13 @@ EndHook = Callable[[sa.Connection, str, "TaskStatus"], None]
 """Called inside the transaction that ends a task, with its id and final status."""
 
 
+def _idempotency_mismatch() -> IdempotencyMismatch:
+    return IdempotencyMismatch(
+        "This Idempotency-Key was already used with a different request body; "
+        "use a new key for a new request"
+    )
+
+
 class TaskStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -267,9 +303,9 @@ class TaskStore:
         """
         now = time.time() if now is None else now
         task_id = new_task_id(now)
-        if idempotency_key is None and not self.db.is_sqlite:
+        if not self.db.is_sqlite:
             return self._submit_in_one_statement(
-                key, task_id, spec, millicredits, estimated_time, seed, now
+                key, task_id, spec, millicredits, estimated_time, seed, idempotency_key, now
             )
         refused: OmniflashError | None = None
         with self.db.write() as conn:
@@ -323,46 +359,56 @@ class TaskStore:
         millicredits: int,
         estimated_time: int,
         seed: int,
+        idempotency_key: IdempotencyRequest | None,
         now: float,
     ) -> Submission:
-        """PostgreSQL, without an idempotency key: ``submit`` as one statement, so the key's
-        row lock lasts one statement's run instead of five round trips."""
-        with self.db.statement() as conn:
-            m = (
-                conn.execute(
-                    _SUBMIT_STATEMENT,
-                    {
-                        "key_id": key.id,
-                        "window": rate_window(now),
-                        "amount": millicredits,
-                        "id": task_id,
-                        "spec": spec.to_json(),
-                        "seed": seed,
-                        "estimated_time": estimated_time,
-                        "now": now,
-                        "channel": NOTIFY_CHANNEL,
-                    },
-                )
-                .one()
-                ._mapping
-            )
-        if m["k_revoked_at"] is not None:
-            raise AuthenticationFailed()
-        if m["k_hits"] > m["k_rpm"]:
-            raise too_many_requests(m["k_rpm"], now)
-        if not m["k_ok"]:
-            verdict = {
-                "in_flight": m["k_in_flight"],
-                "max_concurrent": m["k_max_concurrent"],
-                "balance": m["k_balance"],
-            }
-            refused = self._refusal(verdict, millicredits)
-            assert refused is not None
-            raise refused
-        task = TaskRow.from_mapping(m)
-        for hook in self.submit_hooks:
-            hook(task)
-        return Submission(task, replayed=False)
+        """PostgreSQL: ``submit`` as one statement (``_SUBMIT_STATEMENT``), so that the key's
+        row lock lasts one statement's run instead of several round trips."""
+        params = {
+            "key_id": key.id,
+            "window": rate_window(now),
+            "count": 1,
+            "amount": millicredits,
+            "id": task_id,
+            "spec": spec.to_json(),
+            "seed": seed,
+            "estimated_time": estimated_time,
+            "now": now,
+            "idem_key": idempotency_key.key if idempotency_key else None,
+            "body_hash": idempotency_key.body_hash if idempotency_key else None,
+            "fresh_after": now - IDEMPOTENCY_TTL_S,
+            "channel": NOTIFY_CHANNEL,
+        }
+        for _look in range(3):
+            with self.db.statement() as conn:
+                m = conn.execute(_SUBMIT_STATEMENT, params).one()._mapping
+            if m["k_revoked_at"] is not None:
+                raise AuthenticationFailed()
+            if m["k_hits"] > m["k_rpm"]:
+                raise too_many_requests(m["k_rpm"], now)
+            if m["k_prior_task"] is not None:
+                assert idempotency_key is not None
+                if m["k_prior_hash"] != idempotency_key.body_hash:
+                    raise _idempotency_mismatch()
+                return Submission(self.get(m["k_prior_task"]), replayed=True)
+            if m["id"] is not None:
+                task = TaskRow.from_mapping(m)
+                for hook in self.submit_hooks:
+                    hook(task)
+                return Submission(task, replayed=False)
+            if not m["k_ok"]:
+                verdict = {
+                    "in_flight": m["k_in_flight"],
+                    "max_concurrent": m["k_max_concurrent"],
+                    "balance": m["k_balance"],
+                }
+                refused = self._refusal(verdict, millicredits)
+                assert refused is not None
+                raise refused
+            # Another submit recorded this idempotency key while this one waited for the
+            # key's row: look again, without counting the request a second time.
+            params["count"] = 0
+        raise RuntimeError(f"submit {task_id}: the idempotency record did not settle")
 
     @staticmethod
     def _refusal(key: Mapping[Any, Any], millicredits: int) -> OmniflashError | None:
@@ -461,10 +507,7 @@ class TaskStore:
         if row is None:
             return None
         if row.body_hash != request.body_hash:
-            raise IdempotencyMismatch(
-                "This Idempotency-Key was already used with a different request body; "
-                "use a new key for a new request"
-            )
+            raise _idempotency_mismatch()
         return str(row.task_id)
 
     @retry_disconnect
