@@ -145,6 +145,26 @@ def test_every_submit_counts_once_against_rpm_whatever_its_answer(api: Api) -> N
     assert api.store.keys.get(info.id).balance == 0 == api.store.keys.ledger_sum(info.id)
 
 
+def test_a_key_over_its_rate_gets_429_before_its_images_are_stored(
+    api: Api, png_data_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, _ = api.store.keys.create("two", 10_000, 2, 4)
+    storage = api.client.app.state.services.storage  # type: ignore[attr-defined]
+    stored: list[str] = []
+    put_bytes = storage.put_bytes
+
+    def counted_put_bytes(name: str, *args: Any, **kwargs: Any) -> Any:
+        stored.append(name)
+        return put_bytes(name, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "put_bytes", counted_put_bytes)
+    assert api.submit(key=key, image_urls=[png_data_uri]).status_code == 200
+    assert len(stored) == 1  # the first image went to storage
+    assert api.submit(key=key).status_code == 200
+    assert_error(api.submit(key=key, image_urls=[png_data_uri]), 429, "rate_limit_error")
+    assert len(stored) == 1  # the refused one never reached it
+
+
 def test_a_revoked_key_cannot_submit_even_while_it_is_cached(api: Api) -> None:
     key, info = api.store.keys.create("gone", 10_000, 60, 4)
     assert api.get("/v1/tasks", key=key).status_code == 200  # in the key cache now

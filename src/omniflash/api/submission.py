@@ -115,6 +115,11 @@ def submit_spec(
 
     Raises the store's ``PaymentRequired``, ``RateLimited`` or ``IdempotencyMismatch``.
     """
+    if spec.image_urls or spec.video_url:
+        # Inputs may be copied into storage below: a key whose minute is used up gets its
+        # 429 first, from a read, instead of after the copies (the count stays exact: the
+        # submit's transaction counts and checks again).
+        services.store.keys.check_rate(key)
     # Inline images, and images uploaded here, go to blob storage before the transaction,
     # under a name of their own; they are deleted again if the submit makes no task of them.
     prefix = f"inputs/{ulid()}"

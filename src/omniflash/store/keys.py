@@ -41,6 +41,9 @@ The right-hand sides read the row as it was before the update.  Built once: buil
 statement costs more than running it."""
 
 _HIT = COUNT_REQUEST.returning(api_keys.c.rate_hits, api_keys.c.rpm)
+_RATE = sa.select(api_keys.c.rate_window, api_keys.c.rate_hits, api_keys.c.rpm).where(
+    api_keys.c.id == sa.bindparam("key_id")
+)
 
 
 def too_many_requests(rpm: int, now: float) -> RateLimited:
@@ -226,6 +229,14 @@ class KeyStore:
             return KeyInfo.from_row(
                 conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
             )
+
+    def check_rate(self, key: KeyInfo, now: float | None = None) -> None:
+        """Raise ``RateLimited`` when the key's current minute is used up; counts nothing."""
+        now = time.time() if now is None else now
+        with self.db.read() as conn:
+            row = conn.execute(_RATE, {"key_id": key.id}).one()
+        if row.rate_window == rate_window(now) and row.rate_hits >= row.rpm:
+            raise too_many_requests(row.rpm, now)
 
     def hit(self, key: KeyInfo, now: float | None = None) -> None:
         """Count one request in the key's current minute; over ``rpm`` raises ``RateLimited``.
