@@ -113,7 +113,8 @@ def submit_spec(
 ) -> Submission:
     """Price, store inline inputs, charge and queue ``spec``; blocking (call it in a thread).
 
-    Raises the store's ``PaymentRequired``, ``RateLimited`` or ``IdempotencyMismatch``.
+    Raises the store's ``PaymentRequired``, ``RateLimited``, ``IdempotencyMismatch`` or
+    ``AuthenticationFailed`` (a key revoked since its lookup was cached).
     """
     if spec.image_urls or spec.video_url:
         # Inputs may be copied into storage below: a key whose minute is used up gets its
