@@ -22,12 +22,12 @@ SPEC = parse_generation_request({"model": "Omni-Flash-Ext", "prompt": "a harbour
 
 
 def _implementations(store: Store) -> list[HotReads]:
-    return [hot_reads(store.db, store.tasks), ThreadReads(store.db, store.tasks)]
+    return [hot_reads(store.db), ThreadReads(store.db)]
 
 
 def test_the_fast_implementation_is_chosen_per_database(store: Store) -> None:
     expected = SqliteReads if store.db.is_sqlite else PostgresReads
-    assert isinstance(hot_reads(store.db, store.tasks), expected)
+    assert isinstance(hot_reads(store.db), expected)
 
 
 def test_hot_reads_answer_what_the_store_answers(store: Store) -> None:
@@ -83,7 +83,7 @@ def test_a_busy_sqlite_read_waits_in_a_thread_not_on_the_event_loop(tmp_path: Pa
     store = Store(f"sqlite:///{tmp_path / 'busy.db'}")
     _, key = store.keys.create("busy", 10_000, rpm=100, max_concurrent=10)
     task_id = store.tasks.submit(key, SPEC, millicredits=1000, estimated_time=3, seed=1).task.id
-    reads = hot_reads(store.db, store.tasks)
+    reads = hot_reads(store.db)
     assert isinstance(reads, SqliteReads)
     # Another connection takes the database for itself (once the store's pooled connections
     # are closed, as exclusive locking in WAL mode requires): every other reader gets "busy".
@@ -129,7 +129,7 @@ def test_postgres_reads_survive_dropped_connections_and_report_a_dead_server(
     store = Store(postgres_url)
     try:
         token, key = store.keys.create("drop", 10_000, rpm=100, max_concurrent=10)
-        reads = hot_reads(store.db, store.tasks)
+        reads = hot_reads(store.db)
         assert isinstance(reads, PostgresReads)
 
         async def main() -> None:

@@ -100,7 +100,7 @@ def create_app(
         )
     if not store.db.is_sqlite:
         background.append(Listener(store, waker))
-    reads = hot_reads(store.db, store.tasks)
+    reads = hot_reads(store.db)
     services = Services(
         settings=settings,
         store=store,

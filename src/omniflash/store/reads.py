@@ -35,7 +35,7 @@ from omniflash.errors import ServiceUnavailable
 from omniflash.store.db import Database
 from omniflash.store.keys import KeyInfo
 from omniflash.store.schema import api_keys, tasks, video_deletions
-from omniflash.store.tasks import TaskRow, TaskStore
+from omniflash.store.tasks import TaskRow
 
 __all__ = ["HotReads", "hot_reads"]
 
@@ -116,12 +116,12 @@ class HotReads(Protocol):
         """Close this event loop's connections."""
 
 
-def hot_reads(store_db: Database, task_store: TaskStore) -> HotReads:
+def hot_reads(store_db: Database) -> HotReads:
     """The fastest ``HotReads`` for this database."""
     if store_db.is_sqlite:
         path = store_db.engine.url.database
         assert path, "a SQLite store is a file"
-        return SqliteReads(path, ThreadReads(store_db, task_store))
+        return SqliteReads(path, ThreadReads(store_db))
     return PostgresReads(store_db)
 
 
@@ -165,9 +165,8 @@ class _Reads:
 class ThreadReads(_Reads):
     """Through the store's SQLAlchemy engine, in a worker thread: works on any database."""
 
-    def __init__(self, db: Database, task_store: TaskStore) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.tasks = task_store
         self.sql = _sql("?" if db.is_sqlite else "%s")
 
     def _run(self, name: str, params: tuple[Any, ...]) -> list[Any]:

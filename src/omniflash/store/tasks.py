@@ -64,7 +64,8 @@ __all__ = [
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 
-# The submit's statements, built once: building a statement costs more than running it.
+# SQLite's submit, a statement at a time inside ``BEGIN IMMEDIATE``; built once: building a
+# statement costs more than running it.
 _COUNT_AND_LOCK = COUNT_REQUEST.returning(
     api_keys.c.rate_hits,
     api_keys.c.rpm,
@@ -82,6 +83,13 @@ _CHARGE = (
     )
 )
 _INSERT_LEDGER = ledger.insert()
+_INSERT_IDEMPOTENCY = idempotency.insert()
+_INSERT_TASK = tasks.insert().returning(*tasks.c)
+_TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("task_id"))
+_IDEMPOTENCY_RECORD = sa.select(idempotency).where(
+    idempotency.c.key_id == sa.bindparam("key_id"),
+    idempotency.c.idem_key == sa.bindparam("idem_key"),
+)
 _NOTIFY = sa.text("SELECT pg_notify(:channel, '')")
 # PostgreSQL: the whole submit as one statement that commits by itself.  ``old`` locks the
 # key row and reads it (FOR UPDATE waits for, then reads, the latest version); ``prior`` is
@@ -143,13 +151,6 @@ SELECT verdict.ok AS k_ok, verdict.hits AS k_hits, verdict.rpm AS k_rpm,
        CASE WHEN queued.id IS NOT NULL THEN pg_notify(:channel, '') END AS k_notified
 FROM verdict LEFT JOIN queued ON true
 """
-)
-_INSERT_IDEMPOTENCY = idempotency.insert()
-_INSERT_TASK = tasks.insert().returning(*tasks.c)
-_TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("task_id"))
-_IDEMPOTENCY_RECORD = sa.select(idempotency).where(
-    idempotency.c.key_id == sa.bindparam("key_id"),
-    idempotency.c.idem_key == sa.bindparam("idem_key"),
 )
 
 
@@ -289,7 +290,8 @@ class TaskStore:
         idempotency_key: IdempotencyRequest | None = None,
         now: float | None = None,
     ) -> Submission:
-        """Count the request, charge the key and queue the task, in one transaction.
+        """Count the request, charge the key and queue the task: one transaction (one
+        statement on PostgreSQL, ``_submit_in_one_statement``).
 
         The first statement counts the request against the key's ``rpm`` (see
         ``keys.COUNT_REQUEST``) and locks the key's row, which serialises the key's
@@ -309,16 +311,16 @@ class TaskStore:
             )
         refused: OmniflashError | None = None
         with self.db.write() as conn:
-            counted = (
+            k = (  # the key row, counted and locked
                 conn.execute(_COUNT_AND_LOCK, {"key_id": key.id, "window": rate_window(now)})
                 .one()
                 ._mapping
             )
-            if counted["revoked_at"] is not None:
+            if k["revoked_at"] is not None:
                 raise AuthenticationFailed()
-            if counted["rate_hits"] > counted["rpm"]:
+            if k["rate_hits"] > k["rpm"]:
                 # Rolled back: the count stays at the limit, which refuses the next one too.
-                raise too_many_requests(counted["rpm"], now)
+                raise too_many_requests(k["rpm"], now)
             replay = None
             if idempotency_key is not None:
                 try:
@@ -326,7 +328,9 @@ class TaskStore:
                 except IdempotencyMismatch as exc:
                     refused = exc
             if refused is None and replay is None:
-                refused = self._refusal(counted, millicredits)
+                refused = self._refusal(
+                    k["in_flight"], k["max_concurrent"], k["balance"], millicredits
+                )
             if refused is None and replay is not None:
                 row = conn.execute(_TASK_BY_ID, {"task_id": replay}).one()
             elif refused is None:
@@ -345,11 +349,7 @@ class TaskStore:
         if refused is not None:
             raise refused
         task = TaskRow.from_row(row)
-        if replay is not None:
-            return Submission(task, replayed=True)
-        for hook in self.submit_hooks:
-            hook(task)
-        return Submission(task, replayed=False)
+        return Submission(task, replayed=True) if replay is not None else self._made(task)
 
     def _submit_in_one_statement(
         self,
@@ -392,17 +392,11 @@ class TaskStore:
                     raise _idempotency_mismatch()
                 return Submission(self.get(m["k_prior_task"]), replayed=True)
             if m["id"] is not None:
-                task = TaskRow.from_mapping(m)
-                for hook in self.submit_hooks:
-                    hook(task)
-                return Submission(task, replayed=False)
+                return self._made(TaskRow.from_mapping(m))
             if not m["k_ok"]:
-                verdict = {
-                    "in_flight": m["k_in_flight"],
-                    "max_concurrent": m["k_max_concurrent"],
-                    "balance": m["k_balance"],
-                }
-                refused = self._refusal(verdict, millicredits)
+                refused = self._refusal(
+                    m["k_in_flight"], m["k_max_concurrent"], m["k_balance"], millicredits
+                )
                 assert refused is not None
                 raise refused
             # Another submit recorded this idempotency key while this one waited for the
@@ -411,21 +405,28 @@ class TaskStore:
         raise RuntimeError(f"submit {task_id}: the idempotency record did not settle")
 
     @staticmethod
-    def _refusal(key: Mapping[Any, Any], millicredits: int) -> OmniflashError | None:
-        """Why the key (its locked, counted row) cannot queue a new task now, if it cannot."""
-        if key["in_flight"] >= key["max_concurrent"]:
+    def _refusal(
+        in_flight: int, max_concurrent: int, balance: int, millicredits: int
+    ) -> OmniflashError | None:
+        """Why a key (its locked, counted row says these) cannot queue a new task, if it cannot."""
+        if in_flight >= max_concurrent:
             return RateLimited(
-                f"Too many tasks in flight: this key allows {key['max_concurrent']} pending or "
+                f"Too many tasks in flight: this key allows {max_concurrent} pending or "
                 "processing tasks at once. Wait for one to finish",
                 retry_after=5,
             )
-        if key["balance"] < millicredits:
+        if balance < millicredits:
             return PaymentRequired(
                 "Insufficient account balance. Please recharge and try again "
                 f"(this task needs {to_credits(millicredits)} credits, "
-                f"the balance is {to_credits(key['balance'])})"
+                f"the balance is {to_credits(balance)})"
             )
         return None
+
+    def _made(self, task: TaskRow) -> Submission:
+        for hook in self.submit_hooks:
+            hook(task)
+        return Submission(task, replayed=False)
 
     def _queue(
         self,
@@ -453,7 +454,8 @@ class TaskStore:
                     "created_at": now,
                 },
             )
-        conn.execute(_CHARGE, {"key_id": key_id, "amount": millicredits})
+        charged = conn.execute(_CHARGE, {"key_id": key_id, "amount": millicredits})
+        self._one(charged, "charge", task_id)
         conn.execute(
             _INSERT_LEDGER,
             {
@@ -769,7 +771,7 @@ class TaskStore:
 
     @staticmethod
     def _one(result: sa.CursorResult[Any], what: str, task_id: str) -> None:
-        # The row is locked and matched a moment ago in this transaction.
+        # The row is locked (or its key's row, for a key's counters) in this transaction.
         if result.rowcount != 1:
             raise RuntimeError(f"{what} of {task_id} changed {result.rowcount} rows")
 
@@ -853,10 +855,14 @@ class TaskStore:
     def _ended(self, conn: sa.Connection, row: sa.Row[Any], status: TaskStatus) -> None:
         """In the transaction that moved ``row`` (locked) out of pending or processing."""
         m = row._mapping
-        conn.execute(
-            api_keys.update()
-            .where(api_keys.c.id == m["key_id"])
-            .values(in_flight=api_keys.c.in_flight - 1)
+        self._one(
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == m["key_id"])
+                .values(in_flight=api_keys.c.in_flight - 1)
+            ),
+            "in-flight count",
+            m["id"],
         )
         for hook in self.end_hooks:
             hook(conn, m["id"], status)
