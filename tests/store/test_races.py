@@ -269,6 +269,40 @@ def test_submits_from_many_processes_keep_rpm_in_flight_and_balance(
     assert_money(pg)
 
 
+def _hits(url: str, key_id: int, rounds: int, _i: int) -> int:
+    """Count ``rounds`` uploads' worth of requests; how many got past the rate limit."""
+    store = Store(url, migrate=False)
+    passed = 0
+    try:
+        key = store.keys.get(key_id)
+        for _ in range(rounds):
+            try:
+                store.keys.hit(key, now=MINUTE)
+                passed += 1
+            except RateLimited:
+                pass
+    finally:
+        store.close()
+    return passed
+
+
+@pytest.mark.postgres
+def test_requests_counted_from_many_processes_pass_rpm_exactly(
+    pg: Store, postgres_url: str
+) -> None:
+    """120 counted requests (uploads, refused bodies) from 4 processes against rpm 50:
+    exactly 50 pass, and every one of the 120 is on the key's counter."""
+    _, key = pg.keys.create("hits", 0, 50, 1)
+    passed = _run(_hits, postgres_url, key.id, 30, 4)
+    assert sum(passed) == 50
+    with pg.db.read() as conn:
+        hits = conn.execute(
+            sa.select(api_keys.c.rate_hits).where(api_keys.c.id == key.id)
+        ).scalar_one()
+    assert hits == 120
+    assert pg.keys.get(key.id).balance == pg.keys.ledger_sum(key.id) == 0  # counting is free
+
+
 @pytest.mark.postgres
 def test_one_idempotency_key_raced_by_threads_makes_one_task_and_counts_each_request(
     pg: Store,
