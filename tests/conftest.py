@@ -24,6 +24,7 @@ import pytest
 
 from omniflash.settings import Settings
 from omniflash.store import Store
+from tests.money import assert_money, assert_money_at
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -68,6 +69,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         _truncate(s)
     try:
         yield s
+        assert_money(s)
     finally:
         s.close()
 
@@ -167,6 +169,16 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    @property
+    def database_url(self) -> str:
+        return (
+            self.env.get("OMNIFLASH_DATABASE_URL") or Settings(data_dir=self.data_dir).database_url
+        )
+
+    def assert_money(self) -> None:
+        """The money check (``tests.money``) on this server's database."""
+        assert_money_at(self.database_url)
+
     def client(self, api_key: str | None = None) -> httpx.Client:
         key = api_key or self.api_key
         return httpx.Client(
@@ -199,6 +211,7 @@ def running_server(tmp_path: Path, *args: str, **env: str) -> Iterator[LiveServe
         yield server
     finally:
         server.stop()
+    server.assert_money()
 
 
 @pytest.fixture

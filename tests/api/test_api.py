@@ -18,6 +18,7 @@ from omniflash.api.app import create_app
 from omniflash.api.files import RangeNotSatisfiable, byte_range
 from omniflash.settings import Settings
 from omniflash.store import Store
+from tests.money import assert_money
 
 TASK_ID = re.compile(r"^task_[0-9A-HJKMNP-TV-Z]{26}$")
 
@@ -47,6 +48,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
     store = Store(settings.database_url)
     with TestClient(create_app(settings, store=store, start_workers=False)) as client:
         yield Api(client, store, settings)
+    assert_money(store)
 
 
 @pytest.fixture

@@ -167,3 +167,4 @@ def running_fleet(
     finally:
         remote.stop()
         server.stop()
+    server.assert_money()

@@ -24,8 +24,8 @@ from omniflash.contract import parse_generation_request
 from omniflash.errors import Conflict, NotFound, PaymentRequired, RateLimited
 from omniflash.pricing import Pricing
 from omniflash.store import IdempotencyRequest, Store, TaskStatus
-from omniflash.store.schema import MIGRATIONS, api_keys, ledger, tasks
-from omniflash.store.tasks import TaskStore
+from omniflash.store.schema import MIGRATIONS, api_keys
+from tests.money import assert_money
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -54,31 +54,6 @@ def _run(target: Any, *args: Any) -> list[Any]:
     n = args[-1]
     with ctx.Pool(n) as pool:
         return pool.starmap(target, [(*args[:-1], i) for i in range(n)])
-
-
-def assert_money(store: Store) -> None:
-    """balance = ledger for every key; one charge a task; at most one refund; credits agree;
-    each key's in-flight counter agrees with its tasks."""
-    for key in store.keys.all():
-        assert key.balance == store.keys.ledger_sum(key.id), key
-        with store.db.read() as conn:
-            kept = conn.execute(
-                sa.select(api_keys.c.in_flight).where(api_keys.c.id == key.id)
-            ).scalar_one()
-            counted = conn.execute(TaskStore.in_flight(key.id)).scalar_one()
-        assert kept == counted, (key, kept, counted)
-    with store.db.read() as conn:
-        entries = conn.execute(sa.select(ledger.c.task_id, ledger.c.reason, ledger.c.delta)).all()
-        rows = {r.id: r for r in conn.execute(sa.select(tasks)).all()}
-    charges = Counter(t for t, reason, _ in entries if reason == "charge")
-    refunds = Counter(t for t, reason, _ in entries if reason == "refund")
-    assert set(charges) == set(rows) and set(charges.values()) == {1}
-    assert not refunds or max(refunds.values()) == 1, "a task was refunded twice"
-    for task_id, row in rows.items():
-        refunded = task_id in refunds
-        assert refunded == (row.status in ("failed", "cancelled")), (task_id, row.status)
-        if refunded:
-            assert row.credits == 0
 
 
 # -- cancel against the worker's complete / fail / release, and the reaper --------------------
