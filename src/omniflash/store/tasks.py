@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,7 +46,7 @@ from omniflash.errors import (
     PaymentRequired,
     RateLimited,
 )
-from omniflash.ids import new_task_id
+from omniflash.ids import new_task_id, ulid_floor
 from omniflash.pricing import credits as to_credits
 from omniflash.store.db import Database, retry_disconnect
 from omniflash.store.keys import COUNT_REQUEST, KeyInfo, rate_window, too_many_requests
@@ -55,12 +56,15 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "Claim",
     "EndHook",
+    "ErrorHook",
     "IdempotencyRequest",
     "Submission",
     "TaskRow",
     "TaskStatus",
     "TaskStore",
 ]
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -257,6 +261,8 @@ class Submission:
 
 EndHook = Callable[[sa.Connection, str, "TaskStatus"], None]
 """Called inside the transaction that ends a task, with its id and final status."""
+ErrorHook = Callable[[str, str], None]
+"""Called with ``(job, id)`` when one task's (or delivery's) step failed and was skipped."""
 
 
 def _idempotency_mismatch() -> IdempotencyMismatch:
@@ -273,6 +279,17 @@ class TaskStore:
         """Work that must commit or roll back with a task's end (a webhook's outbox row)."""
         self.submit_hooks: list[Callable[[TaskRow], None]] = []
         """Called after a submit made a new task (not for a replay), outside its transaction."""
+        self.error_hooks: list[ErrorHook] = []
+        """Told of each step skipped for one poisoned row: ``reap``, ``sweep``, ``webhook``,
+        ``end_hook`` (the metrics count them)."""
+
+    def report_error(self, job: str, item_id: str) -> None:
+        """One row's step failed and the machinery moved on: tell the error hooks."""
+        for hook in self.error_hooks:
+            try:
+                hook(job, item_id)
+            except Exception:
+                log.exception("error hook failed for %s of %s", job, item_id)
 
     def _clock(self, now: float | None) -> sa.ColumnElement[float]:
         return self.db.clock() if now is None else sa.literal(now, sa.Float)
@@ -703,7 +720,9 @@ class TaskStore:
         """Expired leases go back to pending, or fail (refunded) after ``max_attempts``.
 
         Each task is reaped in its own short transaction, so two replicas reaping at once
-        take one lock each and never wait on each other in a cycle.
+        take one lock each and never wait on each other in a cycle.  A task whose reaping
+        raises is logged, reported (``report_error("reap", …)``) and skipped: one poisoned
+        row never stops the others from being reaped.
         """
         clock = self._clock(now)
         expired = sa.and_(
@@ -713,26 +732,35 @@ class TaskStore:
             ids = conn.execute(sa.select(tasks.c.id).where(expired).limit(500)).scalars().all()
         reaped = 0
         for task_id in ids:
-            with self.db.write() as conn:
-                row = conn.execute(
-                    self.db.for_update(
-                        sa.select(tasks).where(tasks.c.id == task_id, expired), skip_locked=True
-                    )
-                ).one_or_none()
-                if row is None:  # finished, renewed, or being reaped elsewhere meanwhile
-                    continue
-                if int(row._mapping["attempts"]) >= max_attempts:
-                    self._end(
-                        conn,
-                        row,
-                        TaskStatus.FAILED,
-                        time.time() if now is None else now,
-                        error=f"the worker stopped responding {max_attempts} times; giving up",
-                    )
-                else:
-                    self._requeue(conn, row)
-                reaped += 1
+            try:
+                reaped += self._reap_one(task_id, expired, max_attempts, now)
+            except Exception:
+                log.exception("reaping %s failed; reaping the others", task_id)
+                self.report_error("reap", task_id)
         return reaped
+
+    def _reap_one(
+        self, task_id: str, expired: sa.ColumnElement[bool], max_attempts: int, now: float | None
+    ) -> int:
+        with self.db.write() as conn:
+            row = conn.execute(
+                self.db.for_update(
+                    sa.select(tasks).where(tasks.c.id == task_id, expired), skip_locked=True
+                )
+            ).one_or_none()
+            if row is None:  # finished, renewed, or being reaped elsewhere meanwhile
+                return 0
+            if int(row._mapping["attempts"]) >= max_attempts:
+                self._end(
+                    conn,
+                    row,
+                    TaskStatus.FAILED,
+                    time.time() if now is None else now,
+                    error=f"the worker stopped responding {max_attempts} times; giving up",
+                )
+            else:
+                self._requeue(conn, row)
+        return 1
 
     @retry_disconnect
     def pending_count(self) -> int:
@@ -747,7 +775,8 @@ class TaskStore:
         """Ended tasks whose files (result and inputs) are due for deletion.
 
         A completed task's files go when its result URL expires; a failed or cancelled
-        task's inputs ``ttl_s`` after it ended.
+        task's inputs ``ttl_s`` after it ended.  A row that does not parse is reported
+        (``sweep``) and left out, so the others are still swept.
         """
         now = time.time() if now is None else now
         due = sa.func.coalesce(tasks.c.result_expires_at, tasks.c.completed_at + ttl_s)
@@ -761,7 +790,70 @@ class TaskStore:
                 )
                 .limit(limit)
             ).all()
-        return [TaskRow.from_row(r) for r in rows]
+        found = []
+        for r in rows:
+            try:
+                found.append(TaskRow.from_row(r))
+            except Exception:
+                log.exception(
+                    "task %s cannot be read; its files are left to the orphan sweep", r.id
+                )
+                self.report_error("sweep", str(r.id))
+        return found
+
+    @retry_disconnect
+    def results_in_use(self, keys: list[str]) -> set[str]:
+        """Which of the per-attempt result keys (``results/{task}.{epoch}.mp4``) are a task's
+        result, or its current attempt's upload about to be completed: the sweep keeps those."""
+        parsed: dict[str, tuple[str, int]] = {}
+        for key in keys:
+            name = key.removeprefix("results/").removesuffix(".mp4")
+            task_id, _, number = name.rpartition(".")
+            if task_id and number.isdigit():
+                parsed[key] = (task_id, int(number))
+        if not parsed:
+            return set()
+        with self.db.read() as conn:
+            rows = {
+                r.id: r
+                for r in conn.execute(
+                    sa.select(
+                        tasks.c.id,
+                        tasks.c.status,
+                        tasks.c.lease_epoch,
+                        tasks.c.result_key,
+                        tasks.c.result_deleted,
+                    ).where(tasks.c.id.in_({t for t, _ in parsed.values()}))
+                )
+            }
+        used = set()
+        for key, (task_id, epoch) in parsed.items():
+            r = rows.get(task_id)
+            if r is None:
+                continue
+            live = r.status == TaskStatus.PROCESSING.value and r.lease_epoch == epoch
+            if live or (r.result_key == key and not r.result_deleted):
+                used.add(key)
+        return used
+
+    @retry_disconnect
+    def inputs_in_use(self, prefix: str, made_at: float, window_s: float) -> bool:
+        """Whether a task whose files are not yet deleted names a blob under ``prefix``
+        (``inputs/<ulid>``, written at ``made_at``).  Its task was submitted within
+        ``window_s`` after that, so only ids (ULIDs, by time) of that span are searched."""
+        low, high = "task_" + ulid_floor(made_at - 60), "task_" + ulid_floor(made_at + window_s)
+        with self.db.read() as conn:
+            found = conn.execute(
+                sa.select(tasks.c.id)
+                .where(
+                    tasks.c.id >= low,
+                    tasks.c.id < high,
+                    tasks.c.result_deleted.is_(False),
+                    tasks.c.spec.contains(f"blob:{prefix}/", autoescape=True),
+                )
+                .limit(1)
+            ).first()
+        return found is not None
 
     def mark_result_deleted(self, task_id: str) -> None:
         with self.db.write() as conn:
@@ -865,4 +957,11 @@ class TaskStore:
             m["id"],
         )
         for hook in self.end_hooks:
-            hook(conn, m["id"], status)
+            # A hook that fails (an outbox row the database refuses) is undone alone, in its
+            # savepoint: the task still ends, and is refunded, in this transaction.
+            try:
+                with conn.begin_nested():
+                    hook(conn, m["id"], status)
+            except Exception:
+                log.exception("an end hook of %s failed; the task ends without it", m["id"])
+                self.report_error("end_hook", m["id"])
