@@ -65,6 +65,13 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool:
         """Whether the blob is there."""
 
+    def keys_older(self, prefix: str, before: float) -> Iterator[str]:
+        """Keys under ``prefix`` last written before ``before`` (Unix seconds), for the
+        sweep; a local backend includes the ``.part`` files of interrupted writes."""
+
+    def check(self) -> None:
+        """One cheap call that raises ``StorageUnavailable`` when the backend is unusable."""
+
     def close(self) -> None:
         """Release connections; the object is not used afterwards."""
 

@@ -233,6 +233,16 @@ class S3Storage:
             return False
         return True
 
+    def keys_older(self, prefix: str, before: float) -> Iterator[str]:
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix
+        )
+        with self._calling("list"):
+            for page in pages:
+                for item in page.get("Contents", []):
+                    if item["LastModified"].timestamp() < before:
+                        yield str(item["Key"])[len(self.prefix) :]
+
     def keys(self) -> Iterator[str]:
         """Every blob's key under the prefix (not in ``Storage``: for tests and maintenance)."""
         pages = self._client.get_paginator("list_objects_v2").paginate(
