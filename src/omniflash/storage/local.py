@@ -105,7 +105,7 @@ class LocalStorage:
             except FileNotFoundError:  # deleted meanwhile
                 continue
 
-    def check(self) -> None:
+    def probe(self) -> None:
         if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK) or not self.root.is_dir():
             raise StorageUnavailable(f"the blob directory {self.root} is not usable")
 

@@ -69,8 +69,9 @@ class Storage(Protocol):
         """Keys under ``prefix`` last written before ``before`` (Unix seconds), for the
         sweep; a local backend includes the ``.part`` files of interrupted writes."""
 
-    def check(self) -> None:
-        """One cheap call that raises ``StorageUnavailable`` when the backend is unusable."""
+    def probe(self) -> None:
+        """One cheap call, without retries and within seconds, that raises
+        ``StorageUnavailable`` when the backend cannot be used just now (``/healthz``)."""
 
     def close(self) -> None:
         """Release connections; the object is not used afterwards."""

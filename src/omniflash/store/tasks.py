@@ -48,7 +48,7 @@ from omniflash.errors import (
 )
 from omniflash.ids import new_task_id, ulid_floor
 from omniflash.pricing import credits as to_credits
-from omniflash.store.db import Database, retry_disconnect
+from omniflash.store.db import Database, retry_disconnect, retry_repeatable
 from omniflash.store.keys import COUNT_REQUEST, KeyInfo, rate_window, too_many_requests
 from omniflash.store.schema import ACTIVE_PREDICATE, api_keys, idempotency, ledger, tasks
 
@@ -396,9 +396,21 @@ class TaskStore:
             "fresh_after": now - IDEMPOTENCY_TTL_S,
             "channel": NOTIFY_CHANNEL,
         }
+        dropped = False
         for _look in range(3):
-            with self.db.statement() as conn:
-                m = conn.execute(_SUBMIT_STATEMENT, params).one()._mapping
+            try:
+                with self.db.statement() as conn:
+                    m = conn.execute(_SUBMIT_STATEMENT, params).one()._mapping
+            except sa.exc.DBAPIError as exc:
+                # The statement commits by itself, so a dropped connection leaves its
+                # outcome open; the task's id is chosen here, so the store can look.
+                if dropped or not exc.connection_invalidated:
+                    raise
+                dropped = True
+                made = self._made_by(task_id)
+                if made is not None:
+                    return self._made(made)
+                continue  # it did not happen: submit again, on a fresh connection
             if m["k_revoked_at"] is not None:
                 raise AuthenticationFailed()
             if m["k_hits"] > m["k_rpm"]:
@@ -439,6 +451,12 @@ class TaskStore:
                 f"the balance is {to_credits(balance)})"
             )
         return None
+
+    @retry_disconnect
+    def _made_by(self, task_id: str) -> TaskRow | None:
+        with self.db.read() as conn:
+            row = conn.execute(_TASK_BY_ID, {"task_id": task_id}).one_or_none()
+        return None if row is None else TaskRow.from_row(row)
 
     def _made(self, task: TaskRow) -> Submission:
         for hook in self.submit_hooks:
@@ -554,6 +572,7 @@ class TaskStore:
         with self.db.read() as conn:
             return [TaskRow.from_row(r) for r in conn.execute(query).all()]
 
+    @retry_disconnect
     def cancel(self, task_id: str, key_id: int, now: float | None = None) -> TaskRow:
         """Cancel a pending or processing task and refund it; a finished one is a ``Conflict``."""
         now = time.time() if now is None else now
@@ -575,6 +594,7 @@ class TaskStore:
 
     # -- the worker side ----------------------------------------------------------------------
 
+    @retry_disconnect
     def claim(self, owner: str, lease_s: float, now: float | None = None) -> Claim | None:
         """Take the oldest pending task under a lease, or ``None`` when the queue is empty."""
         clock = self._clock(now)
@@ -617,6 +637,7 @@ class TaskStore:
             self.db.for_update(sa.select(tasks).where(self._held(task_id, epoch)))
         ).one_or_none()
 
+    @retry_repeatable
     def heartbeat(
         self, task_id: str, epoch: int, *, progress: int, lease_s: float, now: float | None = None
     ) -> bool:
@@ -635,6 +656,7 @@ class TaskStore:
             )
         return result.rowcount == 1
 
+    @retry_repeatable
     def complete(
         self,
         task_id: str,
@@ -682,6 +704,7 @@ class TaskStore:
             self._ended(conn, row, TaskStatus.COMPLETED)
         return True
 
+    @retry_repeatable
     def fail(
         self,
         task_id: str,
@@ -704,6 +727,7 @@ class TaskStore:
                 self._end(conn, row, TaskStatus.FAILED, now, error=message)
         return True
 
+    @retry_repeatable
     def release(self, task_id: str, epoch: int) -> bool:
         """Hand a task back to the queue untried, as a worker that is stopping does.
 
@@ -771,6 +795,7 @@ class TaskStore:
                 ).scalar_one()
             )
 
+    @retry_disconnect
     def expired(self, ttl_s: float, now: float | None = None, limit: int = 500) -> list[TaskRow]:
         """Ended tasks whose files (result and inputs) are due for deletion.
 
@@ -855,6 +880,7 @@ class TaskStore:
             ).first()
         return found is not None
 
+    @retry_repeatable
     def mark_result_deleted(self, task_id: str) -> None:
         with self.db.write() as conn:
             conn.execute(tasks.update().where(tasks.c.id == task_id).values(result_deleted=True))
@@ -962,6 +988,11 @@ class TaskStore:
             try:
                 with conn.begin_nested():
                     hook(conn, m["id"], status)
+            except sa.exc.DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise  # not the hook's fault: the whole transaction is gone
+                log.exception("an end hook of %s failed; the task ends without it", m["id"])
+                self.report_error("end_hook", m["id"])
             except Exception:
                 log.exception("an end hook of %s failed; the task ends without it", m["id"])
                 self.report_error("end_hook", m["id"])
