@@ -7,6 +7,7 @@ more on a fresh connection, so clients and workers see answers, never a 500.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,4 +105,47 @@ def test_dropped_connections_are_retried_on_fresh_ones(
                 cancelled = after_a_drop("POST", f"/v1/tasks/{task_id}/cancel", client)
                 assert cancelled.status_code in (200, 409)
     assert len(pg.tasks.list_for_key(1, limit=100)) == 2 * ROUNDS
+    assert_money(pg)
+
+
+def test_a_poisoned_task_does_not_stop_a_live_server(
+    pg: Store, postgres_url: str, tmp_path: Path
+) -> None:
+    """A task whose webhook PostgreSQL refuses (a NUL in its ``callback_url``, left by an
+    older server) is cancelled with a 200, and the server's reaper ends the expired ones
+    around another such task; ``/metrics`` counts the webhooks that could not be queued."""
+    import dataclasses
+
+    from omniflash.contract import parse_generation_request
+    from omniflash.pricing import Pricing
+
+    good = parse_generation_request({**BODY, "callback_url": "https://e.com/hook"})
+    poisoned = dataclasses.replace(good, callback_url="https://e.com/hook\x00")
+    hold = Pricing().hold(good)
+    with running_server(
+        tmp_path, "--workers", "0", OMNIFLASH_DATABASE_URL=postgres_url, OMNIFLASH_MAX_ATTEMPTS="1"
+    ) as server:
+        token, key = pg.keys.create("poisoned", 10**9, 10**6, 10**6)
+        start = key.balance
+
+        def submit(spec: object) -> str:
+            made = pg.tasks.submit(key, spec, millicredits=hold, estimated_time=1, seed=1)  # type: ignore[arg-type]
+            return made.task.id
+
+        expired = [submit(poisoned), submit(good), submit(poisoned), submit(good)]
+        while pg.tasks.claim("gone", lease_s=-1) is not None:
+            pass
+        pending = submit(poisoned)
+        with server.client(token) as http:
+            cancelled = http.post(f"/v1/tasks/{pending}/cancel")
+            assert cancelled.status_code == 200, cancelled.text
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if all(pg.tasks.get(t).status.value == "failed" for t in expired):
+                    break
+                time.sleep(0.2)
+            assert [pg.tasks.get(t).status.value for t in expired] == ["failed"] * 4
+            scraped = http.get("/metrics").text
+        assert 'omniflash_maintenance_errors_total{job="end_hook"} 3.0' in scraped
+        assert pg.keys.get(key.id).balance == start
     assert_money(pg)

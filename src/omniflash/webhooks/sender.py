@@ -91,6 +91,7 @@ class WebhookSender(threading.Thread):
                 busy = self.run_once()
             except Exception:
                 log.exception("webhook pass failed; trying again shortly")
+                self.store.tasks.report_error("webhook", "-")
                 busy = 0
             if not busy:
                 self.stop_event.wait(self.settings.webhook_poll_s)
