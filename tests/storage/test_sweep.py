@@ -191,3 +191,20 @@ def test_local_part_files_are_listed_by_age(tmp_path: Path) -> None:
         "inputs/a/1.png.1.2.part",
     ]
     assert list(storage.keys_older("results/", time.time() + 1)) == []
+
+
+def test_a_later_pass_judges_only_what_came_of_age_since(store: Store, tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "blobs")
+    _, half_stored = _spec_with_image(storage)
+    written = time.time()
+    later = written + 1200
+
+    def sweep(since: float) -> int:
+        return sweep_orphans(
+            store, storage, older_than_s=600, upload_ttl_s=3600, now=later, since=since
+        )
+
+    assert sweep(since=written + 1) == 0, "judged at an earlier pass already"
+    assert set(half_stored) <= set(storage.keys_older("", later))
+    assert sweep(since=written - 10) == len(half_stored)
+    assert not list(storage.keys_older("", later))

@@ -94,13 +94,14 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def keys_older(self, prefix: str, before: float) -> Iterator[str]:
+    def keys_older(self, prefix: str, before: float, since: float | None = None) -> Iterator[str]:
         base = self.root / check_key(prefix.rstrip("/")) if prefix.strip("/") else self.root
         if not base.is_dir():
             return
         for path in base.rglob("*"):
             try:
-                if path.is_file() and path.stat().st_mtime < before:
+                written = path.stat().st_mtime
+                if path.is_file() and written < before and (since is None or written >= since):
                     yield path.relative_to(self.root).as_posix()
             except FileNotFoundError:  # deleted meanwhile
                 continue

@@ -65,9 +65,10 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool:
         """Whether the blob is there."""
 
-    def keys_older(self, prefix: str, before: float) -> Iterator[str]:
-        """Keys under ``prefix`` last written before ``before`` (Unix seconds), for the
-        sweep; a local backend includes the ``.part`` files of interrupted writes."""
+    def keys_older(self, prefix: str, before: float, since: float | None = None) -> Iterator[str]:
+        """Keys under ``prefix`` last written before ``before`` (and at or after ``since``),
+        in Unix seconds, for the sweep; a local backend includes the ``.part`` files of
+        interrupted writes."""
 
     def probe(self) -> None:
         """One cheap call, without retries and within seconds, that raises

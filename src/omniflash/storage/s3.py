@@ -253,14 +253,15 @@ class S3Storage:
             return False
         return True
 
-    def keys_older(self, prefix: str, before: float) -> Iterator[str]:
+    def keys_older(self, prefix: str, before: float, since: float | None = None) -> Iterator[str]:
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self.prefix + prefix
         )
         with self._calling("list"):
             for page in pages:
                 for item in page.get("Contents", []):
-                    if item["LastModified"].timestamp() < before:
+                    written = item["LastModified"].timestamp()
+                    if written < before and (since is None or written >= since):
                         yield str(item["Key"])[len(self.prefix) :]
 
     def keys(self) -> Iterator[str]:

@@ -141,6 +141,7 @@ class Maintenance(threading.Thread):
         self.waker = waker
         self.stop_event = threading.Event()
         self.sweeps = 0
+        self._orphans_at: float | None = None
 
     def run(self) -> None:
         last_sweep = 0.0
@@ -167,13 +168,20 @@ class Maintenance(threading.Thread):
         if swept:
             log.info("deleted the expired files of %d tasks", swept)
         if self.sweeps % ORPHAN_SWEEP_EVERY == 0:
+            # The first pass after a start judges every file; later ones what came of age
+            # since the previous pass, with an hour's overlap.
+            now, age = time.time(), orphan_age_s(s)
+            since = None if self._orphans_at is None else self._orphans_at - age - 3600
             sweep_orphans(
                 self.store,
                 self.storage,
-                older_than_s=orphan_age_s(s),
+                older_than_s=age,
                 upload_ttl_s=s.upload_ttl_s,
                 temp_dir=s.data_dir / "uploads",
+                now=now,
+                since=since,
             )
+            self._orphans_at = now
         self.sweeps += 1
 
     def close(self, timeout: float = 15.0) -> None:

@@ -74,21 +74,26 @@ def sweep_orphans(
     upload_ttl_s: float,
     temp_dir: Path | None = None,
     now: float | None = None,
+    since: float | None = None,
 ) -> int:
     """Delete files older than ``older_than_s`` that no task owns; returns how many.
 
     Uploads go ``older_than_s`` after their URL expired (``upload_ttl_s``): a submit
     copies the uploads it names, so an expired upload is no task's.  ``temp_dir`` is the
-    API's directory of result uploads in progress (``<data dir>/uploads``).
+    API's directory of result uploads in progress (``<data dir>/uploads``).  With
+    ``since``, only files that came of age after it are judged (``now - older_than_s``
+    was ``since`` at the last pass): a file is judged a few times in its life, not at
+    every pass, and the task table is asked about new files only.
     """
     now = time.time() if now is None else now
     before = now - older_than_s
     deleted = 0
     deleted += _sweep_parts(temp_dir, before) if temp_dir is not None else 0
-    for key in storage.keys_older("uploads/", before - upload_ttl_s):
+    old_uploads = since - upload_ttl_s if since is not None else None
+    for key in storage.keys_older("uploads/", before - upload_ttl_s, old_uploads):
         deleted += _delete(store, storage, key)
 
-    results = list(storage.keys_older("results/", before))
+    results = list(storage.keys_older("results/", before, since))
     keep = store.tasks.results_in_use([k for k in results if not k.endswith(".part")])
     for key in results:
         # A name this server does not give is left alone, like a result still in use.
@@ -96,7 +101,7 @@ def sweep_orphans(
             deleted += _delete(store, storage, key)
 
     judged: dict[str, bool] = {}
-    for key in storage.keys_older("inputs/", before):
+    for key in storage.keys_older("inputs/", before, since):
         prefix = "/".join(key.split("/", 2)[:2])
         made_at = ulid_time(prefix.removeprefix("inputs/"))
         if key.endswith(".part"):
