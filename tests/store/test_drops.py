@@ -8,6 +8,7 @@ that commits by itself: after a drop it looks for its task by id before submitti
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import time
 from collections import Counter
@@ -83,6 +84,61 @@ def test_a_drop_during_the_commit_is_outcome_unknown(pg: Store) -> None:
                 {"pid": conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()},
             )
     assert pg.keys.get(key.id).balance == 10**9
+
+
+@pytest.mark.postgres
+def test_a_submit_whose_answer_was_lost_finds_its_task(pg: Store) -> None:
+    """The statement committed and the connection dropped before its answer came back:
+    the submit finds its task by id instead of charging again."""
+    _, key = pg.keys.create("k", 10**9, 10**6, 10**6)
+    real = pg.db.statement
+    calls = Counter[str]()
+
+    @contextlib.contextmanager
+    def answer_lost() -> Iterator[sa.Connection]:
+        calls["statement"] += 1
+        with real() as conn:
+            yield conn
+        if calls["statement"] == 1:
+            raise _dropped()
+
+    pg.db.statement = answer_lost  # type: ignore[method-assign]
+    made = pg.tasks.submit(key, SPEC, millicredits=P.hold(SPEC), estimated_time=1, seed=1)
+    assert not made.replayed and calls["statement"] == 1, "found, not submitted again"
+    assert [t.id for t in pg.tasks.list_for_key(key.id)] == [made.task.id]
+    assert pg.keys.get(key.id).balance == 10**9 - P.hold(SPEC)
+    assert_money(pg)
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_claim_whose_commit_was_lost_leaks_no_lease(store: Store, committed: bool) -> None:
+    """Committed or not, the worker gets the task, under one lease, one attempt used."""
+    _, key = store.keys.create("k", 10**9, 10**6, 10**6)
+    task_id = store.tasks.submit(key, SPEC, millicredits=1, estimated_time=1, seed=1).task.id
+    real = store.db.write
+    calls = Counter[str]()
+
+    @contextlib.contextmanager
+    def commit_lost() -> Iterator[sa.Connection]:
+        calls["write"] += 1
+        if calls["write"] == 1 and not committed:
+            with real():
+                pass
+            raise OutcomeUnknown("COMMIT", {}, OSError("gone"))
+        with real() as conn:
+            yield conn
+        if calls["write"] == 1:
+            raise OutcomeUnknown("COMMIT", {}, OSError("gone"))
+
+    store.db.write = commit_lost  # type: ignore[method-assign]
+    claim = store.tasks.claim("loop-1", lease_s=60)
+    store.db.write = real  # type: ignore[method-assign]
+    assert claim is not None and claim.task.id == task_id
+    task = store.tasks.get(task_id)
+    assert (task.lease_epoch, task.attempts) == (claim.epoch, 1) == (1, 1)
+    assert store.tasks.heartbeat(task_id, claim.epoch, progress=5, lease_s=60)
+    assert store.tasks.claim("loop-2", lease_s=60) is None
+    assert_money(store)
 
 
 def _killer(url: str, seconds: float, _i: int) -> int:

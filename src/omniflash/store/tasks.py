@@ -48,7 +48,7 @@ from omniflash.errors import (
 )
 from omniflash.ids import new_task_id, ulid_floor
 from omniflash.pricing import credits as to_credits
-from omniflash.store.db import Database, retry_disconnect, retry_repeatable
+from omniflash.store.db import Database, OutcomeUnknown, retry_disconnect, retry_repeatable
 from omniflash.store.keys import COUNT_REQUEST, KeyInfo, rate_window, too_many_requests
 from omniflash.store.schema import ACTIVE_PREDICATE, api_keys, idempotency, ledger, tasks
 
@@ -272,6 +272,23 @@ def _idempotency_mismatch() -> IdempotencyMismatch:
     )
 
 
+def _found_if_unknown(claim: Callable[..., Claim | None]) -> Callable[..., Claim | None]:
+    """A claim whose commit was lost may have taken a task: a worker loop claims only
+    while it holds nothing, so a task leased to its ``owner`` is that claim's, and is
+    handed over instead of being left to run out its lease (and use up an attempt)."""
+
+    @functools.wraps(claim)
+    def wrapper(self: TaskStore, *args: Any, **kwargs: Any) -> Claim | None:
+        try:
+            return claim(self, *args, **kwargs)
+        except OutcomeUnknown:
+            owner = str(kwargs["owner"] if "owner" in kwargs else args[0])
+            found = self._leased_to(owner)
+            return found if found is not None else claim(self, *args, **kwargs)
+
+    return wrapper
+
+
 class TaskStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -453,6 +470,20 @@ class TaskStore:
         return None
 
     @retry_disconnect
+    def _leased_to(self, owner: str) -> Claim | None:
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(tasks)
+                .where(tasks.c.status == TaskStatus.PROCESSING.value, tasks.c.lease_owner == owner)
+                .order_by(tasks.c.started_at.desc())
+                .limit(1)
+            ).one_or_none()
+        if row is None:
+            return None
+        task = TaskRow.from_row(row)
+        return Claim(task=task, owner=owner, epoch=task.lease_epoch)
+
+    @retry_disconnect
     def _made_by(self, task_id: str) -> TaskRow | None:
         with self.db.read() as conn:
             row = conn.execute(_TASK_BY_ID, {"task_id": task_id}).one_or_none()
@@ -594,6 +625,7 @@ class TaskStore:
 
     # -- the worker side ----------------------------------------------------------------------
 
+    @_found_if_unknown
     @retry_disconnect
     def claim(self, owner: str, lease_s: float, now: float | None = None) -> Claim | None:
         """Take the oldest pending task under a lease, or ``None`` when the queue is empty."""
