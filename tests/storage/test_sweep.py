@@ -24,7 +24,7 @@ from omniflash.errors import PaymentRequired
 from omniflash.ids import ulid
 from omniflash.inputs import store_inline_inputs
 from omniflash.settings import Settings
-from omniflash.storage import LocalStorage, Storage
+from omniflash.storage import LocalStorage, Storage, StorageUnavailable
 from omniflash.store import Store
 from omniflash.worker.sweep import sweep_expired_files, sweep_orphans
 from tests.store.test_races import assert_money
@@ -208,3 +208,21 @@ def test_a_later_pass_judges_only_what_came_of_age_since(store: Store, tmp_path:
     assert set(half_stored) <= set(storage.keys_older("", later))
     assert sweep(since=written - 10) == len(half_stored)
     assert not list(storage.keys_older("", later))
+
+
+def test_an_unreachable_bucket_stops_the_pass_and_marks_nothing(
+    store: Store, tmp_path: Path
+) -> None:
+    storage = LocalStorage(tmp_path / "blobs")
+    _, key = store.keys.create("k", 10**9, 10**6, 10**6)
+    spec, _written = _spec_with_image(storage)
+    task_id = store.tasks.submit(key, spec, millicredits=1, estimated_time=1, seed=1).task.id  # type: ignore[arg-type]
+    store.tasks.cancel(task_id, key.id)
+
+    def down(key: str) -> None:
+        raise StorageUnavailable("the bucket does not answer")
+
+    storage.delete = down  # type: ignore[method-assign]
+    with pytest.raises(StorageUnavailable):
+        sweep_expired_files(store, storage, ttl_s=-1)
+    assert [t.id for t in store.tasks.expired(ttl_s=-1)] == [task_id], "tried again next pass"

@@ -9,7 +9,7 @@ a result or an input it asks the task table, so a live task's files are never to
 
 Each task is handled on its own: an error is logged with its id, reported to the error
 hooks (``omniflash_maintenance_errors_total{job="sweep"}``) and the sweep goes on; only an
-unreachable bucket stops a pass (the next one tries again).
+unreachable bucket stops a pass, counted once (the next one tries again).
 """
 
 from __future__ import annotations
@@ -49,8 +49,7 @@ def sweep_expired_files(store: Store, storage: Storage, ttl_s: float) -> int:
                 if key:
                     storage.delete(key)
         except StorageUnavailable:
-            store.tasks.report_error("sweep", task.id)
-            raise  # the bucket is down: every task would fail alike
+            raise  # the bucket is down: every task would fail alike; the pass is counted
         except Exception:
             # Marked all the same, so that it does not come back every pass ahead of the
             # others; whatever file it left is an orphan the orphan sweep finds by age.
@@ -127,8 +126,7 @@ def _delete(store: Store, storage: Storage, key: str) -> int:
     try:
         storage.delete(key)
     except StorageUnavailable:
-        store.tasks.report_error("sweep", key)
-        raise
+        raise  # the bucket is down: the pass stops, and is counted once
     except Exception:
         log.exception("deleting the orphan %s failed; moving on", key)
         store.tasks.report_error("sweep", key)
