@@ -93,7 +93,7 @@ def sweep_orphans(
         deleted += _delete(store, storage, key)
 
     results = list(storage.keys_older("results/", before, since))
-    keep = store.tasks.results_in_use([k for k in results if not k.endswith(".part")])
+    keep = store.files.results_in_use([k for k in results if not k.endswith(".part")])
     for key in results:
         # A name this server does not give is left alone, like a result still in use.
         if key.endswith(".part") or (_RESULT.fullmatch(key) and key not in keep):
@@ -110,7 +110,7 @@ def sweep_orphans(
             continue  # not a name this server gives: leave it to the operator
         if prefix not in judged:
             try:
-                judged[prefix] = store.tasks.inputs_in_use(prefix, made_at, SUBMIT_WINDOW_S)
+                judged[prefix] = store.files.inputs_in_use(prefix, made_at, SUBMIT_WINDOW_S)
             except Exception:
                 log.exception("could not tell whether %s is in use; keeping it", prefix)
                 store.tasks.report_error("sweep", prefix)
