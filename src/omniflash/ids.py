@@ -7,7 +7,15 @@ import secrets
 import threading
 import time
 
-__all__ = ["hash_key", "new_api_key", "new_task_id", "new_worker_token", "ulid"]
+__all__ = [
+    "hash_key",
+    "new_api_key",
+    "new_task_id",
+    "new_worker_token",
+    "ulid",
+    "ulid_floor",
+    "ulid_time",
+]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -30,6 +38,26 @@ def ulid(now: float | None = None) -> str:
         _last[0], _last[1] = ms, rand
     value = (ms << 80) | rand
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def ulid_floor(seconds: float) -> str:
+    """The smallest ULID of the millisecond ``seconds`` is in: ids made then sort at or above it."""
+    value = (int(seconds * 1000) & ((1 << 48) - 1)) << 80
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def ulid_time(text: str) -> float | None:
+    """When a ULID was made, in Unix seconds; ``None`` for text that is not a ULID.
+
+    >>> ulid_time(ulid_floor(1700000000.5))
+    1700000000.5
+    """
+    if len(text) != 26 or any(c not in _CROCKFORD for c in text):
+        return None
+    value = 0
+    for c in text:
+        value = value * 32 + _CROCKFORD.index(c)
+    return (value >> 80) / 1000
 
 
 def new_task_id(now: float | None = None) -> str:

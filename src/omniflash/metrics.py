@@ -43,6 +43,8 @@ __all__ = ["Metrics", "RequestMiddleware", "router"]
 
 RUN_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+MAINTENANCE_JOBS = ("reap", "sweep", "webhook", "end_hook")
+"""``omniflash_maintenance_errors_total{job}``: a row skipped after an error, per job."""
 REMOTE_SEEN_S = 120.0
 """A remote worker seen within this long counts as ``omniflash_workers{state="remote"}``."""
 
@@ -112,6 +114,15 @@ class Metrics:
         )
         for outcome in OUTCOMES:  # every series exists from the start, at 0
             self.webhook_deliveries.labels(outcome)
+        self.maintenance_errors = Counter(
+            "omniflash_maintenance_errors",
+            "Rows the machinery skipped after an error, by job: reap, sweep, webhook, "
+            "end_hook (the log names each row).",
+            ["job"],
+            registry=r,
+        )
+        for job in MAINTENANCE_JOBS:
+            self.maintenance_errors.labels(job)
         r.register(_StateCollector(store, workers))
 
     # -- hooks ----------------------------------------------------------------------------
@@ -120,6 +131,10 @@ class Metrics:
         """Count tasks as they are submitted and as they end (inside the ending transaction)."""
         store.tasks.end_hooks.append(self._on_end)
         store.tasks.submit_hooks.append(self._on_submit)
+        store.tasks.error_hooks.append(self._on_error)
+
+    def _on_error(self, job: str, _item_id: str) -> None:
+        self.maintenance_errors.labels(job).inc()
 
     def _on_submit(self, task: TaskRow) -> None:
         self.submitted.labels(task.spec.mode.value, task.spec.resolution).inc()

@@ -22,7 +22,7 @@ from omniflash.inputs import blob_inputs, store_inline_inputs
 from omniflash.settings import Settings
 from omniflash.storage import S3Storage
 from omniflash.store import Store
-from omniflash.worker.pool import sweep_expired_files
+from omniflash.worker.sweep import sweep_expired_files
 from tests.conftest import free_port, running_server, wait_for_task
 from tests.s3_server import S3Server
 from tests.storage.conftest import unique_prefix

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
@@ -45,6 +46,7 @@ from omniflash.metrics import Metrics, RequestMiddleware
 from omniflash.metrics import router as metrics_router
 from omniflash.settings import Settings
 from omniflash.storage import Storage, StorageUnavailable, UrlSigner, create_storage
+from omniflash.storage.health import StorageHealth
 from omniflash.store import Store
 from omniflash.store.reads import hot_reads
 from omniflash.worker import Listener, Maintenance, StoreTaskSource, WorkerPool
@@ -170,6 +172,15 @@ def create_app(
         log.error("blob storage unavailable: %s", exc)
         return error_response(ServiceUnavailable())
 
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(sa.exc.InterfaceError)
+    async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
+        # Still failing after the store's own retry on a fresh connection: an outage.
+        log.error("database unavailable: %s", str(exc).splitlines()[0])
+        return error_response(
+            ServiceUnavailable("The database cannot be reached just now; try again")
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(InvalidRequest(_validation_message(exc)))
@@ -190,9 +201,12 @@ def create_app(
         log.exception("unhandled error", exc_info=exc)
         return error_response(OmniflashError())
 
+    storage_health = StorageHealth(storage)
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
-        """200 when the database answers and every in-process worker is alive; else 503."""
+        """200 when the database and blob storage answer and every in-process worker is
+        alive; else 503, naming each problem."""
         workers = services.pool
         expected = len(workers.workers) if workers is not None else 0
         alive = workers.alive() if workers is not None else 0
@@ -202,6 +216,9 @@ def create_app(
             body["pending"] = store.tasks.pending_count()
         except Exception as exc:  # any database failure makes this replica unhealthy
             problems.append(f"database: {type(exc).__name__}")
+        storage_problem = storage_health.problem()
+        if storage_problem is not None:
+            problems.append(f"storage: {storage_problem}")
         if alive < expected:
             problems.append(f"{expected - alive} of {expected} workers stopped")
         body["status"] = "degraded" if problems else "ok"

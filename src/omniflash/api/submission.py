@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from omniflash.api.deps import Services
 from omniflash.api.uploads import own_upload_inputs
 from omniflash.contract import MAX_SEED, GenerationSpec
-from omniflash.errors import InvalidRequest
+from omniflash.errors import InvalidRequest, OmniflashError
 from omniflash.ids import ulid
 from omniflash.inputs import store_inline_inputs
 from omniflash.store import IdempotencyRequest, KeyInfo, Submission
@@ -126,6 +126,11 @@ def submit_spec(
     prefix = f"inputs/{ulid()}"
     written: list[str] = []
     submitted = None
+    # Whether no task can hold the inputs written here: true until the store is asked,
+    # and again when it refused (our own errors); a failure of another kind (a connection
+    # lost during the commit) may have committed the task, so its inputs stay, and the
+    # orphan sweep collects them by age if no task names them.
+    unused = True
     try:
         with counted_if_refused(services, key):
             estimate = max(1, round(services.estimator(spec)))
@@ -133,16 +138,22 @@ def submit_spec(
             spec, copied = own_upload_inputs(spec, services.storage, services.signer, prefix)
             written += copied
             millicredits = services.settings.pricing.hold(spec)
-        submitted = services.store.tasks.submit(
-            key,
-            spec,
-            millicredits=millicredits,
-            estimated_time=estimate,
-            seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED + 1),
-            idempotency_key=idempotency,
-        )
+        unused = False
+        try:
+            submitted = services.store.tasks.submit(
+                key,
+                spec,
+                millicredits=millicredits,
+                estimated_time=estimate,
+                seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED + 1),
+                idempotency_key=idempotency,
+            )
+        except OmniflashError:
+            unused = True
+            raise
+        unused = submitted.replayed
     finally:
-        if written and (submitted is None or submitted.replayed):
+        if written and unused:
             for blob in written:
                 services.storage.delete(blob)
     if not submitted.replayed:

@@ -32,7 +32,14 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from omniflash.errors import BadInput
 
-__all__ = ["USER_AGENT", "FetchPolicy", "fetch_bytes", "fetch_to_file", "is_public_address"]
+__all__ = [
+    "USER_AGENT",
+    "FetchPolicy",
+    "InputUnavailable",
+    "fetch_bytes",
+    "fetch_to_file",
+    "is_public_address",
+]
 
 USER_AGENT = "omniflash/0.1"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -40,6 +47,21 @@ _CHUNK = 64 * 1024
 _DATA_IMAGE = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.ASCII | re.IGNORECASE)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_TRANSIENT_STATUS = frozenset({408, 425, 429})
+"""Besides every 5xx: answers that say "not now" rather than "no"."""
+_TRANSIENT_DNS = frozenset(
+    getattr(socket, name) for name in ("EAI_AGAIN", "EAI_FAIL") if hasattr(socket, name)
+)
+
+
+class InputUnavailable(BadInput):
+    """An input could not be fetched for a reason that may pass (HTTP 5xx or 429, a refused
+    or reset connection, a timeout, a DNS server that did not answer): the attempt fails
+    and the task is queued again while attempts remain."""
+
+    retryable = True
+
 
 # Belt and braces next to ``is_global``, whose tables have changed between Python releases.
 _BLOCKED_V4 = tuple(ipaddress.IPv4Network(net) for net in [
@@ -75,6 +97,8 @@ class FetchPolicy:
     max_bytes: int = 20 * 1024 * 1024
     max_redirects: int = 5
     ssl_context: ssl.SSLContext | None = None
+    retry_delays: tuple[float, ...] = (0.5, 1.5)
+    """Pauses before fetching again after a transient failure, within the same deadline."""
 
 
 def _v4_is_public(ip: ipaddress.IPv4Address) -> bool:
@@ -276,6 +300,8 @@ def _request(
     try:
         sockaddrs = _resolve(host, port, deadline)
     except socket.gaierror as exc:
+        if exc.errno in _TRANSIENT_DNS:
+            raise InputUnavailable(f"{label}: could not resolve host {host} just now") from exc
         raise BadInput(f"{label}: could not resolve host {host}") from exc
     if not sockaddrs:
         raise BadInput(f"{label}: could not resolve host {host}")
@@ -311,8 +337,34 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
-def _stream(url: str, label: str, policy: FetchPolicy, write: Callable[[bytes], object]) -> None:
+def _stream(
+    url: str,
+    label: str,
+    policy: FetchPolicy,
+    write: Callable[[bytes], object],
+    restart: Callable[[], object],
+) -> None:
+    """``_stream_once``, again after a transient failure while the one deadline allows a
+    pause and another try; ``restart`` drops what a failed try wrote."""
     deadline = _Deadline(policy.timeout_s)
+    for delay in (*policy.retry_delays, None):
+        try:
+            _stream_once(url, label, policy, write, deadline)
+            return
+        except InputUnavailable:
+            if delay is None or deadline.at - time.monotonic() < delay + 0.5:
+                raise
+            restart()
+            time.sleep(delay)
+
+
+def _stream_once(
+    url: str,
+    label: str,
+    policy: FetchPolicy,
+    write: Callable[[bytes], object],
+    deadline: _Deadline,
+) -> None:
     limit = _size_text(policy.max_bytes)
     try:
         for _hop in range(policy.max_redirects + 1):
@@ -324,6 +376,8 @@ def _stream(url: str, label: str, policy: FetchPolicy, write: Callable[[bytes], 
                         raise BadInput(f"{label}: HTTP {response.status} without a Location")
                     url = urljoin(url, location.strip())
                     continue
+                if response.status >= 500 or response.status in _TRANSIENT_STATUS:
+                    raise InputUnavailable(f"{label}: HTTP {response.status}")
                 if response.status != 200:
                     raise BadInput(f"{label}: HTTP {response.status}")
                 declared = response.getheader("Content-Length")
@@ -344,15 +398,25 @@ def _stream(url: str, label: str, policy: FetchPolicy, write: Callable[[bytes], 
                 conn.close()
         raise BadInput(f"{label}: too many redirects (more than {policy.max_redirects})")
     except TimeoutError as exc:
-        raise BadInput(f"{label}: timed out after {policy.timeout_s:g} s") from exc
+        raise InputUnavailable(f"{label}: timed out after {policy.timeout_s:g} s") from exc
     except ssl.SSLCertVerificationError as exc:
         raise BadInput(f"{label}: TLS certificate check failed: {exc.verify_message}") from exc
     except ssl.SSLError as exc:
         raise BadInput(f"{label}: TLS error ({exc.reason or exc})") from exc
+    except http.client.RemoteDisconnected as exc:
+        raise InputUnavailable(
+            f"{label}: the server closed the connection without answering"
+        ) from exc
     except http.client.IncompleteRead as exc:
-        raise BadInput(f"{label}: the connection closed before the whole body arrived") from exc
+        raise InputUnavailable(
+            f"{label}: the connection closed before the whole body arrived"
+        ) from exc
     except (http.client.HTTPException, UnicodeError) as exc:
         raise BadInput(f"{label}: invalid HTTP response or URL ({type(exc).__name__})") from exc
+    except ConnectionError as exc:  # refused, reset, aborted: the server may be back soon
+        raise InputUnavailable(
+            f"{label}: could not fetch ({exc.strerror or type(exc).__name__})"
+        ) from exc
     except OSError as exc:
         raise BadInput(f"{label}: could not fetch ({exc.strerror or type(exc).__name__})") from exc
 
@@ -377,7 +441,7 @@ def fetch_bytes(url: str, *, label: str, policy: FetchPolicy) -> bytes:
     if url[:5].lower() == "data:":
         return _data_uri_bytes(url, label, policy.max_bytes)
     body = bytearray()
-    _stream(url, label, policy, body.extend)
+    _stream(url, label, policy, body.extend, body.clear)
     return bytes(body)
 
 
@@ -385,7 +449,12 @@ def fetch_to_file(url: str, dest: Path, *, label: str, policy: FetchPolicy) -> P
     """Stream the body of an http(s) ``url`` into ``dest``; nothing is left there on failure."""
     try:
         with dest.open("wb") as out:
-            _stream(url, label, policy, out.write)
+
+            def restart() -> None:
+                out.seek(0)
+                out.truncate()
+
+            _stream(url, label, policy, out.write, restart)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from omniflash.storage.protocol import CHUNK, check_key
+from omniflash.storage.protocol import CHUNK, StorageUnavailable, check_key
 
 __all__ = ["LocalStorage"]
 
@@ -93,6 +93,22 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def keys_older(self, prefix: str, before: float, since: float | None = None) -> Iterator[str]:
+        base = self.root / check_key(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return
+        for path in base.rglob("*"):
+            try:
+                written = path.stat().st_mtime
+                if path.is_file() and written < before and (since is None or written >= since):
+                    yield path.relative_to(self.root).as_posix()
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+
+    def probe(self) -> None:
+        if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK) or not self.root.is_dir():
+            raise StorageUnavailable(f"the blob directory {self.root} is not usable")
 
     def keys(self) -> Iterator[str]:
         """Every blob's key (not part of ``Storage``: for tests and maintenance)."""

@@ -65,6 +65,15 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool:
         """Whether the blob is there."""
 
+    def keys_older(self, prefix: str, before: float, since: float | None = None) -> Iterator[str]:
+        """Keys under ``prefix`` last written before ``before`` (and at or after ``since``),
+        in Unix seconds, for the sweep; a local backend includes the ``.part`` files of
+        interrupted writes."""
+
+    def probe(self) -> None:
+        """One cheap call, without retries and within seconds, that raises
+        ``StorageUnavailable`` when the backend cannot be used just now (``/healthz``)."""
+
     def close(self) -> None:
         """Release connections; the object is not used afterwards."""
 

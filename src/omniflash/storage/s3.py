@@ -113,6 +113,8 @@ class S3Storage:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
+        self._config, self._config_class = config, config_class
+        self._probe_client: Any = None
         # One session per process, used under a lock (sessions are not thread-safe): it
         # keeps the parsed service model, so a second client costs milliseconds, not 0.3 s.
         with _SESSION_LOCK:
@@ -156,6 +158,24 @@ class S3Storage:
             if hint is None:
                 raise
             raise StorageUnavailable(f"{exc} ({hint})") from exc.__cause__
+
+    def probe(self) -> None:
+        """``HEAD`` the bucket once, on a client of its own that neither retries nor waits
+        long: a health probe answers within seconds, whatever the bucket does."""
+        with _SESSION_LOCK:
+            if self._probe_client is None:
+                config = self._config.merge(
+                    self._config_class(
+                        retries={"mode": "standard", "max_attempts": 1},
+                        connect_timeout=2,
+                        read_timeout=2,
+                    )
+                )
+                self._probe_client = _SESSION["session"].client(
+                    "s3", endpoint_url=self.endpoint_url, config=config
+                )
+        with self._calling("head bucket"):
+            self._probe_client.head_bucket(Bucket=self.bucket)
 
     def put(self, key: str, source: Path) -> None:
         content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
@@ -233,6 +253,17 @@ class S3Storage:
             return False
         return True
 
+    def keys_older(self, prefix: str, before: float, since: float | None = None) -> Iterator[str]:
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix
+        )
+        with self._calling("list"):
+            for page in pages:
+                for item in page.get("Contents", []):
+                    written = item["LastModified"].timestamp()
+                    if written < before and (since is None or written >= since):
+                        yield str(item["Key"])[len(self.prefix) :]
+
     def keys(self) -> Iterator[str]:
         """Every blob's key under the prefix (not in ``Storage``: for tests and maintenance)."""
         pages = self._client.get_paginator("list_objects_v2").paginate(
@@ -245,3 +276,5 @@ class S3Storage:
 
     def close(self) -> None:
         self._client.close()
+        if self._probe_client is not None:
+            self._probe_client.close()

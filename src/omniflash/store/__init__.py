@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from omniflash.store.db import Database
+from omniflash.store.files import FileStore
 from omniflash.store.keys import KeyInfo, KeyStore
 from omniflash.store.meta import MetaStore
 from omniflash.store.tasks import (
@@ -18,6 +19,7 @@ from omniflash.store.workers import WorkerInfo, WorkerStore
 __all__ = [
     "Claim",
     "Database",
+    "FileStore",
     "IdempotencyRequest",
     "KeyInfo",
     "KeyStore",
@@ -43,6 +45,7 @@ class Store:
         self.tasks = TaskStore(self.db)
         self.meta = MetaStore(self.db)
         self.workers = WorkerStore(self.db)
+        self.files = FileStore(self.db)
 
     def close(self) -> None:
         self.db.dispose()

@@ -22,29 +22,64 @@ import sqlalchemy as sa
 
 from omniflash.store.schema import MIGRATIONS, schema_version
 
-__all__ = ["Database", "retry_disconnect"]
+__all__ = ["Database", "OutcomeUnknown", "retry_disconnect", "retry_repeatable"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 MIGRATION_LOCK = 0x6F6D6E69  # any constant no other application of the database uses
 
 
-def retry_disconnect(read: Callable[P, T]) -> Callable[P, T]:
-    """Run a read again, once, when the database dropped the connection under it.
+class OutcomeUnknown(sa.exc.OperationalError):
+    """The connection dropped while a write committed: it may or may not have.
 
-    A PostgreSQL restart leaves every pooled connection dead; SQLAlchemy notices on
-    first use, invalidates the pool, and the second try gets a fresh connection.  Only
-    for reads: a write whose connection died may or may not have committed.
+    Not retried by ``retry_disconnect``; a write whose repetition is harmless, or which
+    finds its own earlier success, takes ``retry_repeatable`` instead.
     """
 
-    @functools.wraps(read)
+    @classmethod
+    def of(cls, exc: sa.exc.DBAPIError) -> OutcomeUnknown:
+        return cls(exc.statement, exc.params, exc.orig or exc)
+
+
+def _dropped(exc: sa.exc.DBAPIError) -> bool:
+    return bool(exc.connection_invalidated)
+
+
+def retry_disconnect(call: Callable[P, T]) -> Callable[P, T]:
+    """Run ``call`` again, once, when the database dropped the connection under it.
+
+    A PostgreSQL restart, or ``pg_terminate_backend``, leaves pooled connections dead;
+    SQLAlchemy notices on first use, invalidates the pool, and the second try gets a
+    fresh connection.  Safe for reads, and for writes through ``Database.write()``: a
+    drop before the commit means the server rolled the transaction back.  A drop during
+    the commit is ``OutcomeUnknown`` and is not retried here.
+    """
+
+    @functools.wraps(call)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return read(*args, **kwargs)
+            return call(*args, **kwargs)
         except sa.exc.DBAPIError as exc:
-            if not exc.connection_invalidated:
+            if not _dropped(exc):
                 raise
-            return read(*args, **kwargs)
+            return call(*args, **kwargs)
+
+    return wrapper
+
+
+def retry_repeatable(call: Callable[P, T]) -> Callable[P, T]:
+    """``retry_disconnect``, and a retry after ``OutcomeUnknown`` too: for writes that are
+    harmless to repeat (a heartbeat) or that answer for their own earlier success (an
+    epoch-matched finish finds the lease gone; its caller checks the result it left)."""
+
+    @functools.wraps(call)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return call(*args, **kwargs)
+        except sa.exc.DBAPIError as exc:
+            if not (_dropped(exc) or isinstance(exc, OutcomeUnknown)):
+                raise
+            return call(*args, **kwargs)
 
     return wrapper
 
@@ -72,8 +107,8 @@ class Database:
             if url.startswith("postgresql://") or url.startswith("postgres://"):
                 url = "postgresql+psycopg://" + url.split("://", 1)[1]
             # No ping before every checkout (a round trip per transaction): connections are
-            # recycled instead, and reads retry once when the server dropped them
-            # (``retry_disconnect``); a worker's writes retry through its loop.
+            # recycled instead, and reads and writes retry once when the server dropped
+            # them (``retry_disconnect``).
             self._writers = contextlib.nullcontext()
             self.engine = sa.create_engine(
                 url, pool_size=24, max_overflow=8, pool_timeout=30, pool_recycle=1800
@@ -101,12 +136,21 @@ class Database:
     def write(self) -> Iterator[sa.Connection]:
         """A read-write transaction, committed on success and rolled back on error.
 
-        Not to be nested: on SQLite the inner one would wait for the outer one forever.
+        A connection lost during the commit raises ``OutcomeUnknown``; lost before it, the
+        driver's error (the transaction did not happen).  Not to be nested: on SQLite the
+        inner one would wait for the outer one forever.
         """
         with self._writers, self.engine.connect() as conn:
             conn.execution_options(omniflash_write=True)
-            with conn.begin():
-                yield conn
+            committing = False
+            try:
+                with conn.begin():
+                    yield conn
+                    committing = True
+            except sa.exc.DBAPIError as exc:
+                if committing and _dropped(exc):
+                    raise OutcomeUnknown.of(exc) from exc
+                raise
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:

@@ -230,6 +230,7 @@ class KeyStore:
                 conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
             )
 
+    @retry_disconnect
     def check_rate(self, key: KeyInfo, now: float | None = None) -> None:
         """Raise ``RateLimited`` when the key's current minute is used up; counts nothing."""
         now = time.time() if now is None else now
@@ -238,6 +239,7 @@ class KeyStore:
         if row.rate_window == rate_window(now) and row.rate_hits >= row.rpm:
             raise too_many_requests(row.rpm, now)
 
+    @retry_disconnect
     def hit(self, key: KeyInfo, now: float | None = None) -> None:
         """Count one request in the key's current minute; over ``rpm`` raises ``RateLimited``.
 

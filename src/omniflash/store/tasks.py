@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -47,7 +48,7 @@ from omniflash.errors import (
 )
 from omniflash.ids import new_task_id
 from omniflash.pricing import credits as to_credits
-from omniflash.store.db import Database, retry_disconnect
+from omniflash.store.db import Database, OutcomeUnknown, retry_disconnect, retry_repeatable
 from omniflash.store.keys import COUNT_REQUEST, KeyInfo, rate_window, too_many_requests
 from omniflash.store.schema import ACTIVE_PREDICATE, api_keys, idempotency, ledger, tasks
 
@@ -55,12 +56,15 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "Claim",
     "EndHook",
+    "ErrorHook",
     "IdempotencyRequest",
     "Submission",
     "TaskRow",
     "TaskStatus",
     "TaskStore",
 ]
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -257,6 +261,8 @@ class Submission:
 
 EndHook = Callable[[sa.Connection, str, "TaskStatus"], None]
 """Called inside the transaction that ends a task, with its id and final status."""
+ErrorHook = Callable[[str, str], None]
+"""Called with ``(job, id)`` when one task's (or delivery's) step failed and was skipped."""
 
 
 def _idempotency_mismatch() -> IdempotencyMismatch:
@@ -266,6 +272,23 @@ def _idempotency_mismatch() -> IdempotencyMismatch:
     )
 
 
+def _found_if_unknown(claim: Callable[..., Claim | None]) -> Callable[..., Claim | None]:
+    """A claim whose commit was lost may have taken a task: a worker loop claims only
+    while it holds nothing, so a task leased to its ``owner`` is that claim's, and is
+    handed over instead of being left to run out its lease (and use up an attempt)."""
+
+    @functools.wraps(claim)
+    def wrapper(self: TaskStore, *args: Any, **kwargs: Any) -> Claim | None:
+        try:
+            return claim(self, *args, **kwargs)
+        except OutcomeUnknown:
+            owner = str(kwargs["owner"] if "owner" in kwargs else args[0])
+            found = self._leased_to(owner)
+            return found if found is not None else claim(self, *args, **kwargs)
+
+    return wrapper
+
+
 class TaskStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -273,6 +296,17 @@ class TaskStore:
         """Work that must commit or roll back with a task's end (a webhook's outbox row)."""
         self.submit_hooks: list[Callable[[TaskRow], None]] = []
         """Called after a submit made a new task (not for a replay), outside its transaction."""
+        self.error_hooks: list[ErrorHook] = []
+        """Told of each step skipped for one poisoned row: ``reap``, ``sweep``, ``webhook``,
+        ``end_hook`` (the metrics count them)."""
+
+    def report_error(self, job: str, item_id: str) -> None:
+        """One row's step failed and the machinery moved on: tell the error hooks."""
+        for hook in self.error_hooks:
+            try:
+                hook(job, item_id)
+            except Exception:
+                log.exception("error hook failed for %s of %s", job, item_id)
 
     def _clock(self, now: float | None) -> sa.ColumnElement[float]:
         return self.db.clock() if now is None else sa.literal(now, sa.Float)
@@ -379,9 +413,21 @@ class TaskStore:
             "fresh_after": now - IDEMPOTENCY_TTL_S,
             "channel": NOTIFY_CHANNEL,
         }
+        dropped = False
         for _look in range(3):
-            with self.db.statement() as conn:
-                m = conn.execute(_SUBMIT_STATEMENT, params).one()._mapping
+            try:
+                with self.db.statement() as conn:
+                    m = conn.execute(_SUBMIT_STATEMENT, params).one()._mapping
+            except sa.exc.DBAPIError as exc:
+                # The statement commits by itself, so a dropped connection leaves its
+                # outcome open; the task's id is chosen here, so the store can look.
+                if dropped or not exc.connection_invalidated:
+                    raise
+                dropped = True
+                made = self._made_by(task_id)
+                if made is not None:
+                    return self._made(made)
+                continue  # it did not happen: submit again, on a fresh connection
             if m["k_revoked_at"] is not None:
                 raise AuthenticationFailed()
             if m["k_hits"] > m["k_rpm"]:
@@ -422,6 +468,26 @@ class TaskStore:
                 f"the balance is {to_credits(balance)})"
             )
         return None
+
+    @retry_disconnect
+    def _leased_to(self, owner: str) -> Claim | None:
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(tasks)
+                .where(tasks.c.status == TaskStatus.PROCESSING.value, tasks.c.lease_owner == owner)
+                .order_by(tasks.c.started_at.desc())
+                .limit(1)
+            ).one_or_none()
+        if row is None:
+            return None
+        task = TaskRow.from_row(row)
+        return Claim(task=task, owner=owner, epoch=task.lease_epoch)
+
+    @retry_disconnect
+    def _made_by(self, task_id: str) -> TaskRow | None:
+        with self.db.read() as conn:
+            row = conn.execute(_TASK_BY_ID, {"task_id": task_id}).one_or_none()
+        return None if row is None else TaskRow.from_row(row)
 
     def _made(self, task: TaskRow) -> Submission:
         for hook in self.submit_hooks:
@@ -537,6 +603,7 @@ class TaskStore:
         with self.db.read() as conn:
             return [TaskRow.from_row(r) for r in conn.execute(query).all()]
 
+    @retry_disconnect
     def cancel(self, task_id: str, key_id: int, now: float | None = None) -> TaskRow:
         """Cancel a pending or processing task and refund it; a finished one is a ``Conflict``."""
         now = time.time() if now is None else now
@@ -558,6 +625,8 @@ class TaskStore:
 
     # -- the worker side ----------------------------------------------------------------------
 
+    @_found_if_unknown
+    @retry_disconnect
     def claim(self, owner: str, lease_s: float, now: float | None = None) -> Claim | None:
         """Take the oldest pending task under a lease, or ``None`` when the queue is empty."""
         clock = self._clock(now)
@@ -600,6 +669,7 @@ class TaskStore:
             self.db.for_update(sa.select(tasks).where(self._held(task_id, epoch)))
         ).one_or_none()
 
+    @retry_repeatable
     def heartbeat(
         self, task_id: str, epoch: int, *, progress: int, lease_s: float, now: float | None = None
     ) -> bool:
@@ -618,6 +688,7 @@ class TaskStore:
             )
         return result.rowcount == 1
 
+    @retry_repeatable
     def complete(
         self,
         task_id: str,
@@ -665,6 +736,7 @@ class TaskStore:
             self._ended(conn, row, TaskStatus.COMPLETED)
         return True
 
+    @retry_repeatable
     def fail(
         self,
         task_id: str,
@@ -687,6 +759,7 @@ class TaskStore:
                 self._end(conn, row, TaskStatus.FAILED, now, error=message)
         return True
 
+    @retry_repeatable
     def release(self, task_id: str, epoch: int) -> bool:
         """Hand a task back to the queue untried, as a worker that is stopping does.
 
@@ -703,7 +776,9 @@ class TaskStore:
         """Expired leases go back to pending, or fail (refunded) after ``max_attempts``.
 
         Each task is reaped in its own short transaction, so two replicas reaping at once
-        take one lock each and never wait on each other in a cycle.
+        take one lock each and never wait on each other in a cycle.  A task whose reaping
+        raises is logged, reported (``report_error("reap", …)``) and skipped: one poisoned
+        row never stops the others from being reaped.
         """
         clock = self._clock(now)
         expired = sa.and_(
@@ -713,26 +788,35 @@ class TaskStore:
             ids = conn.execute(sa.select(tasks.c.id).where(expired).limit(500)).scalars().all()
         reaped = 0
         for task_id in ids:
-            with self.db.write() as conn:
-                row = conn.execute(
-                    self.db.for_update(
-                        sa.select(tasks).where(tasks.c.id == task_id, expired), skip_locked=True
-                    )
-                ).one_or_none()
-                if row is None:  # finished, renewed, or being reaped elsewhere meanwhile
-                    continue
-                if int(row._mapping["attempts"]) >= max_attempts:
-                    self._end(
-                        conn,
-                        row,
-                        TaskStatus.FAILED,
-                        time.time() if now is None else now,
-                        error=f"the worker stopped responding {max_attempts} times; giving up",
-                    )
-                else:
-                    self._requeue(conn, row)
-                reaped += 1
+            try:
+                reaped += self._reap_one(task_id, expired, max_attempts, now)
+            except Exception:
+                log.exception("reaping %s failed; reaping the others", task_id)
+                self.report_error("reap", task_id)
         return reaped
+
+    def _reap_one(
+        self, task_id: str, expired: sa.ColumnElement[bool], max_attempts: int, now: float | None
+    ) -> int:
+        with self.db.write() as conn:
+            row = conn.execute(
+                self.db.for_update(
+                    sa.select(tasks).where(tasks.c.id == task_id, expired), skip_locked=True
+                )
+            ).one_or_none()
+            if row is None:  # finished, renewed, or being reaped elsewhere meanwhile
+                return 0
+            if int(row._mapping["attempts"]) >= max_attempts:
+                self._end(
+                    conn,
+                    row,
+                    TaskStatus.FAILED,
+                    time.time() if now is None else now,
+                    error=f"the worker stopped responding {max_attempts} times; giving up",
+                )
+            else:
+                self._requeue(conn, row)
+        return 1
 
     @retry_disconnect
     def pending_count(self) -> int:
@@ -743,11 +827,13 @@ class TaskStore:
                 ).scalar_one()
             )
 
+    @retry_disconnect
     def expired(self, ttl_s: float, now: float | None = None, limit: int = 500) -> list[TaskRow]:
         """Ended tasks whose files (result and inputs) are due for deletion.
 
         A completed task's files go when its result URL expires; a failed or cancelled
-        task's inputs ``ttl_s`` after it ended.
+        task's inputs ``ttl_s`` after it ended.  A row that does not parse is reported
+        (``sweep``) and left out, so the others are still swept.
         """
         now = time.time() if now is None else now
         due = sa.func.coalesce(tasks.c.result_expires_at, tasks.c.completed_at + ttl_s)
@@ -761,8 +847,18 @@ class TaskStore:
                 )
                 .limit(limit)
             ).all()
-        return [TaskRow.from_row(r) for r in rows]
+        found = []
+        for r in rows:
+            try:
+                found.append(TaskRow.from_row(r))
+            except Exception:
+                log.exception(
+                    "task %s cannot be read; its files are left to the orphan sweep", r.id
+                )
+                self.report_error("sweep", str(r.id))
+        return found
 
+    @retry_repeatable
     def mark_result_deleted(self, task_id: str) -> None:
         with self.db.write() as conn:
             conn.execute(tasks.update().where(tasks.c.id == task_id).values(result_deleted=True))
@@ -865,4 +961,16 @@ class TaskStore:
             m["id"],
         )
         for hook in self.end_hooks:
-            hook(conn, m["id"], status)
+            # A hook that fails (an outbox row the database refuses) is undone alone, in its
+            # savepoint: the task still ends, and is refunded, in this transaction.
+            try:
+                with conn.begin_nested():
+                    hook(conn, m["id"], status)
+            except sa.exc.DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise  # not the hook's fault: the whole transaction is gone
+                log.exception("an end hook of %s failed; the task ends without it", m["id"])
+                self.report_error("end_hook", m["id"])
+            except Exception:
+                log.exception("an end hook of %s failed; the task ends without it", m["id"])
+                self.report_error("end_hook", m["id"])

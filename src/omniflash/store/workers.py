@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from omniflash.errors import Conflict, NotFound
 from omniflash.ids import hash_key, new_worker_token
-from omniflash.store.db import Database
+from omniflash.store.db import Database, retry_repeatable
 from omniflash.store.schema import worker_tokens
 
 __all__ = ["WorkerInfo", "WorkerStore"]
@@ -74,6 +74,7 @@ class WorkerStore:
             ) from exc
         return token, WorkerInfo.from_row(row)
 
+    @retry_repeatable
     def authenticate(self, token: str, now: float | None = None) -> WorkerInfo | None:
         now = time.time() if now is None else now
         with self.db.read() as conn:

@@ -64,6 +64,7 @@ class WebhookSender(threading.Thread):
     ) -> None:
         super().__init__(name="webhooks", daemon=True)
         self.settings = settings
+        self.store = store
         self.outbox = Outbox(store.db)
         self.secrets = WebhookSecrets(store.db)
         self.delays = parse_delays(settings.webhook_retry_delays)
@@ -90,6 +91,7 @@ class WebhookSender(threading.Thread):
                 busy = self.run_once()
             except Exception:
                 log.exception("webhook pass failed; trying again shortly")
+                self.store.tasks.report_error("webhook", "-")
                 busy = 0
             if not busy:
                 self.stop_event.wait(self.settings.webhook_poll_s)
@@ -102,7 +104,15 @@ class WebhookSender(threading.Thread):
 
     def _attempt(self, delivery: Delivery) -> None:
         with task_context(delivery.task_id):
-            outcome = self._send(delivery)
+            try:
+                outcome = self._send(delivery)
+            except Exception as exc:
+                # One poisoned row (a key without a secret, a row the database refuses to
+                # settle) must not stop the batch: it is logged, counted, and retried on
+                # the schedule like a failed attempt, so it gives up in the end.
+                log.exception("webhook %s of task %s failed", delivery.id, delivery.task_id)
+                self.store.tasks.report_error("webhook", delivery.id)
+                outcome = self._settle_broken(delivery, exc)
         self.sent += 1
         if self.on_outcome is not None and outcome != "lost":
             self.on_outcome(outcome)
@@ -149,6 +159,13 @@ class WebhookSender(threading.Thread):
             "giving up" if outcome == "gave_up" else "will retry",
         )
         return outcome
+
+    def _settle_broken(self, delivery: Delivery, exc: Exception) -> str:
+        try:
+            return self._failed(delivery, None, f"internal error: {type(exc).__name__}")
+        except Exception:
+            log.exception("webhook %s: its failed attempt could not be recorded", delivery.id)
+            return "lost"  # its lease runs out and another pass tries again
 
     def _failed(
         self, delivery: Delivery, status: int | None, error: str, *, give_up: bool = False

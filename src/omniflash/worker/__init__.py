@@ -5,9 +5,10 @@ The remote side (``HttpTaskSource``, ``run_remote_workers``) lives in
 load an HTTP client it never uses.
 """
 
-from omniflash.worker.pool import Listener, Maintenance, WorkerPool, sweep_expired_files
+from omniflash.worker.pool import Listener, Maintenance, WorkerPool
 from omniflash.worker.source import Lease, SourceUnavailable, StoreTaskSource, TaskSource
 from omniflash.worker.supervisor import EngineProcess, Worker
+from omniflash.worker.sweep import sweep_expired_files, sweep_orphans
 from omniflash.worker.wake import Waker
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "Worker",
     "WorkerPool",
     "sweep_expired_files",
+    "sweep_orphans",
 ]

@@ -134,7 +134,8 @@ def _run_job(
     except EngineBroken:
         raise
     except BadInput as exc:
-        return ("error", "input", str(exc))
+        # A transient one (HTTP 503, a refused connection) fails the attempt, not the task.
+        return ("error", "transient" if exc.retryable else "input", str(exc))
     except GenerationError as exc:
         return ("error", "engine", str(exc))
     except MemoryError:

@@ -2,8 +2,9 @@
 
 - ``WorkerPool``: N workers over one ``TaskSource``, each with its own engine process,
   and this process's own scratch directory.
-- ``Maintenance``: requeues tasks whose lease expired and deletes expired files.  Every
-  API replica runs it; two replicas reaping at once is safe (see ``TaskStore.reap``).
+- ``Maintenance``: requeues tasks whose lease expired and deletes expired and orphaned
+  files (``omniflash.worker.sweep``).  Every API replica runs it; two replicas reaping
+  or sweeping at once is safe (see ``TaskStore.reap``).
 - ``Listener``: on PostgreSQL, turns ``NOTIFY`` from any process into ``Waker.notify``.
 """
 
@@ -17,34 +18,25 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from omniflash.inputs import blob_inputs
 from omniflash.settings import Settings
 from omniflash.storage import Storage
 from omniflash.store import Store
 from omniflash.store.tasks import NOTIFY_CHANNEL
 from omniflash.worker.source import TaskSource
 from omniflash.worker.supervisor import Worker
+from omniflash.worker.sweep import orphan_age_s, sweep_expired_files, sweep_orphans
 from omniflash.worker.wake import Waker
 
-__all__ = ["Listener", "Maintenance", "ScratchDir", "WorkerPool", "sweep_expired_files"]
+__all__ = ["Listener", "Maintenance", "ScratchDir", "WorkerPool"]
 
 log = logging.getLogger(__name__)
 REAP_INTERVAL_S = 2.0
-
-
-def sweep_expired_files(store: Store, storage: Storage, ttl_s: float) -> int:
-    """Delete the files (result, inputs) of ended tasks whose time is up; returns how many."""
-    count = 0
-    for task in store.tasks.expired(ttl_s):
-        for key in [task.result_key, *blob_inputs(task.spec).values()]:
-            if key:
-                storage.delete(key)
-        store.tasks.mark_result_deleted(task.id)
-        count += 1
-    return count
+ORPHAN_SWEEP_EVERY = 12
+"""The orphan sweep lists the whole bucket: once every this many sweeps (an hour by default)."""
 
 
 class ScratchDir:
@@ -134,7 +126,12 @@ class WorkerPool:
 
 
 class Maintenance(threading.Thread):
-    """The reaper and the file sweep, every couple of seconds."""
+    """The reaper and the file sweeps, every couple of seconds.
+
+    Each job runs on its own: a reap that fails does not skip the sweep, and within a
+    job one poisoned task is logged, counted and skipped (see ``TaskStore.reap`` and
+    ``omniflash.worker.sweep``).
+    """
 
     def __init__(self, settings: Settings, store: Store, storage: Storage, waker: Waker) -> None:
         super().__init__(name="maintenance", daemon=True)
@@ -143,22 +140,49 @@ class Maintenance(threading.Thread):
         self.storage = storage
         self.waker = waker
         self.stop_event = threading.Event()
+        self.sweeps = 0
+        self._orphans_at: float | None = None
 
     def run(self) -> None:
         last_sweep = 0.0
         while not self.stop_event.wait(REAP_INTERVAL_S):
-            try:
-                if self.store.tasks.reap(self.settings.max_attempts):
-                    self.waker.notify()
-                if time.monotonic() - last_sweep >= self.settings.sweep_interval_s:
-                    last_sweep = time.monotonic()
-                    swept = sweep_expired_files(
-                        self.store, self.storage, self.settings.result_ttl_s
-                    )
-                    if swept:
-                        log.info("deleted the expired files of %d tasks", swept)
-            except Exception:
-                log.exception("maintenance pass failed; trying again shortly")
+            self._job("reap", self.reap)
+            if time.monotonic() - last_sweep >= self.settings.sweep_interval_s:
+                last_sweep = time.monotonic()
+                self._job("sweep", self.sweep)
+
+    def _job(self, job: str, run: Callable[[], object]) -> None:
+        try:
+            run()
+        except Exception:
+            log.exception("%s pass failed; trying again shortly", job)
+            self.store.tasks.report_error(job, "-")
+
+    def reap(self) -> None:
+        if self.store.tasks.reap(self.settings.max_attempts):
+            self.waker.notify()
+
+    def sweep(self) -> None:
+        s = self.settings
+        swept = sweep_expired_files(self.store, self.storage, s.result_ttl_s)
+        if swept:
+            log.info("deleted the expired files of %d tasks", swept)
+        if self.sweeps % ORPHAN_SWEEP_EVERY == 0:
+            # The first pass after a start judges every file; later ones what came of age
+            # since the previous pass, with an hour's overlap.
+            now, age = time.time(), orphan_age_s(s)
+            since = None if self._orphans_at is None else self._orphans_at - age - 3600
+            sweep_orphans(
+                self.store,
+                self.storage,
+                older_than_s=age,
+                upload_ttl_s=s.upload_ttl_s,
+                temp_dir=s.data_dir / "uploads",
+                now=now,
+                since=since,
+            )
+            self._orphans_at = now
+        self.sweeps += 1
 
     def close(self, timeout: float = 15.0) -> None:
         self.stop_event.set()

@@ -326,7 +326,8 @@ class Worker(threading.Thread):
                 self.cancelled += 1
                 return
             log.info("%s: %s failed: %s", self.name, lease.task_id, message)
-            self._fail(lease, message, retry=False)
+            # Transient (an input's server answered 503): queued again while attempts remain.
+            self._fail(lease, message, retry=kind == "transient")
             return
         result = outcome[1]
         info = dict(result["info"])
