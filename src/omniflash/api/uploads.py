@@ -33,6 +33,7 @@ from omniflash.api.responses import JSONResponse
 from omniflash.errors import InvalidRequest, OmniflashError
 from omniflash.ids import ulid
 from omniflash.inputs import BLOB_SCHEME, image_label
+from omniflash.text import check_text
 
 if TYPE_CHECKING:
     from omniflash.contract import GenerationSpec
@@ -107,6 +108,8 @@ def store_upload(
     The HTTP route and the MCP ``upload_image`` tool both call this.
     """
     settings = services.settings
+    if given:
+        check_text(given, "filename")
     if len(data) > settings.max_upload_bytes:
         raise UploadTooLarge(
             f"The image is larger than {settings.max_upload_bytes // (1024 * 1024)} MB"
