@@ -214,3 +214,95 @@ def test_a_lone_surrogate_in_a_prompt_is_400_in_every_dialect(pg_server: LiveSer
         assert _balance(http) == start
         assert [t["id"] for t in http.get("/v1/tasks").json()["data"]] == tasks_before
     no_unhandled_errors(server)
+
+
+@pytest.mark.postgres
+def test_mcp_tool_arguments_follow_the_text_rules(pg_server: LiveServer) -> None:
+    server = pg_server
+    png = (
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLv"
+        "AAAAAElFTkSuQmCC"
+    )
+    with server.client() as http:
+        start = _balance(http)
+        before = [t["id"] for t in http.get("/v1/tasks").json()["data"]]
+    for tool, arguments, field in (
+        (
+            "generate_video",
+            {"model": "Omni-Flash-Ext", "input": {"prompt": "a\x00cat"}, "idempotency_key": "a"},
+            "prompt",
+        ),
+        (
+            "generate_video",
+            {
+                "model": "Omni-Flash-Ext",
+                "input": {"prompt": "a cat", "callback_url": "https://x.y/\x1b"},
+                "idempotency_key": "b",
+            },
+            "callback_url",
+        ),
+        (
+            "generate_video",
+            {"model": "Omni-Flash-Ext\x00", "input": {"prompt": "a cat"}, "idempotency_key": "c"},
+            "model",
+        ),
+        (
+            "generate_video",
+            {"model": "Omni-Flash-Ext", "input": {"prompt": "a cat"}, "idempotency_key": "d\x00"},
+            "idempotency_key",
+        ),
+        ("upload_image", {"image_base64": png, "filename": "cat\x00.png"}, "filename"),
+        ("get_task", {"task_id": "task_01JH0000000000000000000000", "language": "e\x00"}, ""),
+        ("get_model_docs", {"model": "Omni\x7f"}, "model"),
+        ("list_models", {"cursor": "\x85"}, "cursor"),
+    ):
+        result = _mcp(server, tool, arguments)
+        assert result["isError"], (tool, result)
+        error = result["structuredContent"]["error"]
+        assert error["code"] in (400, 404) and field in error["message"], (tool, error)
+    # ``²`` is a digit to ``str.isdigit`` but no integer to ``int``: the first page, not a crash.
+    assert not _mcp(server, "list_models", {"cursor": "²"})["isError"]
+    with server.client() as http:
+        assert _balance(http) == start
+        assert [t["id"] for t in http.get("/v1/tasks").json()["data"]] == before
+    uploads = list((server.data_dir / "blobs" / "uploads").glob("*"))
+    assert uploads == []
+    no_unhandled_errors(server)
+
+
+@pytest.mark.postgres
+def test_a_prompt_stored_before_the_rules_is_served_everywhere(
+    pg_server: LiveServer, postgres_url: str
+) -> None:
+    """A row written before the text rule held (a lone surrogate in its prompt) is served,
+    with U+FFFD in its place, by every read of both dialects and the MCP tool."""
+    import dataclasses
+
+    from omniflash.contract import parse_generation_request
+    from omniflash.store import Store
+
+    server = pg_server
+    store = Store(postgres_url, migrate=False)
+    try:
+        key = store.keys.authenticate(server.api_key)
+        assert key is not None
+        spec = parse_generation_request({"model": "Omni-Flash-Ext", "prompt": "x", "duration": 4})
+        spec = dataclasses.replace(spec, prompt="a \ud800 cat")
+        task = store.tasks.submit(key, spec, millicredits=0, estimated_time=5, seed=1).task
+    finally:
+        store.close()
+    with server.client() as http:
+        for path in (
+            f"/v1/tasks/{task.id}",
+            "/v1/tasks",
+            f"/v1/videos/{task.id}",
+            "/v1/videos",
+            f"/v1/tasks/{task.id}?language=ja",
+        ):
+            response = http.get(path)
+            assert response.status_code == 200, (path, response.text)
+        assert "a \ufffd cat" in http.get(f"/v1/videos/{task.id}").text
+        wait_for_task(http, task.id)
+    result = _mcp(server, "get_task", {"task_id": task.id})
+    assert not result["isError"], result
+    no_unhandled_errors(server)
