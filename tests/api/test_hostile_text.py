@@ -353,3 +353,20 @@ def test_a_stored_lone_surrogate_is_served_as_a_replacement_character(door: Door
         response = door.client.get(path, headers=door.auth())
         assert response.status_code == 200, (path, response.text)
         assert "a \ufffd cat" in response.text, path
+
+
+def test_an_upload_url_with_a_hostile_signature_is_not_a_500(door: Door) -> None:
+    """``image_urls`` naming this server's upload URLs: their expiry and signature are the
+    client's text too.  A URL whose signature cannot be ours is fetched like any URL (here
+    a private address, refused at fetch time), never a 500 at submit."""
+    base = "https://example.com/v1/files/uploads/x.png"
+    for query in (
+        "expires=%C2%B2&sig=abc",  # "²": a digit to str.isdigit, not to int
+        f"expires={'9' * 5000}&sig=abc",
+        "expires=9999999999&sig=%C3%A9",
+        f"expires=9999999999&sig={'0' * 64}",
+    ):
+        body = {**EXT_BASE, "image_urls": [f"{base}?{query}"]}
+        response = door.post_json("/v1/videos/generations", body)
+        assert response.status_code in (200, 400), (query, response.text)
+    assert door.store.keys.get(door.info.id).balance == door.store.keys.ledger_sum(door.info.id)

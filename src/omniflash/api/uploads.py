@@ -151,7 +151,9 @@ def _upload_key(url: str, signer: UrlSigner, label: str) -> str | None:
     key = unquote(parts.path.split(_FILES, 1)[1])
     query = parse_qs(parts.query)
     expires, sig = query.get("expires", [""])[0], query.get("sig", [""])[0]
-    if not expires.isdigit() or not sig:
+    # The query is the client's text: ``"²".isdigit()`` holds, and ``int`` refuses
+    # thousands of digits; a signer's expiry is a plain number of at most 19 digits.
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 19) or not sig:
         return None
     if not signer.verify(key, int(expires), sig, now=time.time()):
         if signer.verify(key, int(expires), sig, now=0):
