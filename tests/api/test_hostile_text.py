@@ -370,3 +370,24 @@ def test_an_upload_url_with_a_hostile_signature_is_not_a_500(door: Door) -> None
         response = door.post_json("/v1/videos/generations", body)
         assert response.status_code in (200, 400), (query, response.text)
     assert door.store.keys.get(door.info.id).balance == door.store.keys.ledger_sum(door.info.id)
+
+
+@pytest.mark.parametrize("filename", ["cat\x00.png", "cat\ud800.png", "cat\x1b.png", "c\x85.png"])
+def test_an_upload_filename_follows_the_text_rules(door: Door, filename: str) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    boundary = "upload-boundary"
+    raw = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="'.encode()
+        + filename.encode("utf-8", "surrogatepass")
+        + b'"\r\nContent-Type: image/png\r\n\r\n'
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    response = door.client.post(
+        "/v1/uploads/images",
+        content=raw,
+        headers={**door.auth(), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    door.untouched()
