@@ -129,3 +129,13 @@ def test_scrub_and_shown() -> None:
     assert shown("\ud800") == "'\\ud800'"
     assert shown(10**5000) == "a number" and shown(4) == "4" and shown(None) == "None"
     assert shown({"a": 1}) == "a dict" and shown([1]) == "a list"
+
+
+@pytest.mark.parametrize("free", [False, True])
+def test_long_ascii_values_take_the_fast_path_to_the_same_answer(free: bool) -> None:
+    long = "A" * 10_000
+    assert bad_char(long, free=free) is None
+    for char in ("\x00", "\x1f", "\x7f", "\t"):
+        expected = None if free and char == "\t" else 9_000
+        assert bad_char(long[:9_000] + char + long[9_001:], free=free) == expected
+    assert bad_char(long + "\ud800", free=free) == 10_000  # not ASCII: the search finds it

@@ -52,6 +52,8 @@ __all__ = [
 _STRICT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _FREE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ASCII_STRICT = bytes(range(0x20, 0x7F))
+_ASCII_FREE = _ASCII_STRICT + b"\t\n\r"
 _TASK_ID = re.compile(r"task_[0-9A-HJKMNP-TV-Z]{26}", re.ASCII)
 _TOKEN = re.compile(r"[!-~]{1,512}", re.ASCII)
 
@@ -67,6 +69,11 @@ def bad_char(value: str, *, free: bool = False) -> int | None:
     >>> bad_char("ok"), bad_char("a\\tb"), bad_char("a\\tb", free=True), bad_char("\\ud800")
     (None, 1, None, 0)
     """
+    # A long ASCII value (an inline image's base64) is checked as bytes: deleting the
+    # allowed bytes is a fifth of the time of the search below (20 ms for 20 MB).
+    allowed = _ASCII_FREE if free else _ASCII_STRICT
+    if len(value) > 4096 and value.isascii() and not value.encode().translate(None, allowed):
+        return None
     match = (_FREE if free else _STRICT).search(value)
     return None if match is None else match.start()
 
