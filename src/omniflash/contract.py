@@ -27,6 +27,7 @@ from omniflash.errors import (
     UnsupportedImageCount,
     UnsupportedVideoCount,
 )
+from omniflash.text import check_text, check_tree, shown
 
 __all__ = [
     "ASPECT_RATIOS",
@@ -185,7 +186,7 @@ def _ratio(body: Mapping[str, Any], field: str) -> str | None:
     value = value.strip()
     if value not in ASPECT_RATIOS:
         raise InvalidRequest(
-            f"`{field}` {value!r} is not supported; use one of {', '.join(ASPECT_RATIOS)}"
+            f"`{field}` {shown(value)} is not supported; use one of {', '.join(ASPECT_RATIOS)}"
         )
     return value
 
@@ -204,7 +205,7 @@ def _duration(body: Mapping[str, Any], has_video: bool) -> int | None:
     if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
         raise InvalidDuration(f"invalid duration {value}, must be one of 4/6/8/10")
     if int(value) not in DURATIONS:
-        raise InvalidDuration(f"invalid duration {int(value)}, must be one of 4/6/8/10")
+        raise InvalidDuration(f"invalid duration {shown(int(value))}, must be one of 4/6/8/10")
     return int(value)
 
 
@@ -221,14 +222,16 @@ def parse_generation_request(body: object) -> GenerationSpec:
     """Validate a decoded JSON body of ``POST /v1/videos/generations``.
 
     Raises the seed's errors (``InvalidRequest`` and its subclasses) with a message
-    that tells the caller what to fix.  Unknown fields are ignored.
+    that tells the caller what to fix.  Unknown fields are ignored, but their text too
+    follows ``omniflash.text``'s rules, as every string of the body does.
     """
     if not isinstance(body, Mapping):
         raise InvalidRequest("The request body must be a JSON object")
+    check_tree(body)
 
     model = body.get("model")
     if model != MODEL_NAME:
-        raise InvalidRequest(f"`model` must be {MODEL_NAME!r}, got {model!r}")
+        raise InvalidRequest(f"`model` must be {MODEL_NAME!r}, got {shown(model)}")
 
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -272,7 +275,7 @@ def parse_generation_request(body: object) -> GenerationSpec:
     resolution = resolution_value.strip().lower()
     if resolution not in RESOLUTIONS:
         raise InvalidResolution(
-            f"invalid resolution {resolution_value!r}, must be one of 720p/1080p/4k"
+            f"invalid resolution {shown(resolution_value)}, must be one of 720p/1080p/4k"
         )
 
     aspect = _ratio(body, "aspect_ratio")
@@ -344,7 +347,7 @@ def parse_callback_url(value: object) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidParam("`callback_url` must be an http(s) URL string", "callback_url")
-    value = value.strip()
+    value = check_text(value.strip(), "callback_url")
     if len(value) > MAX_CALLBACK_URL_CHARS:
         raise InvalidParam(
             f"`callback_url` is too long: at most {MAX_CALLBACK_URL_CHARS} characters",
@@ -371,6 +374,18 @@ OPENAI_DEFAULT_SECONDS = "4"
 OPENAI_DEFAULT_SIZE = "1280x720"
 
 
+_DIGITS = re.compile(r"[0-9]{1,20}", re.ASCII)
+
+
+def _choice(value: object) -> str:
+    """A multipart string or a JSON string or integer, as the text of a choice (``"4"``)."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() <= 64:
+        return str(value)
+    return ""
+
+
 def parse_openai_video_request(
     fields: Mapping[str, Any], *, input_reference: str | None = None
 ) -> GenerationSpec:
@@ -382,26 +397,30 @@ def parse_openai_video_request(
         >>> parse_openai_video_request({"prompt": "a cat", "size": "720x1280"}).height
         1280
     """
+    if not isinstance(fields, Mapping):
+        raise InvalidParam("The request body must be a JSON object", None)
+    check_tree(fields)
     model = fields.get("model")
     if model not in (None, "", MODEL_NAME):
-        raise InvalidParam(f"`model` must be {MODEL_NAME!r}, got {model!r}", "model")
+        raise InvalidParam(f"`model` must be {MODEL_NAME!r}, got {shown(model)}", "model")
     prompt = fields.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidParam("`prompt` is required and must be a non-empty string", "prompt")
-    seconds = fields.get("seconds")
-    seconds = OPENAI_DEFAULT_SECONDS if seconds in (None, "") else str(seconds).strip()
+    given = fields.get("seconds")
+    seconds = OPENAI_DEFAULT_SECONDS if given in (None, "") else _choice(given)
     if seconds not in OPENAI_SECONDS:
         raise InvalidParam(
-            f"invalid seconds {seconds!r}: must be one of {', '.join(OPENAI_SECONDS)}", "seconds"
+            f"invalid seconds {shown(given)}: must be one of {', '.join(OPENAI_SECONDS)}",
+            "seconds",
         )
-    size = fields.get("size")
-    size = OPENAI_DEFAULT_SIZE if size in (None, "") else str(size).strip().lower()
+    given = fields.get("size")
+    size = OPENAI_DEFAULT_SIZE if given in (None, "") else _choice(given).lower()
     if size not in OPENAI_SIZES:
         raise InvalidParam(
-            f"invalid size {size!r}: must be one of {', '.join(OPENAI_SIZES)}", "size"
+            f"invalid size {shown(given)}: must be one of {', '.join(OPENAI_SIZES)}", "size"
         )
     seed = fields.get("seed")
-    if isinstance(seed, str) and seed.strip().isdigit():
+    if isinstance(seed, str) and _DIGITS.fullmatch(seed.strip()):
         seed = int(seed)
     resolution, aspect_ratio = OPENAI_SIZES[size]
     body: dict[str, Any] = {
@@ -436,6 +455,7 @@ def parse_remix_request(source: GenerationSpec, source_id: str, body: object) ->
     """
     if not isinstance(body, Mapping):
         raise InvalidParam("The request body must be a JSON object", None)
+    check_tree(body)
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidParam("`prompt` is required and must be a non-empty string", "prompt")

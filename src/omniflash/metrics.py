@@ -37,6 +37,7 @@ from omniflash.logs import new_request_id, request_id_var, task_id_var
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskRow, TaskStatus
 from omniflash.store.schema import tasks, worker_tokens
+from omniflash.text import bearer_token
 from omniflash.webhooks import OUTCOMES
 
 __all__ = ["Metrics", "RequestMiddleware", "router"]
@@ -277,7 +278,8 @@ def metrics(request: Request) -> Response:
     m: Metrics = request.app.state.metrics
     token = m.settings.metrics_token
     if token:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+        given = bearer_token(request.headers.get("authorization"))
+        # Compared as bytes: ``compare_digest`` raises on ``str`` outside ASCII.
+        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
             raise AuthenticationFailed("/metrics wants `Authorization: Bearer <metrics token>`")
     return Response(m.exposition(), media_type=CONTENT_TYPE_LATEST)

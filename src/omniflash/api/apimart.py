@@ -25,6 +25,7 @@ from starlette.requests import Request
 from omniflash.errors import InvalidRequest, OmniflashError
 from omniflash.logs import request_id_var
 from omniflash.store import TaskRow
+from omniflash.text import shown
 
 __all__ = [
     "LANGUAGES",
@@ -64,7 +65,7 @@ def response_version(header: str | None) -> str | None:
         date = datetime.date.fromisoformat(value)
     except ValueError as exc:
         raise InvalidRequest(
-            f"{RESPONSE_VERSION_HEADER} {value!r} is not a date; supported versions: "
+            f"{RESPONSE_VERSION_HEADER} {shown(value)} is not a date; supported versions: "
             + ", ".join(SUPPORTED_VERSIONS)
             + " (or no header for the original shape)"
         ) from exc
@@ -113,7 +114,9 @@ def parse_language(value: str | None) -> str | None:
         return None
     lang = value.strip().lower()
     if lang not in LANGUAGES:
-        raise InvalidRequest(f"`language` must be one of {', '.join(LANGUAGES)}, got {value!r}")
+        raise InvalidRequest(
+            f"`language` must be one of {', '.join(LANGUAGES)}, got {shown(value)}"
+        )
     return lang
 
 

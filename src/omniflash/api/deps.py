@@ -22,6 +22,7 @@ from omniflash.settings import Settings
 from omniflash.storage import Storage, UrlSigner
 from omniflash.store import KeyInfo, Store
 from omniflash.store.reads import HotReads
+from omniflash.text import bearer_token
 from omniflash.worker import WorkerPool
 from omniflash.worker.wake import Waker
 
@@ -90,9 +91,8 @@ async def get_services(request: Request) -> Services:
 
 
 def _token(request: Request) -> str:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
         raise AuthenticationFailed(
             "Authentication failed: send your API key as `Authorization: Bearer YOUR_API_KEY`"
         )

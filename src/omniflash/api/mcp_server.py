@@ -40,6 +40,8 @@ from omniflash.api.uploads import UploadTooLarge, store_upload
 from omniflash.contract import MODEL_NAME, parse_generation_request
 from omniflash.errors import AuthenticationFailed, InvalidRequest, OmniflashError
 from omniflash.store import KeyInfo, TaskRow, TaskStatus
+from omniflash.text import check_text, scrub
+from omniflash.text import task_id as checked_task_id
 
 __all__ = ["MCP_PATH", "POLL_AFTER_S", "McpEndpoint"]
 
@@ -55,8 +57,21 @@ _INSTRUCTIONS = (
 
 
 def _result(data: dict[str, Any], links: list[ResourceLink] | None = None) -> CallToolResult:
-    text = TextContent(type="text", text=json.dumps(data, ensure_ascii=False, indent=1))
+    # A prompt stored before the text rules may hold a lone surrogate, which UTF-8 cannot
+    # carry: the round trip through ``scrub`` makes the answer encodable.
+    encoded = json.dumps(data, ensure_ascii=False, indent=1)
+    if scrub(encoded) != encoded:
+        data = json.loads(scrub(json.dumps(data, ensure_ascii=False)))
+        encoded = json.dumps(data, ensure_ascii=False, indent=1)
+    text = TextContent(type="text", text=encoded)
     return CallToolResult(content=[text, *(links or [])], structured_content=data)
+
+
+def _texts(**arguments: str | None) -> None:
+    """The tool's text arguments follow the text rules (``omniflash.text``): a 400 otherwise."""
+    for name, value in arguments.items():
+        if value is not None:
+            check_text(value, name)
 
 
 def _error(exc: OmniflashError) -> CallToolResult:
@@ -143,6 +158,7 @@ class _Tools:
         """List the models this server generates with."""
 
         async def work(_key: KeyInfo, _base: str) -> CallToolResult:
+            _texts(query=query, cursor=cursor)
             models = [model_object()]
             if query:
                 words = query.lower().split()
@@ -151,7 +167,7 @@ class _Tools:
                     for m in models
                     if all(w in f"{m['id']} {m['description']} video".lower() for w in words)
                 ]
-            start = int(cursor) if cursor and cursor.isdigit() else 0
+            start = int(cursor) if cursor and cursor.isascii() and cursor.isdigit() else 0
             page = models[start : start + limit]
             more = start + limit < len(models)
             data = {
@@ -170,6 +186,7 @@ class _Tools:
         """The model's documentation (Markdown): parameters, modes, prices, limits."""
 
         async def work(_key: KeyInfo, base_url: str) -> CallToolResult:
+            _texts(model=model)
             return _result(model_docs(self.services, base_url, model))
 
         return await self._run(ctx, work)
@@ -183,6 +200,7 @@ class _Tools:
         """The JSON Schema of generate_video's `input` (the request body without `model`)."""
 
         async def work(_key: KeyInfo, _base: str) -> CallToolResult:
+            _texts(model=model, operation=operation)
             return _result(model_schema(model, operation))
 
         return await self._run(ctx, work)
@@ -197,6 +215,7 @@ class _Tools:
 
         async def work(key: KeyInfo, base_url: str) -> CallToolResult:
             await run_in_threadpool(self.services.store.keys.hit, key)
+            _texts(filename=filename)
             payload = image_base64.strip()
             if payload[:5].lower() == "data:":
                 payload = payload.partition(",")[2]
@@ -232,6 +251,7 @@ class _Tools:
 
             def submit() -> Any:
                 with counted_if_refused(services, key):
+                    _texts(model=model, idempotency_key=idempotency_key)
                     request = idempotency_request(idempotency_key, body)
                     spec = parse_generation_request(body)
                 return submit_spec(services, key, spec, request)
@@ -262,8 +282,11 @@ class _Tools:
         """A task's status, progress, cost and, once completed, its video URL."""
 
         async def work(key: KeyInfo, base_url: str) -> CallToolResult:
+            _texts(language=language)
             lang = parse_language(language)
-            task = await run_in_threadpool(self.services.store.tasks.get, task_id, key.id)
+            task = await run_in_threadpool(
+                self.services.store.tasks.get, checked_task_id(task_id), key.id
+            )
             return _result(*self._task(task, base_url, lang))
 
         return await self._run(ctx, work)
@@ -276,7 +299,9 @@ class _Tools:
         """Cancel a pending or processing task; it is refunded."""
 
         async def work(key: KeyInfo, base_url: str) -> CallToolResult:
-            task = await run_in_threadpool(self.services.store.tasks.cancel, task_id, key.id)
+            task = await run_in_threadpool(
+                self.services.store.tasks.cancel, checked_task_id(task_id), key.id
+            )
             return _result(*self._task(task, base_url))
 
         return await self._run(ctx, work)

@@ -38,6 +38,7 @@ from omniflash.errors import Conflict, InvalidRequest, NotFound
 from omniflash.inputs import BLOB_SCHEME, blob_inputs
 from omniflash.store import KeyInfo, TaskRow, TaskStatus
 from omniflash.store.videos import VideoStore
+from omniflash.text import check_text, cursor, shown, task_id
 
 __all__ = ["router"]
 
@@ -47,15 +48,15 @@ _IMAGE_TYPES = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP
 
 
 def _video(services: Services, key: KeyInfo, video_id: str) -> TaskRow:
-    task = services.store.tasks.get(video_id, key.id)
+    task = services.store.tasks.get(task_id(video_id, "video"), key.id)
     return _not_deleted(task, VideoStore(services.store.db).is_deleted(task.id))
 
 
 async def _polled_video(services: Services, key: KeyInfo, video_id: str) -> TaskRow:
     """``_video`` for polls: one read awaited on the event loop."""
-    found = await services.reads.video(video_id, key.id)
+    found = await services.reads.video(task_id(video_id, "video"), key.id)
     if found is None:
-        raise NotFound(f"No task {video_id!r} for this API key")
+        raise NotFound(f"No video {shown(video_id)} for this API key")
     return _not_deleted(*found)
 
 
@@ -106,9 +107,11 @@ async def _read_create(request: Request, limit: int) -> tuple[dict[str, Any], st
     reference = None
     try:
         for name, value in form.multi_items():
+            check_text(name, "multipart field name")
             if isinstance(value, UploadFile):
                 if name != "input_reference":
-                    raise InvalidParam(f"unexpected file field `{name}`", name)
+                    raise InvalidParam(f"unexpected file field {shown(name)}", name)
+                check_text(value.filename or "", "input_reference")
                 reference = _image_data_uri(await value.read())
             else:
                 fields[name] = value
@@ -139,7 +142,7 @@ async def list_videos(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
 ) -> dict[str, Any]:
-    rows = await services.reads.videos(key.id, limit=limit + 1, after=after, order=order)
+    rows = await services.reads.videos(key.id, limit=limit + 1, after=cursor(after), order=order)
     page = rows[:limit]
     return {
         "object": "list",
@@ -206,7 +209,7 @@ def video_content(
 ) -> Response:
     if variant not in ("video", "thumbnail"):
         raise InvalidParam(
-            f"variant {variant!r} is not supported: use video or thumbnail", "variant"
+            f"variant {shown(variant)} is not supported: use video or thumbnail", "variant"
         )
     blob = _result(services, _video(services, key, video_id))
     local = services.storage.local_path(blob)

@@ -30,6 +30,8 @@ from omniflash.contract import parse_generation_request
 from omniflash.errors import InvalidRequest, NotFound
 from omniflash.pricing import credits
 from omniflash.store import KeyInfo, Submission, TaskRow, TaskStatus
+from omniflash.text import cursor, shown
+from omniflash.text import task_id as checked_task_id
 
 __all__ = ["router"]
 
@@ -109,9 +111,9 @@ async def get_task(
     ] = None,
 ) -> JSONResponse:
     lang = parse_language(language)
-    task = await services.reads.task(task_id, key.id)
+    task = await services.reads.task(checked_task_id(task_id), key.id)
     if task is None:
-        raise NotFound(f"No task {task_id!r} for this API key")
+        raise NotFound(f"No task {shown(task_id)} for this API key")
     return _one_task(task, request, services, lang)
 
 
@@ -119,7 +121,7 @@ async def get_task(
 async def cancel_task(
     task_id: str, request: Request, key: Caller, services: ServicesDep
 ) -> JSONResponse:
-    task = await run_in_threadpool(services.store.tasks.cancel, task_id, key.id)
+    task = await run_in_threadpool(services.store.tasks.cancel, checked_task_id(task_id), key.id)
     return _one_task(task, request, services)
 
 
@@ -131,7 +133,7 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="the last task id of the previous page")] = None,
 ) -> JSONResponse:
-    rows = await services.reads.page(key.id, limit=limit + 1, after=after)
+    rows = await services.reads.page(key.id, limit=limit + 1, after=cursor(after))
     page = rows[:limit]
     base = services.base_url(request)
     return JSONResponse(

@@ -33,6 +33,7 @@ from omniflash.api.responses import JSONResponse
 from omniflash.errors import InvalidRequest, OmniflashError
 from omniflash.ids import ulid
 from omniflash.inputs import BLOB_SCHEME, image_label
+from omniflash.text import check_text
 
 if TYPE_CHECKING:
     from omniflash.contract import GenerationSpec
@@ -107,6 +108,8 @@ def store_upload(
     The HTTP route and the MCP ``upload_image`` tool both call this.
     """
     settings = services.settings
+    if given:
+        check_text(given, "filename")
     if len(data) > settings.max_upload_bytes:
         raise UploadTooLarge(
             f"The image is larger than {settings.max_upload_bytes // (1024 * 1024)} MB"
@@ -148,7 +151,9 @@ def _upload_key(url: str, signer: UrlSigner, label: str) -> str | None:
     key = unquote(parts.path.split(_FILES, 1)[1])
     query = parse_qs(parts.query)
     expires, sig = query.get("expires", [""])[0], query.get("sig", [""])[0]
-    if not expires.isdigit() or not sig:
+    # The query is the client's text: ``"²".isdigit()`` holds, and ``int`` refuses
+    # thousands of digits; a signer's expiry is a plain number of at most 19 digits.
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 19) or not sig:
         return None
     if not signer.verify(key, int(expires), sig, now=time.time()):
         if signer.verify(key, int(expires), sig, now=0):

@@ -37,6 +37,7 @@ from omniflash.api.responses import JSONResponse
 from omniflash.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from omniflash.inputs import blob_inputs
 from omniflash.store import TaskRow, TaskStatus, WorkerInfo
+from omniflash.text import bearer_token
 from omniflash.worker.source import Lease, StoreTaskSource, result_key
 
 __all__ = ["MAX_CLAIM_WAIT_S", "router"]
@@ -51,10 +52,8 @@ WRITE_CHUNK = 1024 * 1024
 
 
 def authenticate_worker(request: Request) -> WorkerInfo:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
         raise AuthenticationFailed(
             "Authentication failed: send the worker token as `Authorization: Bearer TOKEN`"
         )

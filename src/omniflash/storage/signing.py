@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from urllib.parse import quote
 
 __all__ = ["UrlSigner"]
+
+_SIG = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 class UrlSigner:
@@ -26,7 +29,7 @@ class UrlSigner:
         self._secret = secret
 
     def signature(self, key: str, expires_at: int) -> str:
-        message = f"{key}\n{expires_at}".encode()
+        message = f"{key}\n{expires_at}".encode("utf-8", "surrogatepass")
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def path(self, key: str, expires_at: int) -> str:
@@ -35,6 +38,12 @@ class UrlSigner:
         return f"/v1/files/{quote(key)}?expires={expires_at}&sig={sig}"
 
     def verify(self, key: str, expires_at: int, sig: str, *, now: float) -> bool:
-        if now > expires_at:
+        """Whether ``sig`` signs ``key`` until ``expires_at``, and that is not past.
+
+        Any text may come in as ``sig`` (it is the URL's): what is not 64 hex digits is
+        refused before the comparison, which raises on ``str`` outside ASCII; so is an
+        expiry no signer makes (past 64 bits).
+        """
+        if not now <= expires_at < 2**63 or _SIG.fullmatch(sig) is None:
             return False
         return hmac.compare_digest(self.signature(key, expires_at), sig)

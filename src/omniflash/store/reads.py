@@ -252,6 +252,12 @@ class _Pool:
                     if attempt == 2:
                         raise ServiceUnavailable("The database cannot be reached just now") from exc
                     continue
+                except BaseException:
+                    # Anything else (a parameter the driver refuses, a cancelled request)
+                    # may leave the connection mid-statement: close it, never pool it.
+                    if conn is not None:
+                        await conn.close()
+                    raise
                 if time.monotonic() - opened < self.max_age_s:
                     self.idle.append((opened, conn))
                 else:
