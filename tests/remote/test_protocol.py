@@ -103,10 +103,15 @@ def test_a_lease_this_worker_cannot_read_is_handed_back() -> None:
         return httpx.Response(200, json={"held": True})
 
     source = _scripted(handler)
+    stopped: list[str] = []
+    source.on_rejected = stopped.append
     with pytest.raises(ProtocolError, match="cannot read"):
         source.claim("w-0", 0.0)
     assert seen[-1] == ("/worker/v1/tasks/task_1/release", {"epoch": 3})
     assert source.held() == 0
+    # The process stops: nothing more is claimed.
+    assert len(stopped) == 1 and source.broken == stopped[0]
+    assert source.claim("w-0", 0.0) is None and len(seen) == 2
 
 
 def test_a_claim_whose_request_was_cancelled_hands_the_task_back(api: Api) -> None:

@@ -102,6 +102,8 @@ class HttpTaskSource:
         self.on_rejected = on_rejected
         self.rejected: str | None = None
         """Why the server refused the token, once it has."""
+        self.broken: str | None = None
+        """Why this worker cannot work with the server (a lease it cannot read), if so."""
         self.max_claim_wait_s = 60.0
         self._closed = False
         self._held: dict[tuple[str, int], _Held] = {}
@@ -169,11 +171,19 @@ class HttpTaskSource:
         try:
             lease = Lease.from_dict(data["lease"])
         except (KeyError, TypeError, ValueError) as exc:
+            # Not tolerated: a field this worker does not know would be silently ignored
+            # in the video.  The task goes back for a worker that reads it, and this one
+            # stops (the protocol check at start makes this rare).
             self._hand_back(data.get("lease"))
-            raise ProtocolError(
+            message = (
                 f"{self.server_url} sent a lease this worker cannot read ({exc!r}); "
-                "are the server and this worker the same omniflash version?"
-            ) from exc
+                "run the same omniflash version on the server and its workers"
+            )
+            self.close()
+            self.broken = message
+            if self.on_rejected is not None:
+                self.on_rejected(message)
+            raise ProtocolError(message) from exc
         with self._lock:
             self._held[(lease.task_id, lease.epoch)] = _Held(
                 lease, dict(data.get("input_urls") or {}), data.get("upload_url")
@@ -427,6 +437,8 @@ def run_remote_workers(
         source.shutdown()
     if source.rejected:
         raise WorkerRejected(source.rejected)
+    if source.broken:
+        raise ProtocolError(source.broken)
 
 
 def _connect(source: HttpTaskSource, stop: threading.Event) -> ServerConfig | None:
