@@ -24,8 +24,6 @@ file holds.  The task logic is the in-process workers' own: these routes call
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import os
 import re
 import tempfile
@@ -33,15 +31,22 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from omniflash import __version__
 from omniflash.api.deps import Services, ServicesDep, services_of
 from omniflash.api.responses import JSONResponse
-from omniflash.contract import VIDEO_SECONDS_RANGE, GenerationSpec
+from omniflash.api.worker_bodies import (
+    ClaimRequest,
+    CompleteRequest,
+    EpochQuery,
+    FailRequest,
+    HeartbeatRequest,
+    LeaseRequest,
+    reported,
+)
 from omniflash.errors import (
     AuthenticationFailed,
     Conflict,
@@ -49,7 +54,7 @@ from omniflash.errors import (
     NotFound,
 )
 from omniflash.inputs import blob_inputs
-from omniflash.media.mp4check import FRAME_TOLERANCE, ResultRejected
+from omniflash.media.mp4check import ResultRejected
 from omniflash.store import TaskRow, TaskStatus, WorkerInfo
 from omniflash.worker.source import PROTOCOL_VERSION, Lease, StoreTaskSource, result_key
 
@@ -64,15 +69,7 @@ URL_LIFETIME_S = 3600
 WRITE_CHUNK = 1024 * 1024
 MAX_RESULT_BYTES = 4 * 1024**3
 """The largest result file accepted (10 s of 4k is a few hundred megabytes)."""
-MAX_INFO_BYTES = 16 * 1024
-"""The most JSON a worker may attach to a result as information."""
-EPOCH_LIMIT = 2**31
 _TASK_ID = re.compile(r"task_[0-9A-Z]{26}")
-# C0 controls but tab, newline and carriage return, DEL, and lone surrogates.
-_BAD_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-
-Epoch = Annotated[int, Field(ge=0, lt=EPOCH_LIMIT)]
-EpochQuery = Annotated[int, Query(ge=0, lt=EPOCH_LIMIT)]
 
 
 class ResultTooLarge(InvalidRequest):
@@ -98,53 +95,6 @@ def authenticate_worker(request: Request) -> WorkerInfo:
 
 
 WorkerDep = Annotated[WorkerInfo, Depends(authenticate_worker)]
-
-
-def _clean(value: str) -> str:
-    if _BAD_TEXT.search(value):
-        raise ValueError("must not contain NUL, control characters or lone surrogates")
-    return value
-
-
-class ClaimRequest(BaseModel):
-    owner: str = Field(min_length=1, max_length=60, description="the worker loop's own name")
-    wait_s: float = Field(
-        default=0.0, ge=0, allow_inf_nan=False, description="how long to wait for a task"
-    )
-
-    _owner = field_validator("owner")(_clean)
-
-
-class LeaseRequest(BaseModel):
-    epoch: Epoch
-
-
-class HeartbeatRequest(LeaseRequest):
-    progress: int = Field(default=0, ge=0, le=100)
-
-
-class FailRequest(LeaseRequest):
-    message: str = Field(max_length=4000)
-    retry: bool = False
-
-    _message = field_validator("message")(_clean)
-
-
-class ResultReport(BaseModel):
-    """What the worker says it made: information only, refused when the task did not ask
-    for it.  The server prices what it reads in the file itself."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-    frames: int | None = Field(default=None, ge=1, le=100_000)
-    width: int | None = Field(default=None, ge=1, le=16_384)
-    height: int | None = Field(default=None, ge=1, le=16_384)
-    fps: float | None = Field(default=None, gt=0, le=1000)
-    duration: float | None = Field(default=None, gt=0, le=3600)
-
-
-class CompleteRequest(LeaseRequest):
-    result: ResultReport = Field(default_factory=ResultReport)
 
 
 def _source(services: Services) -> StoreTaskSource:
@@ -379,64 +329,16 @@ def complete(
     what the task asked for answer 400 and change nothing.
     """
     task = _task(services, task_id, worker)
-    reported = _reported(body.result, task.spec)
+    report = reported(body.result, task.spec)
     lease = _lease(task, body.epoch)
     if _holds(task, body.epoch) and not services.storage.exists(result_key(lease)):
         raise InvalidRequest(f"No result was uploaded for task {task_id} epoch {body.epoch}")
     try:
-        return _held(_source(services).record_result(lease, reported, worker_id=worker.id))
+        return _held(_source(services).record_result(lease, report, worker_id=worker.id))
     except ResultRejected as exc:
         raise InvalidRequest(
             f"The result of task {task_id} was refused, and this attempt has failed: {exc}"
         ) from exc
-
-
-def _reported(report: ResultReport, spec: GenerationSpec) -> dict[str, Any]:
-    """The worker's numbers as information, once they are ones the task asked for."""
-    wrong: list[str] = []
-    if report.width is not None and report.width != spec.width:
-        wrong.append(f"width {report.width} (the task asked for {spec.width})")
-    if report.height is not None and report.height != spec.height:
-        wrong.append(f"height {report.height} (the task asked for {spec.height})")
-    if report.fps is not None and not math.isclose(report.fps, spec.fps, rel_tol=0.01):
-        wrong.append(f"fps {report.fps} (the task asked for {spec.fps})")
-    low, high = (spec.duration, spec.duration) if spec.duration is not None else VIDEO_SECONDS_RANGE
-    if report.duration is not None and not low - 0.5 <= report.duration <= high + 0.5:
-        wrong.append(f"duration {report.duration} (the task allows {low} to {high} s)")
-    if report.frames is not None and not (
-        low * spec.fps - FRAME_TOLERANCE <= report.frames <= high * spec.fps + FRAME_TOLERANCE
-    ):
-        wrong.append(
-            f"frames {report.frames} (the task allows {low * spec.fps} to {high * spec.fps})"
-        )
-    if wrong:
-        raise InvalidRequest("result: " + "; ".join(wrong))
-    reported = report.model_dump(exclude_none=True)
-    try:
-        size = len(json.dumps(reported, allow_nan=False))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidRequest("result: not plain JSON (NaN, Infinity or nested too deep)") from exc
-    if size > MAX_INFO_BYTES or not _plain(reported):
-        raise InvalidRequest(
-            f"result: at most {MAX_INFO_BYTES} bytes, text without control characters"
-        )
-    return reported
-
-
-def _plain(value: Any) -> bool:
-    """No string anywhere in ``value`` (keys included) holds NUL, controls or surrogates."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _BAD_TEXT.search(item):
-                return False
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return True
 
 
 @router.post("/tasks/{task_id}/fail")
