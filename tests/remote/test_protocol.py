@@ -10,13 +10,17 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from omniflash.api.app import create_app
 from omniflash.api.worker_routes import _claim_once
-from omniflash.store import TaskStatus
+from omniflash.settings import Settings
+from omniflash.store import Store, TaskStatus
 from omniflash.worker.remote import ProtocolError
 from omniflash.worker.source import PROTOCOL_VERSION
 from tests.conftest import omniflash_cmd
@@ -140,3 +144,22 @@ def test_a_claim_whose_request_was_cancelled_hands_the_task_back(api: Api) -> No
         services.store.tasks.claim = claim
     task = api.task(task_id)
     assert (task.status, task.attempts, task.lease_epoch) == (TaskStatus.PENDING, 0, 1)
+
+
+def test_a_worker_cannot_keep_a_lease_past_the_time_limit(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", workers=0, lease_s=0.5, task_timeout_s=0.5)
+    store = Store(settings.database_url)
+    try:
+        with TestClient(create_app(settings, store=store, start_workers=False)) as client:
+            key, _ = store.keys.create("t", 100_000, 100, 4)
+            token, _ = store.workers.create("gpu")
+            api = Api(client, store, settings, key, token)
+            task_id = api.submit()
+            lease = api.worker("POST", "/claim", json={"owner": "w"}).json()["lease"]
+            beat = f"/tasks/{task_id}/heartbeat"
+            assert api.worker("POST", beat, json={"epoch": lease["epoch"]}).json()["held"]
+            time.sleep(1.2)  # the time limit and one lease more
+            answer = api.worker("POST", beat, json={"epoch": lease["epoch"]})
+            assert answer.json() == {"held": False}
+    finally:
+        store.close()

@@ -123,3 +123,17 @@ def _race(store: Store, name: str, delay: float) -> int:
     for t in threads:
         t.join(timeout=60)
     return worker.id
+
+
+def test_a_lease_is_not_renewed_past_its_time_limit(store: Store) -> None:
+    (task_id,) = _submit(store)
+    _, a = store.workers.create("a")
+    now = time.time()
+    claim = store.tasks.claim("a/w", 30, now=now, worker_id=a.id)
+    assert claim is not None
+    beat = store.tasks.heartbeat
+    assert beat(task_id, claim.epoch, progress=5, lease_s=30, now=now + 50, max_run_s=60)
+    assert not beat(task_id, claim.epoch, progress=6, lease_s=30, now=now + 61, max_run_s=60)
+    # Without a limit (the in-process workers time themselves) it is renewed.
+    assert beat(task_id, claim.epoch, progress=7, lease_s=30, now=now + 61)
+    assert store.tasks.get(task_id).progress == 7

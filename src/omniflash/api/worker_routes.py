@@ -225,7 +225,8 @@ def _claim_answer(services: Services, lease: Lease) -> dict[str, Any]:
 def heartbeat(
     task_id: str, body: HeartbeatRequest, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
-    """Renew the lease; ``held: false`` once the task was cancelled or handed to another."""
+    """Renew the lease; ``held: false`` once the task was cancelled or handed to another,
+    or once it has run past the task time limit (and a lease more) since it was claimed."""
     _task(services, task_id, worker)
     s = services.settings
     return _held(
@@ -235,6 +236,7 @@ def heartbeat(
             progress=min(body.progress, 99),
             lease_s=s.lease_s,
             worker_id=worker.id,
+            max_run_s=s.task_timeout_s + s.lease_s,
         )
     )
 

@@ -58,7 +58,7 @@ api_keys = sa.Table(
 )
 V4_COLUMNS = ("rate_window", "rate_hits", "in_flight")
 """The key columns migration 4 added."""
-V5_COLUMNS = ("lease_worker",)
+V5_COLUMNS = ("lease_worker", "claimed_at")
 """The task columns migration 5 added."""
 
 ledger = sa.Table(
@@ -98,6 +98,9 @@ tasks = sa.Table(
     # The worker token whose lease this is (the last one to claim it); NULL for the
     # in-process workers.  Every ``/worker/v1/`` call on the task must come from it.
     sa.Column("lease_worker", sa.Integer, nullable=True),
+    # When the current lease was claimed (the database's clock): a remote worker's lease
+    # is not renewed past the task's time limit from here.
+    sa.Column("claimed_at", sa.Float, nullable=True),
     sa.Index("ix_tasks_key_created", "key_id", "created_at"),
     sa.Index("ix_tasks_status", "status", "created_at"),
 )
@@ -238,9 +241,10 @@ def _v4(conn: sa.Connection) -> None:
 
 
 def _v5(conn: sa.Connection) -> None:
-    # A lease is bound to the worker token that claimed it; leases taken before the
-    # upgrade belong to no token and end by the reaper.
+    # A lease is bound to the worker token that claimed it, and timed from its claim;
+    # leases taken before the upgrade belong to no token and end by the reaper.
     conn.exec_driver_sql("ALTER TABLE tasks ADD COLUMN lease_worker INTEGER")
+    conn.exec_driver_sql("ALTER TABLE tasks ADD COLUMN claimed_at FLOAT")
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
@@ -248,5 +252,5 @@ MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (2, "worker tokens, shared meta values, lease and in-flight indexes", _v2),
     (3, "webhook outbox and secrets, deleted videos", _v3),
     (4, "submit rate and tasks in flight counted on the key row, key-and-id index", _v4),
-    (5, "a task's lease names the worker token that holds it", _v5),
+    (5, "a task's lease names the worker token that holds it and when it was claimed", _v5),
 ]

@@ -605,6 +605,7 @@ class TaskStore:
                     status=TaskStatus.PROCESSING.value,
                     lease_owner=owner,
                     lease_worker=worker_id,
+                    claimed_at=clock,
                     lease_expires_at=clock + lease_s,
                     lease_epoch=tasks.c.lease_epoch + 1,
                     attempts=tasks.c.attempts + 1,
@@ -643,17 +644,23 @@ class TaskStore:
         lease_s: float,
         now: float | None = None,
         worker_id: int | None = None,
+        max_run_s: float | None = None,
     ) -> bool:
         """Renew the lease and record progress; False once the task is no longer this lease's.
 
         ``worker_id`` (here and in ``complete``, ``fail`` and ``release``): the remote
-        worker's token, which must be the one holding the lease.
+        worker's token, which must be the one holding the lease.  With ``max_run_s``, a
+        lease claimed longer ago than that is not renewed: it runs out, and the reaper
+        counts the attempt, so a worker cannot sit on a task for ever.
         """
         progress = max(0, min(99, progress))
+        held = self._held(task_id, epoch, worker_id)
+        if max_run_s is not None:
+            held = sa.and_(held, tasks.c.claimed_at + max_run_s > self._clock(now))
         with self.db.write() as conn:
             result = conn.execute(
                 tasks.update()
-                .where(self._held(task_id, epoch, worker_id))
+                .where(held)
                 .values(
                     lease_expires_at=self._clock(now) + lease_s,
                     progress=sa.case(
