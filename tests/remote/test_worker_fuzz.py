@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -153,3 +154,36 @@ def _held_task(api: Api) -> str:
     if claimed.status_code == 200:
         return str(claimed.json()["lease"]["task_id"])
     return task_id
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("books", ["postgres"], indirect=True)
+def test_worker_calls_survive_dropped_database_connections(books: Api) -> None:
+    """Every pooled connection dropped while the database stays up: the next worker call
+    runs again on a fresh connection instead of answering 500."""
+    api = books
+    task_id = api.submit()
+    epoch = _send(api, "POST", "/claim", json={"owner": "w"}).json()["lease"]["epoch"]
+    calls = [
+        ("/heartbeat", {"epoch": epoch, "progress": 10}, True),
+        ("/release", {"epoch": epoch}, True),
+    ]
+    for path, body, held in calls:
+        _drop_connections(api)
+        answer = _send(api, "POST", f"/tasks/{task_id}{path}", json=body)
+        assert answer.status_code == 200 and answer.json() == {"held": held}, answer.text
+    _drop_connections(api)
+    assert _send(api, "GET", "/config").status_code == 200
+
+
+def _drop_connections(api: Api) -> None:
+    admin = sa.create_engine(api.store.db.engine.url, poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        conn.commit()
+    admin.dispose()

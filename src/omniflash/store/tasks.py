@@ -635,6 +635,13 @@ class TaskStore:
             self.db.for_update(sa.select(tasks).where(self._held(task_id, epoch, worker_id)))
         ).one_or_none()
 
+    # The worker's writes run again, once, on a fresh connection when the database dropped
+    # the first (``retry_disconnect``): each is safe to repeat, as its outcome is in the
+    # row it matches.  A repeated heartbeat renews again; a repeated complete, fail or
+    # release whose first try committed finds the lease gone and answers False, and the
+    # caller reads the task to learn what happened (``StoreTaskSource.record_result``).
+
+    @retry_disconnect
     def heartbeat(
         self,
         task_id: str,
@@ -670,6 +677,7 @@ class TaskStore:
             )
         return result.rowcount == 1
 
+    @retry_disconnect
     def complete(
         self,
         task_id: str,
@@ -718,6 +726,7 @@ class TaskStore:
             self._ended(conn, row, TaskStatus.COMPLETED)
         return True
 
+    @retry_disconnect
     def fail(
         self,
         task_id: str,
@@ -741,6 +750,7 @@ class TaskStore:
                 self._end(conn, row, TaskStatus.FAILED, now, error=message)
         return True
 
+    @retry_disconnect
     def release(self, task_id: str, epoch: int, *, worker_id: int | None = None) -> bool:
         """Hand a task back to the queue untried, as a worker that is stopping does.
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from omniflash.errors import Conflict, NotFound
 from omniflash.ids import hash_key, new_worker_token
-from omniflash.store.db import Database
+from omniflash.store.db import Database, retry_disconnect
 from omniflash.store.schema import tasks, worker_tokens
 from omniflash.store.tasks import NOTIFY_CHANNEL
 
@@ -77,6 +77,7 @@ class WorkerStore:
             ) from exc
         return token, WorkerInfo.from_row(row)
 
+    @retry_disconnect  # a read, and a last-seen time that may be written twice
     def authenticate(self, token: str, now: float | None = None) -> WorkerInfo | None:
         now = time.time() if now is None else now
         with self.db.read() as conn:
@@ -98,6 +99,7 @@ class WorkerStore:
                 )
         return info
 
+    @retry_disconnect
     def is_active(self, worker_id: int) -> bool:
         """Whether the token is still valid (not revoked): read fresh, never cached."""
         with self.db.read() as conn:
