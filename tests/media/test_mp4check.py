@@ -183,3 +183,21 @@ def test_a_good_file_with_bytes_changed_never_raises_anything_else(data: st.Data
         check_result(info, spec(128, 72, 1))
     except ResultRejected:
         pass
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [(5.0, 5), (12.5, 10)])
+def test_the_preview_engines_reference_video_output_passes(
+    tmp_path: Path, seconds: float, expected: int
+) -> None:
+    from omniflash.engines import create_engine
+    from omniflash.settings import Settings
+    from tests.engines.test_preview import clip, job
+
+    engine = create_engine("preview", Settings(data_dir=tmp_path / "d", x264_preset="ultrafast"))
+    engine.load()
+    the_job = job(tmp_path / "out.mp4", video=clip(tmp_path, seconds))
+    engine.generate(the_job, lambda _: None, lambda: False)
+    asked = dataclasses.replace(the_job.spec, duration=None)  # as the task row holds it
+    info = read_mp4(reader_for_file(the_job.output_path), the_job.output_path.stat().st_size)
+    check_result(info, asked)
+    assert result_seconds(info, asked) == expected
