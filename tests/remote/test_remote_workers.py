@@ -24,6 +24,7 @@ from tests.remote.conftest import (
     worker_token,
 )
 from tests.service.test_service import balance, decode, download, submit
+from tests.store.test_races import assert_money
 
 LONG = {"resolution": "4k", "duration": 10}
 """A task that is still running several seconds after it started."""
@@ -241,3 +242,54 @@ def test_replicas_on_postgres_wake_a_worker_polling_another(
         worker.stop()
         other.stop()
         first.stop()
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_revoked_workers_running_task_goes_to_another_worker_at_once(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two real worker processes, two tokens: revoking the first while it generates hands
+    its task back at once (not when its 30 s lease runs out); the second finishes it, and
+    the task is charged once."""
+    env = {"OMNIFLASH_LEASE_SECONDS": "30"}
+    if db == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        store = Store(url)
+        _truncate(store)
+        store.close()
+        env["OMNIFLASH_DATABASE_URL"] = url
+    server = make_live_server(tmp_path, "--workers", "0", **env)
+    first = start_worker(server, worker_token(server, "rented"), "rented")
+    second: WorkerProcess | None = None
+    server.start()
+    store = store_of(server)
+    try:
+        first.wait_idle()
+        task_id = submit(server, **LONG)
+        with server.client() as client:
+            wait_for_task(client, task_id, until=("processing",))
+        assert store.tasks.get(task_id).lease_worker is not None
+        server.cli("workers", "revoke", "rented")
+        task = store.tasks.get(task_id)
+        assert (task.status, task.attempts) == (TaskStatus.PENDING, 0)
+        assert first.proc.wait(timeout=30) == 1
+        assert "refused this worker's token (HTTP 401" in first.log()
+        second = start_worker(server, worker_token(server, "owned"), "owned")
+        with server.client() as client:
+            data = wait_for_task(client, task_id, timeout=120)
+        assert data["status"] == "completed", data
+        task = store.tasks.get(task_id)
+        assert task.result_key == f"results/{task_id}.2.mp4" and task.attempts == 1
+        with store.db.read() as conn:
+            reasons = conn.execute(
+                sa.select(ledger.c.reason).where(ledger.c.task_id == task_id)
+            ).scalars()
+            assert sorted(reasons) == ["charge"]
+        assert balance(server) == 100 - data["credits_cost"]  # type: ignore[operator]
+        assert_money(store)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        store.close()
+        server.stop()

@@ -11,6 +11,7 @@ import pytest
 
 from omniflash.store import TaskStatus
 from tests.remote.conftest import Api, png_data_uri
+from tests.remote.videos import mp4_bytes
 
 RESULT = {"frames": 96, "width": 1280, "height": 720, "fps": 24, "duration": 4, "info": {}}
 
@@ -121,14 +122,15 @@ def test_inputs_stream_to_the_lease_holder(api: Api) -> None:
 
 def test_upload_then_complete_settles_the_price_and_repeats_safely(api: Api) -> None:
     before = api.balance()
-    task_id = api.submit(duration=8)
+    task_id = api.submit(duration=4)
     lease = claim(api)
     tasks, epoch = f"/tasks/{task_id}", lease["epoch"]
     no_file = api.worker("POST", f"{tasks}/complete", json={"epoch": epoch, "result": RESULT})
     assert no_file.status_code == 400
-    upload = api.worker("PUT", f"{tasks}/result", params={"epoch": epoch}, content=b"video" * 100)
+    video = mp4_bytes()
+    upload = api.worker("PUT", f"{tasks}/result", params={"epoch": epoch}, content=video)
     assert upload.json() == {"held": True}
-    # The engine made 4 s (say, of a shorter reference): the server prices what was made.
+    # The server prices what the file holds: 4 s of 720p.
     done = api.worker("POST", f"{tasks}/complete", json={"epoch": epoch, "result": RESULT})
     assert done.json() == {"held": True}
     task = api.task(task_id)
@@ -141,10 +143,10 @@ def test_upload_then_complete_settles_the_price_and_repeats_safely(api: Api) -> 
         "POST", f"{tasks}/complete", json={"epoch": epoch, "result": RESULT}
     ).json() == {"held": True}
     storage = api.client.app.state.services.storage  # type: ignore[attr-defined]
-    assert storage.exists(task.result_key) and storage.size(task.result_key) == 500
+    assert storage.exists(task.result_key) and storage.size(task.result_key) == len(video)
     public = api.client.get(f"/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {api.key}"})
     url = public.json()["data"]["result"]["videos"][0]["url"][0]
-    assert api.client.get(url.split("testserver", 1)[1]).content == b"video" * 100
+    assert api.client.get(url.split("testserver", 1)[1]).content == video
 
 
 def test_complete_after_a_cancel_deletes_the_upload_and_refunds_once(api: Api) -> None:

@@ -1,17 +1,21 @@
 """``/worker/v1/``: the endpoints remote ``omniflash worker`` processes pull their tasks from.
 
 A worker authenticates with its own token (``omniflash workers create``), never an API
-key.  Every call after the claim names the task and the lease ``epoch`` it holds; a
-stale epoch changes nothing and answers ``{"held": false}``.  The task logic is the
-in-process workers' own: these routes call ``StoreTaskSource`` and the store.
+key.  A lease belongs to the token that claimed it: every call on a task checks the
+calling token against the task's lease holder and answers another token exactly as if
+the task did not exist (404).  Every call after the claim names the lease ``epoch`` it
+holds; a stale epoch changes nothing and answers ``{"held": false}``.  The worker's
+numbers never decide money: ``complete`` checks the uploaded file and prices what the
+file holds.  The task logic is the in-process workers' own: these routes call
+``StoreTaskSource`` and the store.
 
 ==========================================  =======================================
-``GET  /worker/v1/config``                  the server's lease and timeout settings
+``GET  /worker/v1/config``                  the protocol version, lease and timeouts
 ``POST /worker/v1/claim``                   long poll: 200 a lease, 204 none in time
 ``POST /worker/v1/tasks/{id}/heartbeat``    renew and record progress: ``held``
 ``GET  /worker/v1/tasks/{id}/inputs/{n}``   the task's n-th stored input, streamed
 ``PUT  /worker/v1/tasks/{id}/result``       the result file, streamed: ``held``
-``POST /worker/v1/tasks/{id}/complete``     end the task with the uploaded file
+``POST /worker/v1/tasks/{id}/complete``     check the uploaded file, end the task
 ``POST /worker/v1/tasks/{id}/fail``         end this attempt with an error
 ``POST /worker/v1/tasks/{id}/release``      hand the task back untried
 ==========================================  =======================================
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -28,19 +33,33 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from omniflash import __version__
 from omniflash.api.deps import Services, ServicesDep, services_of
 from omniflash.api.responses import JSONResponse
-from omniflash.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from omniflash.api.worker_bodies import (
+    ClaimRequest,
+    CompleteRequest,
+    EpochQuery,
+    FailRequest,
+    HeartbeatRequest,
+    LeaseRequest,
+    reported,
+)
+from omniflash.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+)
 from omniflash.inputs import blob_inputs
+from omniflash.media.mp4check import ResultRejected
 from omniflash.store import TaskRow, TaskStatus, WorkerInfo
 from omniflash.text import bearer_token
-from omniflash.worker.source import Lease, StoreTaskSource, result_key
+from omniflash.worker.source import PROTOCOL_VERSION, Lease, StoreTaskSource, result_key
 
-__all__ = ["MAX_CLAIM_WAIT_S", "router"]
+__all__ = ["MAX_CLAIM_WAIT_S", "MAX_RESULT_BYTES", "router"]
 
 router = APIRouter(prefix="/worker/v1", include_in_schema=False)
 
@@ -49,6 +68,14 @@ MAX_CLAIM_WAIT_S = 60.0
 URL_LIFETIME_S = 3600
 """How long a presigned input or upload URL outlives the task's own time limit."""
 WRITE_CHUNK = 1024 * 1024
+MAX_RESULT_BYTES = 4 * 1024**3
+"""The largest result file accepted (10 s of 4k is a few hundred megabytes)."""
+_TASK_ID = re.compile(r"task_[0-9A-Z]{26}")
+
+
+class ResultTooLarge(InvalidRequest):
+    status = 413
+    default_message = "The result file is too large"
 
 
 def authenticate_worker(request: Request) -> WorkerInfo:
@@ -69,37 +96,22 @@ def authenticate_worker(request: Request) -> WorkerInfo:
 WorkerDep = Annotated[WorkerInfo, Depends(authenticate_worker)]
 
 
-class ClaimRequest(BaseModel):
-    owner: str = Field(min_length=1, max_length=60, description="the worker loop's own name")
-    wait_s: float = Field(default=0.0, ge=0, description="how long to wait for a task")
-
-
-class LeaseRequest(BaseModel):
-    epoch: int
-
-
-class HeartbeatRequest(LeaseRequest):
-    progress: int = Field(default=0, ge=0, le=100)
-
-
-class FailRequest(LeaseRequest):
-    message: str = Field(max_length=4000)
-    retry: bool = False
-
-
-class CompleteRequest(LeaseRequest):
-    result: dict[str, Any] = Field(description="frames, width, height, fps, duration, info")
-
-
 def _source(services: Services) -> StoreTaskSource:
     return StoreTaskSource(services.settings, services.store, services.storage, services.waker)
 
 
-def _task(services: Services, task_id: str) -> TaskRow:
+def _task(services: Services, task_id: str, worker: WorkerInfo) -> TaskRow:
+    """The task, when ``worker`` holds (or last held) its lease; otherwise not found."""
+    missing = NotFound(f"No task {task_id!r}")
+    if not _TASK_ID.fullmatch(task_id):
+        raise missing
     try:
-        return services.store.tasks.get(task_id)
+        task = services.store.tasks.get(task_id)
     except NotFound as exc:
-        raise NotFound(f"No task {task_id!r}") from exc
+        raise missing from exc
+    if task.lease_worker != worker.id:
+        raise missing
+    return task
 
 
 def _lease(task: TaskRow, epoch: int) -> Lease:
@@ -116,11 +128,12 @@ def _held(held: bool) -> dict[str, bool]:
 
 @router.get("/config")
 def config(worker: WorkerDep, services: ServicesDep) -> dict[str, Any]:
-    """What a worker must agree on with this server: it heartbeats by the server's lease."""
+    """What a worker must agree on with this server: the protocol, and the server's lease."""
     s = services.settings
     return {
         "worker": worker.name,
         "version": __version__,
+        "protocol": PROTOCOL_VERSION,
         "lease_s": s.lease_s,
         "task_timeout_s": s.task_timeout_s,
         "max_claim_wait_s": MAX_CLAIM_WAIT_S,
@@ -135,25 +148,57 @@ async def claim(
 
     The wait parks no thread: it awaits the waker, which every submit (and, on
     PostgreSQL, every ``NOTIFY`` from any replica) sets; only the claims themselves run
-    in the thread pool.  A worker that hung up is not handed a task.
+    in the thread pool.  A worker that hung up is not handed a task: a lease claimed
+    for it is released.  A token revoked during the wait gets 401 and no task.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(body.wait_s, MAX_CLAIM_WAIT_S)
     owner = f"{worker.name}/{body.owner}"[:100]
-    s = services.settings
     while True:
         seen = services.waker.generation
         if await request.is_disconnected() or _stopping(request):
             return Response(status_code=204)
-        got = await run_in_threadpool(services.store.tasks.claim, owner, s.lease_s)
+        got = await _claim_once(services, owner, worker)
         if got is not None:
-            return JSONResponse(_claim_answer(services, _lease(got.task, got.epoch)))
+            if await request.is_disconnected():
+                await run_in_threadpool(_give_back, services, got, worker)
+                return Response(status_code=204)
+            if not await run_in_threadpool(services.store.workers.is_active, worker.id):
+                # Revoked after the claim committed: the revoke handed the task back.
+                raise AuthenticationFailed("Authentication failed: this worker token is revoked")
+            return JSONResponse(_claim_answer(services, got))
         left = deadline - loop.time()
         if left <= 0:
             return Response(status_code=204)
         # Woken by a submit at once; the periodic retry covers requeues by other processes
         # on SQLite, which has no NOTIFY.
-        await services.waker.wait_async(seen, min(left, s.poll_interval_s))
+        await services.waker.wait_async(seen, min(left, services.settings.poll_interval_s))
+
+
+async def _claim_once(services: Services, owner: str, worker: WorkerInfo) -> Lease | None:
+    """One claim for ``worker``; one that commits after this request was cancelled is
+    handed back rather than left leased to nobody."""
+    pending = asyncio.ensure_future(
+        run_in_threadpool(
+            services.store.tasks.claim, owner, services.settings.lease_s, worker_id=worker.id
+        )
+    )
+    try:
+        got = await asyncio.shield(pending)
+    except asyncio.CancelledError:
+        try:
+            lost = await pending
+        except Exception:  # the claim itself failed: nothing to hand back
+            lost = None
+        if lost is not None:
+            await run_in_threadpool(_give_back, services, _lease(lost.task, lost.epoch), worker)
+        raise
+    return None if got is None else _lease(got.task, got.epoch)
+
+
+def _give_back(services: Services, lease: Lease, worker: WorkerInfo) -> None:
+    if _source(services).release(lease, worker_id=worker.id):
+        services.waker.notify()
 
 
 def _stopping(request: Request) -> bool:
@@ -179,21 +224,28 @@ def _claim_answer(services: Services, lease: Lease) -> dict[str, Any]:
 def heartbeat(
     task_id: str, body: HeartbeatRequest, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
-    """Renew the lease; ``held: false`` once the task was cancelled or handed to another."""
+    """Renew the lease; ``held: false`` once the task was cancelled or handed to another,
+    or once it has run past the task time limit (and a lease more) since it was claimed."""
+    _task(services, task_id, worker)
     s = services.settings
     return _held(
         services.store.tasks.heartbeat(
-            task_id, body.epoch, progress=min(body.progress, 99), lease_s=s.lease_s
+            task_id,
+            body.epoch,
+            progress=min(body.progress, 99),
+            lease_s=s.lease_s,
+            worker_id=worker.id,
+            max_run_s=s.task_timeout_s + s.lease_s,
         )
     )
 
 
 @router.get("/tasks/{task_id}/inputs/{index}")
 def input_file(
-    task_id: str, index: int, epoch: int, worker: WorkerDep, services: ServicesDep
+    task_id: str, index: int, epoch: EpochQuery, worker: WorkerDep, services: ServicesDep
 ) -> StreamingResponse:
     """The task's ``index``-th stored input (in ``blob_inputs`` order), to its lease holder."""
-    task = _task(services, task_id)
+    task = _task(services, task_id, worker)
     if not _holds(task, epoch):
         raise Conflict(f"Task {task_id} is no longer held under lease epoch {epoch}")
     keys = list(blob_inputs(task.spec).values())
@@ -212,18 +264,20 @@ def input_file(
 
 @router.put("/tasks/{task_id}/result")
 async def upload_result(
-    task_id: str, epoch: int, request: Request, worker: WorkerDep, services: ServicesDep
+    task_id: str, epoch: EpochQuery, request: Request, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
     """Store the request body as this attempt's result file (``complete`` then ends the task).
 
-    The body goes to a temporary file first, so a half-sent upload never reaches storage.
+    The body goes to a temporary file first, so a half-sent upload never reaches storage;
+    past ``MAX_RESULT_BYTES`` the upload stops with 413.
     """
-    task = await run_in_threadpool(_task, services, task_id)
+    task = await run_in_threadpool(_task, services, task_id, worker)
     key = result_key(_lease(task, epoch))
+    _declared_size(request)
     if not _holds(task, epoch):
-        # Drained, so that the worker reads this answer rather than a reset connection.
-        async for _chunk in request.stream():
-            pass
+        # Drained (up to the limit), so that the worker reads this answer rather than a
+        # reset connection.
+        await _drain(request)
         # Already completed with this very file: an earlier upload's answer was lost.
         return _held(task.result_key == key)
     tmp_dir = services.settings.data_dir / "uploads"
@@ -233,7 +287,11 @@ async def upload_result(
     try:
         with os.fdopen(fd, "wb") as out:
             buffer = bytearray()
+            written = 0
             async for chunk in request.stream():
+                written += len(chunk)
+                if written > MAX_RESULT_BYTES:
+                    raise ResultTooLarge(f"The result file is larger than {MAX_RESULT_BYTES} bytes")
                 buffer += chunk
                 if len(buffer) >= WRITE_CHUNK:
                     await run_in_threadpool(out.write, bytes(buffer))
@@ -247,18 +305,41 @@ async def upload_result(
     return _held(True)
 
 
+def _declared_size(request: Request) -> None:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_RESULT_BYTES:
+        raise ResultTooLarge(f"The result file is larger than {MAX_RESULT_BYTES} bytes")
+
+
+async def _drain(request: Request) -> None:
+    read = 0
+    async for chunk in request.stream():
+        read += len(chunk)
+        if read > MAX_RESULT_BYTES:
+            raise ResultTooLarge(f"The result file is larger than {MAX_RESULT_BYTES} bytes")
+
+
 @router.post("/tasks/{task_id}/complete")
 def complete(
     task_id: str, body: CompleteRequest, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
-    """End the task with the file uploaded for this epoch; the final price is the server's."""
-    if not isinstance(body.result.get("duration"), int | float):
-        raise InvalidRequest("result.duration (seconds of video) is required")
-    task = _task(services, task_id)
+    """Check the file uploaded for this epoch and end the task; the price is the server's.
+
+    A file that is not the asked video answers 400: the attempt has then failed (it is
+    retried while attempts remain) and the file is deleted.  Reported numbers outside
+    what the task asked for answer 400 and change nothing.
+    """
+    task = _task(services, task_id, worker)
+    report = reported(body.result, task.spec)
     lease = _lease(task, body.epoch)
     if _holds(task, body.epoch) and not services.storage.exists(result_key(lease)):
         raise InvalidRequest(f"No result was uploaded for task {task_id} epoch {body.epoch}")
-    return _held(_source(services).record_result(lease, body.result))
+    try:
+        return _held(_source(services).record_result(lease, report, worker_id=worker.id))
+    except ResultRejected as exc:
+        raise InvalidRequest(
+            f"The result of task {task_id} was refused, and this attempt has failed: {exc}"
+        ) from exc
 
 
 @router.post("/tasks/{task_id}/fail")
@@ -266,8 +347,10 @@ def fail(
     task_id: str, body: FailRequest, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
     """End this attempt: queued again if ``retry`` and attempts remain, else failed (refunded)."""
-    task = _task(services, task_id)
-    held = _source(services).fail(_lease(task, body.epoch), body.message, retry=body.retry)
+    task = _task(services, task_id, worker)
+    held = _source(services).fail(
+        _lease(task, body.epoch), body.message, retry=body.retry, worker_id=worker.id
+    )
     if held and body.retry:
         services.waker.notify()  # it may be pending again: wake the idle workers here
     return _held(held)
@@ -278,8 +361,8 @@ def release(
     task_id: str, body: LeaseRequest, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
     """Hand the task back untried (the worker is stopping); no attempt is used."""
-    task = _task(services, task_id)
-    held = _source(services).release(_lease(task, body.epoch))
+    task = _task(services, task_id, worker)
+    held = _source(services).release(_lease(task, body.epoch), worker_id=worker.id)
     if held:
         services.waker.notify()
     return _held(held)

@@ -58,6 +58,8 @@ api_keys = sa.Table(
 )
 V4_COLUMNS = ("rate_window", "rate_hits", "in_flight")
 """The key columns migration 4 added."""
+V5_COLUMNS = ("lease_worker", "claimed_at")
+"""The task columns migration 5 added."""
 
 ledger = sa.Table(
     "ledger",
@@ -93,6 +95,12 @@ tasks = sa.Table(
     sa.Column("lease_owner", sa.String(100), nullable=True),
     sa.Column("lease_expires_at", sa.Float, nullable=True),
     sa.Column("lease_epoch", sa.Integer, nullable=False, default=0),
+    # The worker token whose lease this is (the last one to claim it); NULL for the
+    # in-process workers.  Every ``/worker/v1/`` call on the task must come from it.
+    sa.Column("lease_worker", sa.Integer, nullable=True),
+    # When the current lease was claimed (the database's clock): a remote worker's lease
+    # is not renewed past the task's time limit from here.
+    sa.Column("claimed_at", sa.Float, nullable=True),
     sa.Index("ix_tasks_key_created", "key_id", "created_at"),
     sa.Index("ix_tasks_status", "status", "created_at"),
 )
@@ -181,13 +189,19 @@ video_deletions = sa.Table(
 
 
 def _v1(conn: sa.Connection) -> None:
-    # api_keys as version 1 had it: migration 4 adds the counters.
+    # api_keys and tasks as version 1 had them: migrations 4 and 5 add columns.
+    v1 = sa.MetaData()
     keys_v1 = sa.Table(
-        "api_keys",
-        sa.MetaData(),
-        *(c._copy() for c in api_keys.columns if c.name not in V4_COLUMNS),
+        "api_keys", v1, *(c._copy() for c in api_keys.columns if c.name not in V4_COLUMNS)
     )
-    for table in (keys_v1, ledger, tasks, idempotency, _rate_windows_v1):
+    tasks_v1 = sa.Table(
+        "tasks",
+        v1,
+        *(c._copy() for c in tasks.columns if c.name not in V5_COLUMNS),
+        sa.Index("ix_tasks_key_created", "key_id", "created_at"),
+        sa.Index("ix_tasks_status", "status", "created_at"),
+    )
+    for table in (keys_v1, ledger, tasks_v1, idempotency, _rate_windows_v1):
         table.create(conn)
 
 
@@ -226,9 +240,17 @@ def _v4(conn: sa.Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_tasks_key_id ON tasks (key_id, id)")
 
 
+def _v5(conn: sa.Connection) -> None:
+    # A lease is bound to the worker token that claimed it, and timed from its claim;
+    # leases taken before the upgrade belong to no token and end by the reaper.
+    conn.exec_driver_sql("ALTER TABLE tasks ADD COLUMN lease_worker INTEGER")
+    conn.exec_driver_sql("ALTER TABLE tasks ADD COLUMN claimed_at FLOAT")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "keys, ledger, tasks, idempotency, rate windows", _v1),
     (2, "worker tokens, shared meta values, lease and in-flight indexes", _v2),
     (3, "webhook outbox and secrets, deleted videos", _v3),
     (4, "submit rate and tasks in flight counted on the key row, key-and-id index", _v4),
+    (5, "a task's lease names the worker token that holds it and when it was claimed", _v5),
 ]

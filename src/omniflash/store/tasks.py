@@ -50,7 +50,14 @@ from omniflash.ids import new_task_id
 from omniflash.pricing import credits as to_credits
 from omniflash.store.db import Database, OutcomeUnknown, retry_disconnect, retry_repeatable
 from omniflash.store.keys import COUNT_REQUEST, KeyInfo, rate_window, too_many_requests
-from omniflash.store.schema import ACTIVE_PREDICATE, api_keys, idempotency, ledger, tasks
+from omniflash.store.schema import (
+    ACTIVE_PREDICATE,
+    api_keys,
+    idempotency,
+    ledger,
+    tasks,
+    worker_tokens,
+)
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -207,6 +214,8 @@ class TaskRow:
     attempts: int
     lease_epoch: int
     info: dict[str, Any]
+    lease_worker: int | None = None
+    """The worker token that holds (or last held) the lease; ``None`` for in-process workers."""
 
     @classmethod
     def from_row(cls, row: sa.Row[tuple[object, ...]]) -> TaskRow:
@@ -234,6 +243,7 @@ class TaskRow:
             attempts=m["attempts"],
             lease_epoch=m["lease_epoch"],
             info=json.loads(m["info"]) if m["info"] else {},
+            lease_worker=m.get("lease_worker"),
         )
 
 
@@ -627,8 +637,17 @@ class TaskStore:
 
     @_found_if_unknown
     @retry_disconnect
-    def claim(self, owner: str, lease_s: float, now: float | None = None) -> Claim | None:
-        """Take the oldest pending task under a lease, or ``None`` when the queue is empty."""
+    def claim(
+        self, owner: str, lease_s: float, now: float | None = None, *, worker_id: int | None = None
+    ) -> Claim | None:
+        """Take the oldest pending task under a lease, or ``None`` when the queue is empty.
+
+        With ``worker_id`` (a remote worker's token), the lease is bound to that token, and
+        a revoked token gets ``AuthenticationFailed`` instead: the claim holds the token's
+        row (``FOR SHARE``) until it commits, and a revoke updates that row before it hands
+        the token's leases back, so a task is either claimed before the revoke (and handed
+        back by it) or not at all.
+        """
         clock = self._clock(now)
         pending = tasks.c.status == TaskStatus.PENDING.value
         oldest = self.db.for_update(
@@ -638,12 +657,24 @@ class TaskStore:
         # One statement: the subquery locks the oldest pending row no one else holds (SKIP
         # LOCKED on PostgreSQL; SQLite's write lock serialises claims), the update takes it.
         with self.db.write() as conn:
+            if worker_id is not None:
+                live = sa.select(worker_tokens.c.id).where(
+                    worker_tokens.c.id == worker_id, worker_tokens.c.revoked_at.is_(None)
+                )
+                if not self.db.is_sqlite:
+                    live = live.with_for_update(read=True)
+                if conn.execute(live).one_or_none() is None:
+                    raise AuthenticationFailed(
+                        "Authentication failed: this worker token is unknown or revoked"
+                    )
             found = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == oldest, pending)
                 .values(
                     status=TaskStatus.PROCESSING.value,
                     lease_owner=owner,
+                    lease_worker=worker_id,
+                    claimed_at=clock,
                     lease_expires_at=clock + lease_s,
                     lease_epoch=tasks.c.lease_epoch + 1,
                     attempts=tasks.c.attempts + 1,
@@ -657,28 +688,56 @@ class TaskStore:
         return Claim(task=row, owner=owner, epoch=row.lease_epoch)
 
     @staticmethod
-    def _held(task_id: str, epoch: int) -> sa.ColumnElement[bool]:
-        return sa.and_(
+    def _held(task_id: str, epoch: int, worker_id: int | None = None) -> sa.ColumnElement[bool]:
+        """The task under this lease; with ``worker_id``, only while that token holds it."""
+        held = sa.and_(
             tasks.c.id == task_id,
             tasks.c.status == TaskStatus.PROCESSING.value,
             tasks.c.lease_epoch == epoch,
         )
+        return held if worker_id is None else sa.and_(held, tasks.c.lease_worker == worker_id)
 
-    def _lock_held(self, conn: sa.Connection, task_id: str, epoch: int) -> sa.Row[Any] | None:
+    def _lock_held(
+        self, conn: sa.Connection, task_id: str, epoch: int, worker_id: int | None = None
+    ) -> sa.Row[Any] | None:
         return conn.execute(
-            self.db.for_update(sa.select(tasks).where(self._held(task_id, epoch)))
+            self.db.for_update(sa.select(tasks).where(self._held(task_id, epoch, worker_id)))
         ).one_or_none()
+
+    # The worker's writes run again, once, on a fresh connection when the database dropped
+    # the first, even during its commit (``retry_repeatable``): each is safe to repeat, as
+    # its outcome is in the row it matches.  A repeated heartbeat renews again; a repeated
+    # complete, fail or release whose first try committed finds the lease gone and answers
+    # False, and the caller reads the task to learn what happened
+    # (``StoreTaskSource.record_result``).
 
     @retry_repeatable
     def heartbeat(
-        self, task_id: str, epoch: int, *, progress: int, lease_s: float, now: float | None = None
+        self,
+        task_id: str,
+        epoch: int,
+        *,
+        progress: int,
+        lease_s: float,
+        now: float | None = None,
+        worker_id: int | None = None,
+        max_run_s: float | None = None,
     ) -> bool:
-        """Renew the lease and record progress; False once the task is no longer this lease's."""
+        """Renew the lease and record progress; False once the task is no longer this lease's.
+
+        ``worker_id`` (here and in ``complete``, ``fail`` and ``release``): the remote
+        worker's token, which must be the one holding the lease.  With ``max_run_s``, a
+        lease claimed longer ago than that is not renewed: it runs out, and the reaper
+        counts the attempt, so a worker cannot sit on a task for ever.
+        """
         progress = max(0, min(99, progress))
+        held = self._held(task_id, epoch, worker_id)
+        if max_run_s is not None:
+            held = sa.and_(held, tasks.c.claimed_at + max_run_s > self._clock(now))
         with self.db.write() as conn:
             result = conn.execute(
                 tasks.update()
-                .where(self._held(task_id, epoch))
+                .where(held)
                 .values(
                     lease_expires_at=self._clock(now) + lease_s,
                     progress=sa.case(
@@ -699,6 +758,7 @@ class TaskStore:
         final_millicredits: int | None = None,
         info: dict[str, Any] | None = None,
         now: float | None = None,
+        worker_id: int | None = None,
     ) -> bool:
         """Record the result; a smaller final price than the hold is refunded in the same step.
 
@@ -707,7 +767,7 @@ class TaskStore:
         """
         now = time.time() if now is None else now
         with self.db.write() as conn:
-            row = self._lock_held(conn, task_id, epoch)
+            row = self._lock_held(conn, task_id, epoch, worker_id)
             if row is None:
                 return False
             held = int(row._mapping["credits"])
@@ -746,11 +806,12 @@ class TaskStore:
         retry: bool,
         max_attempts: int,
         now: float | None = None,
+        worker_id: int | None = None,
     ) -> bool:
         """End an attempt with an error: back to pending if ``retry`` and attempts remain."""
         now = time.time() if now is None else now
         with self.db.write() as conn:
-            row = self._lock_held(conn, task_id, epoch)
+            row = self._lock_held(conn, task_id, epoch, worker_id)
             if row is None:
                 return False
             if retry and int(row._mapping["attempts"]) < max_attempts:
@@ -760,13 +821,13 @@ class TaskStore:
         return True
 
     @retry_repeatable
-    def release(self, task_id: str, epoch: int) -> bool:
+    def release(self, task_id: str, epoch: int, *, worker_id: int | None = None) -> bool:
         """Hand a task back to the queue untried, as a worker that is stopping does.
 
         The attempt is not counted, so a graceful restart never uses up a task's attempts.
         """
         with self.db.write() as conn:
-            row = self._lock_held(conn, task_id, epoch)
+            row = self._lock_held(conn, task_id, epoch, worker_id)
             if row is None:
                 return False
             self._requeue(conn, row, count_attempt=False)

@@ -2,6 +2,8 @@
 
 A worker token only opens the API's ``/worker/v1/`` endpoints, and an API key only the
 public API: the two live in different tables, so neither can stand in for the other.
+A task's lease names the token that claimed it (``tasks.lease_worker``); revoking a
+token hands its leases back to the queue in the revoke's own transaction.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import sqlalchemy as sa
 
 from omniflash.errors import Conflict, NotFound
 from omniflash.ids import hash_key, new_worker_token
-from omniflash.store.db import Database, retry_repeatable
-from omniflash.store.schema import worker_tokens
+from omniflash.store.db import Database, retry_disconnect, retry_repeatable
+from omniflash.store.schema import tasks, worker_tokens
+from omniflash.store.tasks import NOTIFY_CHANNEL
 
 __all__ = ["WorkerInfo", "WorkerStore"]
 
@@ -74,7 +77,7 @@ class WorkerStore:
             ) from exc
         return token, WorkerInfo.from_row(row)
 
-    @retry_repeatable
+    @retry_repeatable  # a read, and a last-seen time that may be written twice
     def authenticate(self, token: str, now: float | None = None) -> WorkerInfo | None:
         now = time.time() if now is None else now
         with self.db.read() as conn:
@@ -96,17 +99,39 @@ class WorkerStore:
                 )
         return info
 
+    @retry_disconnect
+    def is_active(self, worker_id: int) -> bool:
+        """Whether the token is still valid (not revoked): read fresh, never cached."""
+        with self.db.read() as conn:
+            return (
+                conn.execute(
+                    sa.select(worker_tokens.c.id).where(
+                        worker_tokens.c.id == worker_id, worker_tokens.c.revoked_at.is_(None)
+                    )
+                ).one_or_none()
+                is not None
+            )
+
     def all(self) -> list[WorkerInfo]:
         with self.db.read() as conn:
             rows = conn.execute(sa.select(worker_tokens).order_by(worker_tokens.c.id)).all()
         return [WorkerInfo.from_row(r) for r in rows]
 
     def revoke(self, name: str) -> WorkerInfo:
-        """Revoke worker ``name``'s token; its leases run out and the reaper requeues them."""
+        """Revoke worker ``name``'s token and hand its leases back to the queue at once.
+
+        One transaction.  It locks the token's row first (the UPDATE), which a claim holds
+        ``FOR SHARE`` while it takes a task, then requeues every task the token holds,
+        untried (no attempt used; the next claim moves the epoch on).  A claim that
+        committed first is therefore requeued here, and one that comes after finds the
+        token revoked.  No transaction locks a task row and then a token row.
+        """
         with self.db.write() as conn:
             row = conn.execute(
-                sa.select(worker_tokens).where(
-                    worker_tokens.c.name == name, worker_tokens.c.revoked_at.is_(None)
+                self.db.for_update(
+                    sa.select(worker_tokens).where(
+                        worker_tokens.c.name == name, worker_tokens.c.revoked_at.is_(None)
+                    )
                 )
             ).one_or_none()
             if row is None:
@@ -117,6 +142,19 @@ class WorkerStore:
                 .where(worker_tokens.c.id == row.id)
                 .values(revoked_at=time.time(), name=f"{name}#revoked-{row.id}")
             )
+            handed_back = conn.execute(
+                tasks.update()
+                .where(tasks.c.status == "processing", tasks.c.lease_worker == row.id)
+                .values(
+                    status="pending",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    attempts=tasks.c.attempts - 1,
+                )
+            ).rowcount
+            if handed_back and not self.db.is_sqlite:
+                # Wake the workers of every replica (sent at commit).
+                conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
             return WorkerInfo.from_row(
                 conn.execute(sa.select(worker_tokens).where(worker_tokens.c.id == row.id)).one()
             )

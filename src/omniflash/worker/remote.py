@@ -8,7 +8,12 @@ credentials.  Errors map onto what the loop already handles:
   and retries, and keeps offering a finished result for a while);
 - 401 (the token was revoked or is wrong): fatal.  The source calls ``on_rejected``
   once, so that the process stops, and from then on answers "not yours" everywhere;
-- a lease that is no longer ours: ``False``, as from the store.
+- a lease that is no longer ours: ``False``, as from the store;
+- a result the server refused (not the asked video): ``False``; the server has failed
+  the attempt, to be retried.
+
+At start the worker and the server compare ``PROTOCOL_VERSION``: a worker of another
+version stops with a message naming both, rather than claiming tasks it would drop.
 
 >>> source = HttpTaskSource("https://api.example.com", token)          # doctest: +SKIP
 >>> WorkerPool(settings, source, claim_wait_s=20).start()               # doctest: +SKIP
@@ -30,7 +35,7 @@ from omniflash import __version__
 from omniflash.inputs import blob_inputs
 from omniflash.settings import Settings
 from omniflash.worker.pool import WorkerPool
-from omniflash.worker.source import Lease, SourceUnavailable
+from omniflash.worker.source import PROTOCOL_VERSION, Lease, SourceUnavailable
 
 __all__ = [
     "HttpTaskSource",
@@ -64,6 +69,7 @@ class ServerConfig:
     worker: str
     """The worker's name, as given to ``omniflash workers create``."""
     version: str
+    protocol: int
     lease_s: float
     task_timeout_s: float
     max_claim_wait_s: float
@@ -96,6 +102,8 @@ class HttpTaskSource:
         self.on_rejected = on_rejected
         self.rejected: str | None = None
         """Why the server refused the token, once it has."""
+        self.broken: str | None = None
+        """Why this worker cannot work with the server (a lease it cannot read), if so."""
         self.max_claim_wait_s = 60.0
         self._closed = False
         self._held: dict[tuple[str, int], _Held] = {}
@@ -109,9 +117,18 @@ class HttpTaskSource:
     def config(self) -> ServerConfig:
         """The server's settings for workers; checks the token (``WorkerRejected``)."""
         data = self._json(self._send("GET", "/worker/v1/config"))
+        protocol = data.get("protocol")
+        if protocol != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"{self.server_url} runs omniflash {data.get('version', '?')}, whose worker "
+                f"protocol is {protocol if protocol is not None else 'older than 2'}; this "
+                f"worker is omniflash {__version__} (protocol {PROTOCOL_VERSION}). "
+                "Run the same omniflash version on the server and its workers"
+            )
         config = ServerConfig(
             worker=str(data["worker"]),
             version=str(data["version"]),
+            protocol=PROTOCOL_VERSION,
             lease_s=float(data["lease_s"]),
             task_timeout_s=float(data["task_timeout_s"]),
             max_claim_wait_s=float(data["max_claim_wait_s"]),
@@ -151,7 +168,22 @@ class HttpTaskSource:
         if response.status_code == 204:
             return None
         data = self._json(response)
-        lease = Lease.from_dict(data["lease"])
+        try:
+            lease = Lease.from_dict(data["lease"])
+        except (KeyError, TypeError, ValueError) as exc:
+            # Not tolerated: a field this worker does not know would be silently ignored
+            # in the video.  The task goes back for a worker that reads it, and this one
+            # stops (the protocol check at start makes this rare).
+            self._hand_back(data.get("lease"))
+            message = (
+                f"{self.server_url} sent a lease this worker cannot read ({exc!r}); "
+                "run the same omniflash version on the server and its workers"
+            )
+            self.close()
+            self.broken = message
+            if self.on_rejected is not None:
+                self.on_rejected(message)
+            raise ProtocolError(message) from exc
         with self._lock:
             self._held[(lease.task_id, lease.epoch)] = _Held(
                 lease, dict(data.get("input_urls") or {}), data.get("upload_url")
@@ -210,7 +242,12 @@ class HttpTaskSource:
         except Exception:
             self._forget(lease)
             raise
-        return self._write(lease, "complete", {"result": result})
+        try:
+            return self._write(lease, "complete", {"result": result})
+        except ProtocolError as exc:
+            # A 4xx: the server refused the file (and failed the attempt) or the numbers.
+            log.warning("the server refused the result of %s: %s", lease.task_id, exc)
+            return False
 
     def fail(self, lease: Lease, message: str, *, retry: bool) -> bool:
         return self._write(lease, "fail", {"message": message[:4000], "retry": retry})
@@ -241,6 +278,14 @@ class HttpTaskSource:
         if settles or not held:
             self._forget(lease)
         return held
+
+    def _hand_back(self, raw: Any) -> None:
+        """Release a lease this worker cannot read, so that it is not left to expire."""
+        try:
+            task_id, epoch = str(raw["task_id"]), int(raw["epoch"])
+            self._send("POST", f"/worker/v1/tasks/{task_id}/release", json={"epoch": epoch}).read()
+        except Exception:
+            log.warning("could not hand back an unreadable lease", exc_info=True)
 
     def _forget(self, lease: Lease) -> None:
         with self._lock:
@@ -392,6 +437,8 @@ def run_remote_workers(
         source.shutdown()
     if source.rejected:
         raise WorkerRejected(source.rejected)
+    if source.broken:
+        raise ProtocolError(source.broken)
 
 
 def _connect(source: HttpTaskSource, stop: threading.Event) -> ServerConfig | None:
