@@ -30,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from omniflash import __version__
 from omniflash.api.apimart import failure_prefix, parse_language, with_request_id
+from omniflash.api.bodies import mcp_body_limit
 from omniflash.api.deps import Services, authenticate
 from omniflash.api.discovery import model_docs, model_object, model_schema
 from omniflash.api.mcp_endpoint import MCP_PATH
@@ -323,7 +324,14 @@ class McpEndpoint:
                 server = build_server(self.services)
                 # Builds the SDK's session manager (stateless, JSON answers); its own
                 # Starlette app is not used: this endpoint sits behind the API's middleware.
-                server.streamable_http_app(json_response=True, stateless_http=True, host="0.0.0.0")
+                # Its body limit is the app's (``BodyLimit``), not the SDK's 4 MiB default:
+                # upload_image takes an image of ``max_upload_bytes`` in base64.
+                server.streamable_http_app(
+                    json_response=True,
+                    stateless_http=True,
+                    host="0.0.0.0",
+                    max_request_body_size=mcp_body_limit(self.services.settings),
+                )
                 self._manager = server.session_manager
                 self._runner = asyncio.create_task(self._run(), name="mcp-sessions")
         await self._ready.wait()
