@@ -111,10 +111,30 @@ def idempotency_request(idem_key: str | None, body: Any) -> IdempotencyRequest |
             f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"
         )
     try:
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(_digested(body), sort_keys=True, separators=(",", ":"))
     except (RecursionError, ValueError) as exc:
         raise InvalidRequest("The request body cannot be hashed for its Idempotency-Key") from exc
     return IdempotencyRequest(idem_key, hashlib.sha256(canonical.encode()).hexdigest())
+
+
+_LONG = 64 * 1024
+
+
+def _digested(value: Any) -> Any:
+    """``value`` with each string over 64 KiB (an inline image) put as its SHA-256.
+
+    hashlib lets go of the GIL while it hashes; ``json.dumps`` of a 20 MB string would
+    hold it, and with it the API's event loop, for a tenth of a second.
+    """
+    if isinstance(value, str):
+        if len(value) <= _LONG:
+            return value
+        return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    if isinstance(value, dict):
+        return {key: _digested(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_digested(item) for item in value]
+    return value
 
 
 def submit_spec(
