@@ -234,6 +234,7 @@ def test_an_80_mb_chunked_body_is_refused_while_it_streams(bodies: Bodies, route
         answer = httpx.request(
             method, bodies.server.url + path, content=content, headers=headers, timeout=60
         )
+    print(f"{route}: peak RSS +{watch.growth / MIB:.1f} MiB, largest file {watch.largest_file}")
     assert answer.status_code == 413, answer.text
     error = answer.json()["error"]
     if path == "/v1/videos":
@@ -245,7 +246,6 @@ def test_an_80_mb_chunked_body_is_refused_while_it_streams(bodies: Bodies, route
     # Nothing past the limit reached a file or memory.
     assert watch.largest_file <= LIMIT + ENVELOPE, watch.largest_file
     assert watch.growth < buffered + SLACK, f"peak RSS grew {watch.growth / MIB:.1f} MiB"
-    print(f"{route}: peak RSS +{watch.growth / MIB:.1f} MiB, largest file {watch.largest_file}")
     if route == "worker-result":
         task_id = path.split("/")[4]
         assert bodies.store.tasks.get(task_id).status.value == "processing"
