@@ -91,14 +91,22 @@ def test_slow_heads_and_stalled_bodies_are_closed_while_others_are_served(
     auth = f"Authorization: Bearer {server.api_key}\r\n"
     started = time.monotonic()
     heads = [connect(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n") for _ in range(SLOW_HEADS)]
-    bodies = [
-        connect(
-            server,
-            f"POST /v1/videos/generations HTTP/1.1\r\nHost: x\r\n{auth}"
-            'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"prompt"'.encode(),
-        )
-        for _ in range(SLOW_BODIES)
+    json_start = b'{"prompt"'
+    part_start = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    routes = [
+        ("/v1/videos/generations", "application/json", json_start),
+        ("/v1/videos", "application/json", json_start),  # OpenAI's error shape
+        ("/v1/uploads/images", "multipart/form-data; boundary=x", part_start),
+        ("/mcp", "application/json", json_start),
     ]
+    bodies = []
+    for n in range(SLOW_BODIES):
+        path, content_type, start = routes[n % len(routes)]
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: {content_type}\r\n"
+            "Accept: application/json, text/event-stream\r\nContent-Length: 1000\r\n\r\n"
+        )
+        bodies.append(connect(server, head.encode() + start))
     try:
         # The server accepts them all (it holds a socket for each) before any times out.
         held = sockets_of(pid)
@@ -148,3 +156,32 @@ def test_slow_heads_and_stalled_bodies_are_closed_while_others_are_served(
         f"{len(waits)} polls meanwhile, slowest {max(waits) * 1000:.0f} ms"
     )
     assert sockets_of(pid) <= baseline + 5
+
+
+@pytest.mark.timeout(60)
+def test_a_kept_alive_connection_gets_the_same_deadline_for_its_next_head(
+    server: LiveServer,
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b"\r\n\r\n" not in first or not first.rstrip().endswith(b"}"):
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        # The next request's head comes a line at a time, each well inside uvicorn's
+        # keep-alive timer, which any byte resets: only the head deadline ends it.
+        started = time.monotonic()
+        closed = None
+        for line in (b"GET /healthz HTTP/1.1\r\n", *[b"X-Slow: 1\r\n"] * 20):
+            try:
+                sock.sendall(line)
+                sock.settimeout(0.5)
+                if sock.recv(65536) == b"":
+                    closed = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                closed = time.monotonic() - started
+                break
+    assert closed is not None and TIMEOUT_S - 0.2 <= closed <= TIMEOUT_S + SLACK_S, closed
