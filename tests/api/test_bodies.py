@@ -218,7 +218,8 @@ def _request(bodies: Bodies, route: str) -> tuple[str, str, Iterator[bytes], dic
         call = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": '
         content = chunked(call + b'"upload_image", "arguments": {"image_base64": "', SENT, b'"}}}')
         headers = {"Content-Type": "application/json", **MCP_ACCEPT, **bodies.auth()}
-        return "POST", "/mcp", content, headers, MCP_LIMIT  # the SDK's buffer
+        # The SDK reads the message into a growing bytearray: a copy may be made as it grows.
+        return "POST", "/mcp", content, headers, 2 * MCP_LIMIT
     task_id, epoch = claimed(bodies)
     path = f"/worker/v1/tasks/{task_id}/result?epoch={epoch}"
     headers = {"Content-Type": "video/mp4", **bodies.auth(bodies.token)}

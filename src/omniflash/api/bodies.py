@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omniflash.api.apimart import with_request_id
 from omniflash.api.mcp_endpoint import MCP_PATH
+from omniflash.api.openai_shapes import openai_error
 from omniflash.api.responses import JSONResponse
 from omniflash.errors import OmniflashError, PayloadTooLarge, RequestTimeout
 from omniflash.settings import Settings
@@ -130,8 +131,6 @@ def refusal(scope: Scope, exc: OmniflashError) -> Response:
     """``exc`` answered in the shape of the route's dialect, closing the connection."""
     headers = {"Connection": "close"}
     if _is_openai(scope["path"]):
-        from omniflash.api.openai_shapes import openai_error
-
         response: Response = openai_error(exc)
         response.headers.update(headers)
         return response

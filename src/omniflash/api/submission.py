@@ -73,17 +73,16 @@ async def read_json(request: Request, limit: int) -> Any:
     ``BodyLimit`` has bounded the stream already (this count holds the same line for a
     caller that names a smaller limit); a large body is parsed in a thread.
     """
-    chunks: list[bytes] = []
-    size = 0
+    # One growing buffer: a list of chunks joined at the end would hold the body twice.
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        body += chunk
+        if len(body) > limit:
             raise PayloadTooLarge(f"The request body is larger than {mb(limit)} MB")
-        chunks.append(chunk)
-    return await off_loop(size, parse_json, b"".join(chunks))
+    return await off_loop(len(body), parse_json, body)
 
 
-def parse_json(data: bytes) -> Any:
+def parse_json(data: bytes | bytearray) -> Any:
     """``data`` as JSON, or ``InvalidRequest`` saying why not."""
     try:
         return json.loads(data)
