@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+from pathlib import Path
 
 import anyio
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
+from omniflash.api.app import create_app
 from omniflash.api.bodies import body_limit, off_loop
 from omniflash.api.submission import idempotency_request
 from omniflash.contract import _valid_base64, parse_generation_request
 from omniflash.errors import PayloadTooLarge
 from omniflash.inputs import _decoded, check_inline_sizes, inline_size
 from omniflash.settings import Settings
+from omniflash.store import Store
 
 MIB = 1024 * 1024
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
@@ -85,3 +89,29 @@ def test_off_loop_gives_the_same_answer_either_way() -> None:
         return await off_loop(10, len, "abc"), await off_loop(10 * MIB, len, "abc")
 
     assert anyio.run(both) == (3, 3)
+
+
+def test_a_body_refused_inside_a_parser_that_answers_its_own_error_is_413(tmp_path: Path) -> None:
+    """FastAPI answers 400 when reading a model's body fails; the limit's 413 stands."""
+    settings = Settings(data_dir=tmp_path / "data", workers=0)
+    store = Store(settings.database_url)
+    try:
+        token, _ = store.workers.create("w")
+        with TestClient(create_app(settings, store=store, start_workers=False)) as client:
+            body = b'{"owner": "w", "wait_s": 0, "pad": "' + b"a" * (2 * MIB) + b'"}'
+            answer = client.post(
+                "/worker/v1/claim",
+                content=iter([body[i : i + 65536] for i in range(0, len(body), 65536)]),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            assert answer.status_code == 413, answer.text
+            assert answer.json()["error"]["message"] == "The request body is larger than 1 MB"
+            assert answer.headers["connection"] == "close"
+            small = client.post(
+                "/worker/v1/claim",
+                json={"owner": "w", "wait_s": 0},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert small.status_code == 204
+    finally:
+        store.close()
