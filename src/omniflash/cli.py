@@ -80,6 +80,7 @@ def serve(
     import uvicorn
 
     from omniflash.api.app import create_app
+    from omniflash.api.http_protocol import protocol_class
     from omniflash.logs import configure_logging
     from omniflash.storage import StorageUnavailable
     from omniflash.store import Store
@@ -114,6 +115,8 @@ def serve(
             port=settings.port,
             log_level=log_level.lower(),
             log_config=None,
+            # A client that dawdles over its request head is cut off (bodies: BodyLimit).
+            http=protocol_class(settings.header_timeout_s),
         )
     )
     # Remote workers' long polls end as soon as a shutdown begins, rather than holding it up.

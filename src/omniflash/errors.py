@@ -14,6 +14,8 @@ API errors carry their HTTP status and the seed's error ``type``; one handler in
     ├── Forbidden                        (403, permission_error)
     ├── NotFound                         (404, not_found_error)
     ├── Conflict                         (409, conflict_error)
+    ├── RequestTimeout                   (408, invalid_request_error) a body that stalled
+    ├── PayloadTooLarge                  (413, invalid_request_error) a body past its limit
     ├── IdempotencyMismatch              (422, idempotency_error)
     ├── RateLimited                      (429, rate_limit_error) .retry_after
     └── ServiceUnavailable               (503, api_error) blob storage unreachable
@@ -47,8 +49,10 @@ __all__ = [
     "InvalidResolution",
     "NotFound",
     "OmniflashError",
+    "PayloadTooLarge",
     "PaymentRequired",
     "RateLimited",
+    "RequestTimeout",
     "ServiceUnavailable",
     "TaskCancelled",
     "UnsupportedImageCount",
@@ -119,6 +123,18 @@ class Conflict(OmniflashError):
     status = 409
     type = "conflict_error"
     default_message = "The request conflicts with the current state"
+
+
+class RequestTimeout(OmniflashError):
+    status = 408
+    type = "invalid_request_error"
+    default_message = "The request body stopped arriving before it was complete"
+
+
+class PayloadTooLarge(OmniflashError):
+    status = 413
+    type = "invalid_request_error"
+    default_message = "The request body is too large"
 
 
 class IdempotencyMismatch(OmniflashError):

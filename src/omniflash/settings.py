@@ -55,6 +55,10 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "log_format": "OMNIFLASH_LOG_FORMAT",
     "upload_ttl_s": "OMNIFLASH_UPLOAD_TTL",
     "max_upload_bytes": "OMNIFLASH_MAX_UPLOAD_BYTES",
+    "max_body_bytes": "OMNIFLASH_MAX_BODY_BYTES",
+    "max_result_bytes": "OMNIFLASH_MAX_RESULT_BYTES",
+    "header_timeout_s": "OMNIFLASH_HEADER_TIMEOUT",
+    "body_timeout_s": "OMNIFLASH_BODY_TIMEOUT",
 }
 PRICE_VARS: Final[Mapping[str, str]] = {
     "720p": "OMNIFLASH_PRICE_720P",
@@ -98,6 +102,7 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_video_seconds: float = 60.0
     max_body_bytes: int = 64 * 1024 * 1024
+    """The largest JSON request body (a submit with inline images); larger ones get 413."""
     recipes_path: Path | None = None
     x264_preset: str = "veryfast"
     secret_override: str | None = None
@@ -131,7 +136,14 @@ class Settings:
     upload_ttl_s: int = 72 * 3600
     """How long an uploaded image's signed URL (``POST /v1/uploads/images``) lasts."""
     max_upload_bytes: int = 20 * 1024 * 1024
-    """The largest image ``POST /v1/uploads/images`` takes."""
+    """The largest image ``POST /v1/uploads/images`` takes; also the limit of an inline
+    (``data:``) image, of a multipart ``input_reference`` and of MCP's ``upload_image``."""
+    max_result_bytes: int = 2 * 1024 * 1024 * 1024
+    """The largest result file a remote worker may upload (``PUT /worker/v1/tasks/…/result``)."""
+    header_timeout_s: float = 10.0
+    """A connection that has not sent a whole request head in this long is closed."""
+    body_timeout_s: float = 30.0
+    """A request body that sends nothing for this long is answered 408 and closed."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:

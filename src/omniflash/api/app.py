@@ -28,6 +28,7 @@ from omniflash.api import (
     worker_routes,
 )
 from omniflash.api.apimart import localize_error, task_language, with_request_id
+from omniflash.api.bodies import BodyLimit
 from omniflash.api.deps import Services
 from omniflash.api.docs import install_docs
 from omniflash.api.limits import KeyCache, ReadLimiter
@@ -151,6 +152,8 @@ def create_app(
     )
     app.state.services = services
     app.state.metrics = metrics
+    # Inside the request middleware, so that a refused body's answer has its request id.
+    app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     app.include_router(router)
     app.include_router(files.router)

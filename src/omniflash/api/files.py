@@ -19,13 +19,16 @@ from omniflash.api.responses import JSONResponse
 from omniflash.errors import Forbidden, InvalidRequest, NotFound, OmniflashError, ServiceUnavailable
 from omniflash.storage import Storage, StorageUnavailable
 
-__all__ = ["RangeNotSatisfiable", "byte_range", "router"]
+__all__ = ["NOSNIFF", "RangeNotSatisfiable", "byte_range", "router"]
 
 router = APIRouter()
 PATH = "/v1/files/{blob_key:path}"
 MEDIA_TYPE = "video/mp4"
 _IMAGE_TYPES = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp"}
 """Uploaded images (``uploads/…``) keep their type; every other blob is a video."""
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+"""On every served blob: a browser takes the type we judged from the bytes, and never
+sniffs an uploaded image that is also HTML (a polyglot) into a page of this origin."""
 
 
 def _media(blob_key: str) -> tuple[str, str]:
@@ -90,7 +93,10 @@ def download(
     if not sig or not services.signer.verify(blob_key, expires, sig, now=time.time()):
         raise Forbidden()
     storage = services.storage
-    headers = {"Cache-Control": f"private, max-age={max(0, int(expires - time.time()))}"}
+    headers = {
+        "Cache-Control": f"private, max-age={max(0, int(expires - time.time()))}",
+        **NOSNIFF,
+    }
     media_type, filename = _media(blob_key)
     try:
         path = storage.local_path(blob_key)

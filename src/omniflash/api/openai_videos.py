@@ -19,7 +19,9 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from omniflash.api.bodies import off_loop
 from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
+from omniflash.api.files import NOSNIFF
 from omniflash.api.openai_shapes import OpenAIRoute, poll_after_ms, video_object
 from omniflash.api.responses import JSONResponse
 from omniflash.api.submission import (
@@ -30,13 +32,14 @@ from omniflash.api.submission import (
     submit_spec,
 )
 from omniflash.contract import (
+    GenerationSpec,
     InvalidParam,
     parse_openai_video_request,
     parse_remix_request,
 )
-from omniflash.errors import Conflict, InvalidRequest, NotFound
+from omniflash.errors import Conflict, NotFound
 from omniflash.inputs import BLOB_SCHEME, blob_inputs
-from omniflash.store import KeyInfo, TaskRow, TaskStatus
+from omniflash.store import IdempotencyRequest, KeyInfo, TaskRow, TaskStatus
 from omniflash.store.videos import VideoStore
 from omniflash.text import check_text, cursor, shown, task_id
 
@@ -99,12 +102,11 @@ async def _read_create(request: Request, limit: int) -> tuple[dict[str, Any], st
                 "input_reference",
             )
         return body, reference
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise InvalidRequest(f"The request body is larger than {limit // (1024 * 1024)} MB")
+    # ``BodyLimit`` bounds a multipart body to one image and its envelope while it
+    # streams, so the form's spooled file never grows past that.
     form = await request.form(max_files=1, max_fields=20, max_part_size=limit)
     fields: dict[str, Any] = {}
-    reference = None
+    image = None
     try:
         for name, value in form.multi_items():
             check_text(name, "multipart field name")
@@ -112,12 +114,22 @@ async def _read_create(request: Request, limit: int) -> tuple[dict[str, Any], st
                 if name != "input_reference":
                     raise InvalidParam(f"unexpected file field {shown(name)}", name)
                 check_text(value.filename or "", "input_reference")
-                reference = _image_data_uri(await value.read())
+                image = await value.read()
             else:
                 fields[name] = value
     finally:
         await form.close()
-    return fields, reference
+    if image is None:
+        return fields, None
+    return fields, await off_loop(len(image), _image_data_uri, image)
+
+
+def _parsed_create(
+    fields: dict[str, Any], reference: str | None, idem_key: str | None
+) -> tuple[GenerationSpec, IdempotencyRequest | None]:
+    """The create's spec and idempotency hash: heavy with an inline image (call in a thread)."""
+    spec = parse_openai_video_request(fields, input_reference=reference)
+    return spec, idempotency_request(idem_key, {**fields, "input_reference": reference})
 
 
 @router.post("", summary="Create a video (OpenAI videos API)")
@@ -125,9 +137,12 @@ async def create_video(request: Request, key: Submitter, services: ServicesDep) 
     """Multipart (as the ``openai`` SDK sends it) or JSON; ``input_reference`` is a first frame."""
     async with counted_if_refused_async(services, key):
         fields, reference = await _read_create(request, services.settings.max_body_bytes)
-        spec = parse_openai_video_request(fields, input_reference=reference)
-        idempotency = idempotency_request(
-            request.headers.get("idempotency-key"), {**fields, "input_reference": reference}
+        spec, idempotency = await off_loop(
+            len(reference or ""),
+            _parsed_create,
+            fields,
+            reference,
+            request.headers.get("idempotency-key"),
         )
     submitted = await run_in_threadpool(submit_spec, services, key, spec, idempotency)
     headers = {"Idempotency-Replayed": "true"} if submitted.replayed else None
@@ -215,17 +230,19 @@ def video_content(
     local = services.storage.local_path(blob)
     if variant == "thumbnail":
         if local is not None:
-            return Response(_thumbnail(local), media_type="image/webp")
+            return Response(_thumbnail(local), media_type="image/webp", headers=NOSNIFF)
         with tempfile.TemporaryDirectory(prefix="omniflash-thumb-") as tmp:
             copy = Path(tmp) / "video.mp4"
             services.storage.download(blob, copy)
-            return Response(_thumbnail(copy), media_type="image/webp")
+            return Response(_thumbnail(copy), media_type="image/webp", headers=NOSNIFF)
     if local is not None:
-        return FileResponse(local, media_type="video/mp4", filename=f"{video_id}.mp4")
+        return FileResponse(
+            local, media_type="video/mp4", filename=f"{video_id}.mp4", headers=NOSNIFF
+        )
     return StreamingResponse(
         services.storage.iter_bytes(blob),
         media_type="video/mp4",
-        headers={"Content-Length": str(services.storage.size(blob))},
+        headers={"Content-Length": str(services.storage.size(blob)), **NOSNIFF},
     )
 
 

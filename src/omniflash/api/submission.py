@@ -22,12 +22,13 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from omniflash.api.bodies import mb, off_loop
 from omniflash.api.deps import Services
 from omniflash.api.uploads import own_upload_inputs
 from omniflash.contract import MAX_SEED, GenerationSpec
-from omniflash.errors import InvalidRequest, OmniflashError
+from omniflash.errors import InvalidRequest, OmniflashError, PayloadTooLarge
 from omniflash.ids import ulid
-from omniflash.inputs import store_inline_inputs
+from omniflash.inputs import check_inline_sizes, store_inline_inputs
 from omniflash.store import IdempotencyRequest, KeyInfo, Submission
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "counted_if_refused",
     "counted_if_refused_async",
     "idempotency_request",
+    "parse_json",
     "read_json",
     "submit_spec",
 ]
@@ -65,19 +67,25 @@ async def counted_if_refused_async(services: Services, key: KeyInfo) -> AsyncIte
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, refused with ``InvalidRequest`` past ``limit`` bytes or when malformed."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise InvalidRequest(f"The request body is larger than {limit // (1024 * 1024)} MB")
-    chunks: list[bytes] = []
-    size = 0
+    """The body as JSON, refused with ``PayloadTooLarge`` past ``limit`` bytes or
+    ``InvalidRequest`` when malformed.
+
+    ``BodyLimit`` has bounded the stream already (this count holds the same line for a
+    caller that names a smaller limit); a large body is parsed in a thread.
+    """
+    # One growing buffer: a list of chunks joined at the end would hold the body twice.
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InvalidRequest(f"The request body is larger than {limit // (1024 * 1024)} MB")
-        chunks.append(chunk)
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The request body is larger than {mb(limit)} MB")
+    return await off_loop(len(body), parse_json, body)
+
+
+def parse_json(data: bytes | bytearray) -> Any:
+    """``data`` as JSON, or ``InvalidRequest`` saying why not."""
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(data)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
     except UnicodeDecodeError as exc:
@@ -89,7 +97,10 @@ async def read_json(request: Request, limit: int) -> Any:
 
 
 def idempotency_request(idem_key: str | None, body: Any) -> IdempotencyRequest | None:
-    """The ``Idempotency-Key`` header's request for ``body``, or ``None`` without the header."""
+    """The ``Idempotency-Key`` header's request for ``body``, or ``None`` without the header.
+
+    Hashing a large body takes a while: call it in a thread (the routes do).
+    """
     if idem_key is None:
         return None
     idem_key = idem_key.strip()
@@ -99,10 +110,30 @@ def idempotency_request(idem_key: str | None, body: Any) -> IdempotencyRequest |
             f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"
         )
     try:
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(_digested(body), sort_keys=True, separators=(",", ":"))
     except (RecursionError, ValueError) as exc:
         raise InvalidRequest("The request body cannot be hashed for its Idempotency-Key") from exc
     return IdempotencyRequest(idem_key, hashlib.sha256(canonical.encode()).hexdigest())
+
+
+_LONG = 64 * 1024
+
+
+def _digested(value: Any) -> Any:
+    """``value`` with each string over 64 KiB (an inline image) put as its SHA-256.
+
+    hashlib lets go of the GIL while it hashes; ``json.dumps`` of a 20 MB string would
+    hold it, and with it the API's event loop, for a tenth of a second.
+    """
+    if isinstance(value, str):
+        if len(value) <= _LONG:
+            return value
+        return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    if isinstance(value, dict):
+        return {key: _digested(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_digested(item) for item in value]
+    return value
 
 
 def submit_spec(
@@ -116,6 +147,11 @@ def submit_spec(
     Raises the store's ``PaymentRequired``, ``RateLimited``, ``IdempotencyMismatch`` or
     ``AuthenticationFailed`` (a key revoked since its lookup was cached).
     """
+    if spec.image_urls:
+        # Before anything else: an inline image past the upload limit is the client's
+        # mistake, refused without a charge or a write.
+        with counted_if_refused(services, key):
+            check_inline_sizes(spec, services.settings.max_upload_bytes)
     if spec.image_urls or spec.video_url:
         # Inputs may be copied into storage below: a key whose minute is used up gets its
         # 429 first, from a read, instead of after the copies (the count stays exact: the

@@ -30,7 +30,7 @@ from starlette.datastructures import UploadFile
 from omniflash.api.apimart import with_request_id
 from omniflash.api.deps import Services, ServicesDep, Uploader
 from omniflash.api.responses import JSONResponse
-from omniflash.errors import InvalidRequest, OmniflashError
+from omniflash.errors import InvalidRequest, PayloadTooLarge
 from omniflash.ids import ulid
 from omniflash.inputs import BLOB_SCHEME, image_label
 from omniflash.text import check_text
@@ -55,9 +55,7 @@ _FILES = "/v1/files/"
 _NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class UploadTooLarge(OmniflashError):
-    status = 413
-    type = "invalid_request_error"
+class UploadTooLarge(PayloadTooLarge):
     default_message = "The file is too large"
 
 
@@ -80,11 +78,9 @@ def _filename(given: str | None, ext: str) -> str:
 
 
 async def _read_file(request: Request, limit: int) -> tuple[bytes, str | None]:
+    """The ``file`` field's bytes and name.  ``BodyLimit`` has bounded the whole body (the
+    file and its envelope), so no more than that reaches the form's spooled file."""
     too_large = UploadTooLarge(f"The image is larger than {limit // (1024 * 1024)} MB")
-    declared = request.headers.get("content-length")
-    # The multipart envelope adds a few hundred bytes around the file.
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise too_large
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidRequest("Send the image as multipart/form-data with one `file` field")
     form = await request.form(max_files=1, max_fields=10)
