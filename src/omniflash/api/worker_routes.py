@@ -59,7 +59,7 @@ from omniflash.store import TaskRow, TaskStatus, WorkerInfo
 from omniflash.text import bearer_token
 from omniflash.worker.source import PROTOCOL_VERSION, Lease, StoreTaskSource, result_key
 
-__all__ = ["MAX_CLAIM_WAIT_S", "MAX_RESULT_BYTES", "router"]
+__all__ = ["MAX_CLAIM_WAIT_S", "router"]
 
 router = APIRouter(prefix="/worker/v1", include_in_schema=False)
 
@@ -68,14 +68,7 @@ MAX_CLAIM_WAIT_S = 60.0
 URL_LIFETIME_S = 3600
 """How long a presigned input or upload URL outlives the task's own time limit."""
 WRITE_CHUNK = 1024 * 1024
-MAX_RESULT_BYTES = 4 * 1024**3
-"""The largest result file accepted (10 s of 4k is a few hundred megabytes)."""
 _TASK_ID = re.compile(r"task_[0-9A-Z]{26}")
-
-
-class ResultTooLarge(InvalidRequest):
-    status = 413
-    default_message = "The result file is too large"
 
 
 def authenticate_worker(request: Request) -> WorkerInfo:
@@ -269,15 +262,15 @@ async def upload_result(
     """Store the request body as this attempt's result file (``complete`` then ends the task).
 
     The body goes to a temporary file first, so a half-sent upload never reaches storage;
-    past ``MAX_RESULT_BYTES`` the upload stops with 413.
+    ``BodyLimit`` stops it with 413 past ``OMNIFLASH_MAX_RESULT_BYTES``.
     """
     task = await run_in_threadpool(_task, services, task_id, worker)
     key = result_key(_lease(task, epoch))
-    _declared_size(request)
     if not _holds(task, epoch):
-        # Drained (up to the limit), so that the worker reads this answer rather than a
-        # reset connection.
-        await _drain(request)
+        # Drained (``BodyLimit`` bounds it), so that the worker reads this answer rather
+        # than a reset connection.
+        async for _chunk in request.stream():
+            pass
         # Already completed with this very file: an earlier upload's answer was lost.
         return _held(task.result_key == key)
     tmp_dir = services.settings.data_dir / "uploads"
@@ -287,11 +280,7 @@ async def upload_result(
     try:
         with os.fdopen(fd, "wb") as out:
             buffer = bytearray()
-            written = 0
             async for chunk in request.stream():
-                written += len(chunk)
-                if written > MAX_RESULT_BYTES:
-                    raise ResultTooLarge(f"The result file is larger than {MAX_RESULT_BYTES} bytes")
                 buffer += chunk
                 if len(buffer) >= WRITE_CHUNK:
                     await run_in_threadpool(out.write, bytes(buffer))
@@ -303,20 +292,6 @@ async def upload_result(
     finally:
         path.unlink(missing_ok=True)
     return _held(True)
-
-
-def _declared_size(request: Request) -> None:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_RESULT_BYTES:
-        raise ResultTooLarge(f"The result file is larger than {MAX_RESULT_BYTES} bytes")
-
-
-async def _drain(request: Request) -> None:
-    read = 0
-    async for chunk in request.stream():
-        read += len(chunk)
-        if read > MAX_RESULT_BYTES:
-            raise ResultTooLarge(f"The result file is larger than {MAX_RESULT_BYTES} bytes")
 
 
 @router.post("/tasks/{task_id}/complete")
