@@ -363,8 +363,7 @@ def workers_revoke(name: str, data_dir: Path | None) -> None:
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(
-        f"revoked worker {name} ({info.prefix}…); a task it was running goes back to the "
-        "queue when its lease runs out"
+        f"revoked worker {name} ({info.prefix}…); the tasks it was running are back in the queue"
     )
 
 
