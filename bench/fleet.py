@@ -48,11 +48,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def fresh_database(base: str) -> Iterator[str]:
+def fresh_database(base: str, prefix: str = "omniflash_fleet_bench") -> Iterator[str]:
     admin = sa.create_engine(
         base.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
     )
-    name = f"omniflash_fleet_bench_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     try:

@@ -29,12 +29,10 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.fleet import free_port, fresh_database  # noqa: E402  (needs ROOT on the path)
+
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
@@ -56,35 +57,17 @@ class Round:
     failures: list[str]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _database(kind: str) -> Iterator[str | None]:
     """``None`` for SQLite in the data directory, else a fresh PostgreSQL database's URL."""
     if kind == "sqlite":
         yield None
         return
-    import sqlalchemy as sa
-
     base = os.environ.get("OMNIFLASH_TEST_POSTGRES_URL")
     if not base:
         raise SystemExit("--database postgres needs OMNIFLASH_TEST_POSTGRES_URL")
-    admin = sa.create_engine(
-        base.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
-    )
-    name = f"omniflash_fuzz_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield base.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with fresh_database(base, "omniflash_fuzz") as url:
+        yield url
 
 
 def _omniflash(env: dict[str, str], *args: str) -> str:
@@ -212,7 +195,7 @@ def fuzz_server(database: str, workdir: Path) -> Iterator[tuple[str, str, str, d
             *("--rpm", "100000000", "--max-concurrent", "100000"),
         )
         token = _omniflash(env, "workers", "create", "--name", "fuzz")
-        port = _free_port()
+        port = free_port()
         log = (workdir / "server.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "omniflash", "serve", "--port", str(port), "--workers", "0"],

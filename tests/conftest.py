@@ -74,6 +74,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         s.close()
 
 
+@pytest.fixture
+def pg(postgres_url: str) -> Iterator[Store]:
+    """A store on this session's PostgreSQL database, emptied first: for tests that race
+    processes on it or kill its connections (and check the money themselves)."""
+    store = Store(postgres_url)
+    _truncate(store)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def _truncate(store: Store) -> None:
     with store.db.write() as conn:
         conn.exec_driver_sql(

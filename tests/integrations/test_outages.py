@@ -8,7 +8,6 @@ more on a fresh connection, so clients and workers see answers, never a 500.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
 ROUNDS = 4
 BODY = {"model": "Omni-Flash-Ext", "prompt": "an outage", "duration": 4}
-
-
-@pytest.fixture
-def pg(postgres_url: str) -> Iterator[Store]:
-    store = Store(postgres_url)
-    with store.db.write() as conn:
-        conn.exec_driver_sql(
-            "TRUNCATE idempotency, tasks, ledger, api_keys, worker_tokens, meta "
-            "RESTART IDENTITY CASCADE"
-        )
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def _terminate_others(store: Store) -> int:

@@ -57,20 +57,6 @@ def test_which_failures_are_retried() -> None:
     assert calls == {"a": 2, "b": 1, "c": 2, "d": 1}
 
 
-@pytest.fixture
-def pg(postgres_url: str) -> Iterator[Store]:
-    store = Store(postgres_url)
-    with store.db.write() as conn:
-        conn.exec_driver_sql(
-            "TRUNCATE idempotency, tasks, ledger, api_keys, worker_tokens, meta "
-            "RESTART IDENTITY CASCADE"
-        )
-    try:
-        yield store
-    finally:
-        store.close()
-
-
 @pytest.mark.postgres
 def test_a_drop_during_the_commit_is_outcome_unknown(pg: Store) -> None:
     """The transaction's own connection killed just before COMMIT: the write raises

@@ -13,7 +13,6 @@ import dataclasses
 import multiprocessing as mp
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,20 +73,6 @@ def _refunds(store: Store, task_id: str) -> int:
 def _outbox(store: Store) -> Counter[str]:
     with store.db.read() as conn:
         return Counter(conn.execute(sa.select(webhook_outbox.c.task_id)).scalars())
-
-
-@pytest.fixture
-def pg(postgres_url: str) -> Iterator[Store]:
-    store = Store(postgres_url)
-    with store.db.write() as conn:
-        conn.exec_driver_sql(
-            "TRUNCATE idempotency, tasks, ledger, api_keys, worker_tokens, meta "
-            "RESTART IDENTITY CASCADE"
-        )
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 @pytest.mark.postgres

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,20 +31,6 @@ pytestmark = pytest.mark.timeout(240)
 P = Pricing()
 ROUNDS = 40
 SPEC = parse_generation_request({"model": "Omni-Flash-Ext", "prompt": "a race", "duration": 4})
-
-
-@pytest.fixture
-def pg(postgres_url: str) -> Iterator[Store]:
-    store = Store(postgres_url)
-    with store.db.write() as conn:
-        conn.exec_driver_sql(
-            "TRUNCATE idempotency, tasks, ledger, api_keys, worker_tokens, meta "
-            "RESTART IDENTITY CASCADE"
-        )
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def _run(target: Any, *args: Any) -> list[Any]:
