@@ -23,6 +23,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/debian-py:bookworm"
 API_IMAGE = "localhost/omniflash-api:test"
+STANDINS_IMAGE = "localhost/omniflash-standins:test"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 
@@ -102,6 +103,17 @@ def build_api_image() -> float:
         args += ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
     args += ["--build-arg", f"BASE={BASE_IMAGE}", "-t", API_IMAGE, "-f", "Containerfile"]
     podman(*args, str(ROOT), timeout=900)
+    return time.monotonic() - started
+
+
+def build_standins_image() -> float:
+    """PostgreSQL, nginx and moto in one image, for compose.yaml's public images."""
+    ensure_base_image()
+    started = time.monotonic()
+    args = ["build", "--network", "host", "--build-arg", f"BASE={BASE_IMAGE}"]
+    if CA_BUNDLE.exists():
+        args += ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
+    podman(*args, "-t", STANDINS_IMAGE, str(ROOT / "tests/shipping/standins"), timeout=900)
     return time.monotonic() - started
 
 

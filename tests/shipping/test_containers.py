@@ -49,7 +49,11 @@ class Fleet:
             "1",
             env={"OMNIFLASH_WORKER_TOKEN": self.token, "OMNIFLASH_X264_PRESET": "ultrafast"},
         )
-        container.wait_log("preview engine")
+        try:
+            container.wait_log("preview engine")
+        except RuntimeError:
+            container.remove()
+            raise
         time.sleep(0.5)  # from the engine's ready line to the first claim
         return container
 
