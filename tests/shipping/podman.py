@@ -83,15 +83,16 @@ def ensure_base_image() -> None:
             capture_output=True,
             timeout=900,
         )
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(
-            ["podman", "import", "-", BASE_IMAGE],
-            stdin=tar.stdout,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        tar.wait(timeout=60)
+        with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
+            subprocess.run(
+                ["podman", "import", "-", BASE_IMAGE],
+                stdin=tar.stdout,
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
+        if tar.returncode != 0:
+            raise RuntimeError(f"tar of the base image's root exited {tar.returncode}")
 
 
 def build_api_image() -> float:
