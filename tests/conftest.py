@@ -252,6 +252,7 @@ _REQUIRED = {
     "postgres": "OMNIFLASH_REQUIRE_POSTGRES",
     "browser": "OMNIFLASH_REQUIRE_BROWSER",
     "containers": "OMNIFLASH_REQUIRE_CONTAINERS",
+    "kubernetes": "OMNIFLASH_REQUIRE_CONTAINERS",
 }
 
 

@@ -4,6 +4,7 @@ models of them); KEDA's trigger counts the queue on the real schema."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from tests.money import assert_money
 from tests.shipping.podman import ROOT
 from tests.store.test_store import submit
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(120)]
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAY = KUBERNETES / "overlays" / "example"
@@ -40,7 +41,19 @@ CRD_MODELS = {
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """``kubectl kustomize`` of the example overlay, with its env files made from the examples."""
     if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed (apt-get install kubernetes-client)")
+        pytest.skip("kubectl (1.27+, for kustomize v5) is not installed")
+    version = json.loads(
+        subprocess.run(
+            ["kubectl", "version", "--client", "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        or "{}"
+    )
+    kustomize = version.get("kustomizeVersion", "v2 (kubectl before 1.21)")
+    if not kustomize.startswith("v5"):
+        pytest.skip(f"kubectl's kustomize is {kustomize}; the manifests need v5 (kubectl 1.27+)")
     tree = tmp_path_factory.mktemp("kubernetes") / "kubernetes"
     shutil.copytree(KUBERNETES, tree)
     overlay = tree / "overlays" / "example"
