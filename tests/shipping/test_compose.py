@@ -100,6 +100,8 @@ def compose(api_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     finally:
         with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
             project.run("down", "-v")
+        # podman-compose 1.0 leaves the project's network behind
+        podman.podman("network", "rm", f"{PROJECT}_default", check=False)
 
 
 SUBMIT = """
