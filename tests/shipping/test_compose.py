@@ -14,6 +14,8 @@ import dataclasses
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,8 +56,17 @@ class Compose:
     def container(self, service: str) -> podman.Container:
         return podman.Container(f"{PROJECT}_{service}_1")
 
-    def exec_python(self, service: str, code: str) -> str:
-        return podman.podman("exec", self.container(service).name, "python3", "-c", code)
+    def exec(self, service: str, *args: str) -> str:
+        """``podman exec`` in ``service``, tried again while it fails, as an operator would:
+        under load, the network's DNS now and then answers a name late (EAI_AGAIN)."""
+        for attempt in range(5):
+            try:
+                return podman.podman("exec", self.container(service).name, *args)
+            except RuntimeError:
+                if attempt == 4:
+                    raise
+                time.sleep(2)
+        raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +120,8 @@ import json, sys, urllib.request
 body = json.dumps({"model": "Omni-Flash-Ext", "prompt": "a harbour at night",
                    "resolution": "1080p", "duration": 8}).encode()
 request = urllib.request.Request("http://127.0.0.1:8000/v1/videos/generations", body,
-    {"Authorization": "Bearer KEY", "Content-Type": "application/json"})
+    {"Authorization": "Bearer @KEY@", "Content-Type": "application/json",
+     "Idempotency-Key": "@IDEM@"})  # a retried exec submits once
 print(json.load(urllib.request.urlopen(request))["data"][0]["task_id"])
 """
 
@@ -117,15 +129,15 @@ print(json.load(urllib.request.urlopen(request))["data"][0]["task_id"])
 def test_tasks_through_both_replicas_all_complete_though_a_worker_is_killed(
     compose: Compose,
 ) -> None:
-    out = podman.podman(
-        "exec", compose.container("api1").name, "omniflash", "keys", "create",
+    out = compose.exec(
+        "api1", "omniflash", "keys", "create",
         "--name", "compose", "--credits", "100", "--rpm", "10000", "--max-concurrent", "10",
     )  # fmt: skip
     key = out.strip().splitlines()[-1]
-    ids = [
-        compose.exec_python(replica, SUBMIT.replace("KEY", key)).strip()
-        for replica in ("api1", "api2", "api1", "api2")
-    ]
+    ids = []
+    for replica in ("api1", "api2", "api1", "api2"):
+        code = SUBMIT.replace("@KEY@", key).replace("@IDEM@", uuid.uuid4().hex)
+        ids.append(compose.exec(replica, "python3", "-c", code).strip())
     assert len(set(ids)) == 4
     client = httpx.Client(
         base_url=compose.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
