@@ -248,7 +248,12 @@ def wait_for_task(
         time.sleep(0.1)
 
 
-_REQUIRED = {"postgres": "OMNIFLASH_REQUIRE_POSTGRES", "browser": "OMNIFLASH_REQUIRE_BROWSER"}
+_REQUIRED = {
+    "postgres": "OMNIFLASH_REQUIRE_POSTGRES",
+    "browser": "OMNIFLASH_REQUIRE_BROWSER",
+    "containers": "OMNIFLASH_REQUIRE_CONTAINERS",
+    "kubernetes": "OMNIFLASH_REQUIRE_CONTAINERS",
+}
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -23,6 +23,7 @@ def test_every_setting_is_documented(var: str) -> None:
     "command",
     [
         "serve",
+        "migrate",
         "keys create",
         "keys list",
         "keys topup",

@@ -154,6 +154,20 @@ def _check_diffusers(recipes_path: Path | None) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command()
+@data_dir_option
+def migrate(data_dir: Path | None) -> None:
+    """Bring the database's schema up to date and exit (a deploy step before `serve`)."""
+    from omniflash.store.db import Database
+
+    db = Database(build_settings(data_dir=data_dir).database_url)
+    try:
+        version = db.migrate()
+    finally:
+        db.dispose()
+    click.echo(f"database schema at version {version}")
+
+
 @main.group()
 def keys() -> None:
     """Create, list, revoke and top up API keys."""
