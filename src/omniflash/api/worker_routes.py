@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -56,7 +55,7 @@ from omniflash.errors import (
 from omniflash.inputs import blob_inputs
 from omniflash.media.mp4check import ResultRejected
 from omniflash.store import TaskRow, TaskStatus, WorkerInfo
-from omniflash.text import bearer_token
+from omniflash.text import bearer_token, is_task_id, shown
 from omniflash.worker.source import PROTOCOL_VERSION, Lease, StoreTaskSource, result_key
 
 __all__ = ["MAX_CLAIM_WAIT_S", "router"]
@@ -68,7 +67,6 @@ MAX_CLAIM_WAIT_S = 60.0
 URL_LIFETIME_S = 3600
 """How long a presigned input or upload URL outlives the task's own time limit."""
 WRITE_CHUNK = 1024 * 1024
-_TASK_ID = re.compile(r"task_[0-9A-Z]{26}")
 
 
 def authenticate_worker(request: Request) -> WorkerInfo:
@@ -95,8 +93,8 @@ def _source(services: Services) -> StoreTaskSource:
 
 def _task(services: Services, task_id: str, worker: WorkerInfo) -> TaskRow:
     """The task, when ``worker`` holds (or last held) its lease; otherwise not found."""
-    missing = NotFound(f"No task {task_id!r}")
-    if not _TASK_ID.fullmatch(task_id):
+    missing = NotFound(f"No task {shown(task_id)}")
+    if not is_task_id(task_id):
         raise missing
     try:
         task = services.store.tasks.get(task_id)
