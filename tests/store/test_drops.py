@@ -57,6 +57,33 @@ def test_which_failures_are_retried() -> None:
     assert calls == {"a": 2, "b": 1, "c": 2, "d": 1}
 
 
+def test_psycopg_errors_of_a_lost_connection_count_as_drops() -> None:
+    """A lost session can surface as a client-side error on a connection psycopg still
+    calls open ("connection socket closed", then "another command is already in
+    progress" from the rollback after it); those, and SQLSTATE classes 08 and 57P, are
+    drops.  A deadlock, a lock timeout or a cancelled statement leaves the connection
+    usable and is not."""
+    psycopg = pytest.importorskip("psycopg")
+    from types import SimpleNamespace
+
+    from omniflash.store.db import _psycopg_drop
+
+    def judged(error: BaseException) -> bool:
+        context = SimpleNamespace(original_exception=error, is_disconnect=False)
+        _psycopg_drop(context)  # type: ignore[arg-type]
+        return bool(context.is_disconnect)
+
+    assert judged(psycopg.OperationalError("connection socket closed"))
+    assert judged(psycopg.OperationalError("another command is already in progress"))
+    assert judged(psycopg.errors.AdminShutdown("terminating connection"))
+    assert judged(psycopg.errors.ConnectionFailure("connection failure"))
+    assert not judged(psycopg.errors.DeadlockDetected("deadlock detected"))
+    assert not judged(psycopg.errors.LockNotAvailable("lock timeout"))
+    assert not judged(psycopg.errors.QueryCanceled("canceling statement"))
+    assert not judged(psycopg.errors.UniqueViolation("duplicate key"))
+    assert not judged(ValueError("not the driver's"))
+
+
 @pytest.mark.postgres
 def test_a_drop_during_the_commit_is_outcome_unknown(pg: Store) -> None:
     """The transaction's own connection killed just before COMMIT: the write raises

@@ -45,6 +45,27 @@ def _dropped(exc: sa.exc.DBAPIError) -> bool:
     return bool(exc.connection_invalidated)
 
 
+def _psycopg_drop(context: sa.engine.ExceptionContext) -> None:
+    """Count every error of a lost connection as one, so the pool replaces it.
+
+    SQLAlchemy asks psycopg whether the connection is closed, and psycopg does not always
+    know yet: a server that ended the session (``pg_terminate_backend``, a restart) can
+    surface as "connection socket closed", and the rollback after it as "another command
+    is already in progress", on a connection psycopg still calls open.  Those errors carry
+    no SQLSTATE (the client raised them), or one of class 08 (connection exception) or
+    57P (the server shutting the session down).  Errors with other states (a deadlock, a
+    lock timeout, a cancelled statement) leave the connection usable and are not drops.
+    """
+    import psycopg
+
+    exc = context.original_exception
+    if not isinstance(exc, psycopg.OperationalError):
+        return
+    state = exc.sqlstate or ""
+    if not state or state.startswith(("08", "57P")):
+        context.is_disconnect = True
+
+
 def retry_disconnect(call: Callable[P, T]) -> Callable[P, T]:
     """Run ``call`` again, once, when the database dropped the connection under it.
 
@@ -113,6 +134,7 @@ class Database:
             self.engine = sa.create_engine(
                 url, pool_size=24, max_overflow=8, pool_timeout=30, pool_recycle=1800
             )
+            sa.event.listen(self.engine, "handle_error", _psycopg_drop)
 
     @staticmethod
     def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
