@@ -45,7 +45,7 @@ import numpy
 import torch
 
 from omniflash.engines.diffusion import DiffusersEngine
-from omniflash.engines.diffusion.inputs import Inputs
+from omniflash.engines.diffusion.adapters import Inputs
 from omniflash.settings import Settings
 
 PROMPT = "a red fox runs through fresh snow at dawn, cinematic, detailed fur"

@@ -87,7 +87,7 @@ def worker_schema() -> dict[str, Any]:
     from fastapi.openapi.utils import get_openapi
 
     from omniflash import __version__
-    from omniflash.api import worker_routes
+    from omniflash.api.workers import routes as worker_routes
 
     routes = []
     for route in worker_routes.router.routes:

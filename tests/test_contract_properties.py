@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from omniflash.api.mcp_server import _texts
+from omniflash.api.mcp.server import _texts
 from omniflash.contract import (
     GenerationSpec,
     parse_callback_url,

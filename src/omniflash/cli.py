@@ -81,8 +81,8 @@ def serve(
 
     from omniflash.api.app import create_app
     from omniflash.api.http_protocol import protocol_class
+    from omniflash.blobs import StorageUnavailable
     from omniflash.logs import configure_logging
-    from omniflash.storage import StorageUnavailable
     from omniflash.store import Store
 
     settings = _checked_engine(

@@ -17,7 +17,7 @@ from omniflash.api.bodies import body_limit, off_loop
 from omniflash.api.submission import idempotency_request
 from omniflash.contract import _valid_base64, parse_generation_request
 from omniflash.errors import PayloadTooLarge
-from omniflash.inputs import _decoded, check_inline_sizes, inline_size
+from omniflash.input_blobs import _decoded, check_inline_sizes, inline_size
 from omniflash.settings import Settings
 from omniflash.store import Store
 

@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from omniflash.blobs import UrlSigner
 from omniflash.contract import parse_generation_request
 from omniflash.errors import Conflict
 from omniflash.settings import Settings
-from omniflash.storage import UrlSigner
 from omniflash.store import Store
 from omniflash.store.schema import webhook_outbox, webhook_secrets
 from omniflash.store.videos import VideoStore

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 
 from omniflash import webhooks
 from omniflash.api.app import create_app
+from omniflash.blobs import UrlSigner
 from omniflash.contract import parse_generation_request
 from omniflash.settings import Settings
-from omniflash.storage import UrlSigner
 from omniflash.store import Store
 from omniflash.webhooks import Outbox, WebhookSender
 from tests.conftest import LiveServer, running_server

@@ -19,7 +19,7 @@ from PIL import Image
 from omniflash.contract import GenerationSpec, parse_generation_request
 from omniflash.errors import BadInput
 from omniflash.media.decode import VideoClip
-from omniflash.media.inputs import clip_seconds, fetch_inputs
+from omniflash.media.task_inputs import clip_seconds, fetch_inputs
 from omniflash.settings import Settings
 
 

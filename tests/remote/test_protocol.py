@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from omniflash.api.app import create_app
-from omniflash.api.worker_routes import _claim_once
+from omniflash.api.workers.routes import _claim_once
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskStatus
 from omniflash.worker.remote import ProtocolError

@@ -19,11 +19,11 @@ import pytest
 import sqlalchemy as sa
 
 from omniflash import webhooks
+from omniflash.blobs import UrlSigner
 from omniflash.contract import parse_generation_request
 from omniflash.metrics import Metrics
 from omniflash.pricing import Pricing
 from omniflash.settings import Settings
-from omniflash.storage import UrlSigner
 from omniflash.store import KeyInfo, Store, TaskStatus
 from omniflash.store.schema import ledger, webhook_outbox
 from tests.store.test_races import assert_money

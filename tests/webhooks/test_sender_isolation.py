@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from omniflash import webhooks
+from omniflash.blobs import UrlSigner
 from omniflash.contract import parse_generation_request
 from omniflash.metrics import Metrics
 from omniflash.pricing import Pricing
 from omniflash.settings import Settings
-from omniflash.storage import UrlSigner
 from omniflash.store import Store
 from omniflash.webhooks import Outbox, WebhookSender
 from tests.integrations.conftest import start_receiver

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from omniflash.blobs import LocalStorage
 from omniflash.settings import Settings
-from omniflash.storage import LocalStorage
 from omniflash.store import Store
 from omniflash.worker import Maintenance
 from omniflash.worker.wake import Waker

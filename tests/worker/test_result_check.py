@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from omniflash.blobs import LocalStorage
 from omniflash.contract import parse_generation_request
 from omniflash.pricing import Pricing
 from omniflash.settings import Settings
-from omniflash.storage import LocalStorage
 from omniflash.store import Store, TaskStatus
 from omniflash.worker import StoreTaskSource, Waker
 from tests.remote.videos import mp4_bytes, png_bytes

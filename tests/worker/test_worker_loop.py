@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from omniflash.api.app import create_app
+from omniflash.blobs import LocalStorage
 from omniflash.contract import parse_generation_request
 from omniflash.pricing import Pricing
 from omniflash.settings import Settings
-from omniflash.storage import LocalStorage
 from omniflash.store import Store, TaskStatus
 from omniflash.worker import StoreTaskSource, Waker, WorkerPool
 from omniflash.worker.pool import ScratchDir

@@ -19,22 +19,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from omniflash import __version__, webhooks
-from omniflash.api import (
-    discovery,
-    files,
-    openai_videos,
-    uploads,
-    webhook_secret,
-    worker_routes,
-)
-from omniflash.api.apimart import localize_error, task_language, with_request_id
 from omniflash.api.bodies import BodyLimit
 from omniflash.api.deps import Services
-from omniflash.api.docs import install_docs
+from omniflash.api.docs import models as discovery
+from omniflash.api.docs.swagger import install_docs
+from omniflash.api.files import downloads as files
+from omniflash.api.files import uploads
 from omniflash.api.limits import KeyCache, ReadLimiter
-from omniflash.api.mcp_endpoint import MCP_PATH, LazyMcpEndpoint
+from omniflash.api.mcp.endpoint import MCP_PATH, LazyMcpEndpoint
+from omniflash.api.omni import webhook_secret
+from omniflash.api.omni.apimart import localize_error, task_language, with_request_id
+from omniflash.api.omni.routes import router
+from omniflash.api.openai import videos as openai_videos
 from omniflash.api.responses import JSONResponse
-from omniflash.api.routes import router
+from omniflash.api.workers import routes as worker_routes
+from omniflash.blobs import Storage, StorageUnavailable, UrlSigner, create_storage
+from omniflash.blobs.health import StorageHealth
 from omniflash.engines.estimates import estimator_for
 from omniflash.errors import (
     InvalidRequest,
@@ -46,8 +46,6 @@ from omniflash.errors import (
 from omniflash.metrics import Metrics, RequestMiddleware
 from omniflash.metrics import router as metrics_router
 from omniflash.settings import Settings
-from omniflash.storage import Storage, StorageUnavailable, UrlSigner, create_storage
-from omniflash.storage.health import StorageHealth
 from omniflash.store import Store
 from omniflash.store.reads import hot_reads
 from omniflash.worker import Listener, Maintenance, StoreTaskSource, WorkerPool

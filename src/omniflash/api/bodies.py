@@ -30,9 +30,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omniflash.api.apimart import with_request_id
-from omniflash.api.mcp_endpoint import MCP_PATH
-from omniflash.api.openai_shapes import openai_error
+from omniflash.api.mcp.endpoint import MCP_PATH
+from omniflash.api.omni.apimart import with_request_id
+from omniflash.api.openai.shapes import openai_error
 from omniflash.api.responses import JSONResponse
 from omniflash.errors import OmniflashError, PayloadTooLarge, RequestTimeout
 from omniflash.settings import Settings

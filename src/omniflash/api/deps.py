@@ -16,10 +16,10 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from omniflash.api.limits import KeyCache, ReadLimiter
+from omniflash.blobs import Storage, UrlSigner
 from omniflash.engines.estimates import Estimator
 from omniflash.errors import AuthenticationFailed, RateLimited
 from omniflash.settings import Settings
-from omniflash.storage import Storage, UrlSigner
 from omniflash.store import KeyInfo, Store
 from omniflash.store.reads import HotReads
 from omniflash.text import bearer_token

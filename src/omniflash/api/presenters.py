@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from omniflash.api.apimart import number
+from omniflash.api.omni.apimart import number
+from omniflash.blobs import Storage, UrlSigner
 from omniflash.pricing import Pricing, credits
-from omniflash.storage import Storage, UrlSigner
 from omniflash.store import TaskRow, TaskStatus
 
 __all__ = ["task_public"]

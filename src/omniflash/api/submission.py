@@ -24,11 +24,11 @@ from starlette.concurrency import run_in_threadpool
 
 from omniflash.api.bodies import mb, off_loop
 from omniflash.api.deps import Services
-from omniflash.api.uploads import own_upload_inputs
+from omniflash.api.files.uploads import own_upload_inputs
 from omniflash.contract import MAX_SEED, GenerationSpec
 from omniflash.errors import InvalidRequest, OmniflashError, PayloadTooLarge
 from omniflash.ids import ulid
-from omniflash.inputs import check_inline_sizes, store_inline_inputs
+from omniflash.input_blobs import check_inline_sizes, store_inline_inputs
 from omniflash.store import IdempotencyRequest, KeyInfo, Submission
 
 __all__ = [

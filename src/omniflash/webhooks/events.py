@@ -12,8 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from omniflash.api.presenters import task_public
+from omniflash.blobs import UrlSigner
 from omniflash.settings import Settings
-from omniflash.storage import UrlSigner
 from omniflash.store import Store, TaskRow, TaskStatus
 from omniflash.store.schema import tasks
 from omniflash.webhooks.outbox import Outbox

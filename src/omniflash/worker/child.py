@@ -85,7 +85,7 @@ def _run_job(
     engine: Any, payload: dict[str, Any], conn: Connection, cancel: Event, settings: Settings
 ) -> tuple[Any, ...]:
     from omniflash.engines import Job
-    from omniflash.media.inputs import clip_seconds, fetch_inputs
+    from omniflash.media.task_inputs import clip_seconds, fetch_inputs
 
     spec = GenerationSpec.from_json(payload["spec"])
     workdir = Path(payload["workdir"])

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from omniflash.blobs import Storage
 from omniflash.settings import Settings
-from omniflash.storage import Storage
 from omniflash.store import Store
 from omniflash.store.tasks import NOTIFY_CHANNEL
 from omniflash.worker.source import TaskSource

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from omniflash import __version__
-from omniflash.inputs import blob_inputs
+from omniflash.input_blobs import blob_inputs
 from omniflash.settings import Settings
 from omniflash.worker.pool import WorkerPool
 from omniflash.worker.source import PROTOCOL_VERSION, Lease, SourceUnavailable

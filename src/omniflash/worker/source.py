@@ -24,8 +24,9 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from omniflash.blobs import Storage, StorageUnavailable
 from omniflash.contract import GenerationSpec
-from omniflash.inputs import blob_inputs
+from omniflash.input_blobs import blob_inputs
 from omniflash.media.mp4check import (
     Mp4Summary,
     ResultRejected,
@@ -34,7 +35,6 @@ from omniflash.media.mp4check import (
     result_seconds,
 )
 from omniflash.settings import Settings
-from omniflash.storage import Storage, StorageUnavailable
 from omniflash.store import Store, TaskRow, TaskStatus
 from omniflash.worker.wake import Waker
 

@@ -19,10 +19,10 @@ import re
 import time
 from pathlib import Path
 
+from omniflash.blobs import Storage, StorageUnavailable
 from omniflash.ids import ulid_time
-from omniflash.inputs import blob_inputs
+from omniflash.input_blobs import blob_inputs
 from omniflash.settings import Settings
-from omniflash.storage import Storage, StorageUnavailable
 from omniflash.store import Store
 
 __all__ = ["SUBMIT_WINDOW_S", "orphan_age_s", "sweep_expired_files", "sweep_orphans"]

@@ -18,7 +18,7 @@ import pytest
 from omniflash.contract import Mode
 from omniflash.engines import create_engine
 from omniflash.engines.diffusion import DiffusersEngine, Inputs, Recipe
-from omniflash.engines.diffusion.inputs import build_call_kwargs
+from omniflash.engines.diffusion.adapters import build_call_kwargs
 from omniflash.settings import Settings
 from tests.engines.diffusion.tiny_inputs import make_job, solid
 from tests.engines.diffusion.tiny_models import recipes_toml

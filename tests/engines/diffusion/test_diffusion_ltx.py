@@ -127,7 +127,7 @@ def test_a_mode_mapped_to_a_recipe_without_its_input(
 def test_a_video_condition_guides_rather_than_copies() -> None:
     from PIL import Image
 
-    from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs
+    from omniflash.engines.diffusion.adapters import Inputs, build_call_kwargs
 
     frames = tuple(Image.new("RGB", (64, 32), (9, 9, 9)) for _ in range(9))
     kwargs = build_call_kwargs(

@@ -6,8 +6,8 @@ Which pipeline and model serve each mode is set by a recipes file
 engine is created, so this package imports without the ``[gpu]`` extra.
 """
 
+from omniflash.engines.diffusion.adapters import ADAPTERS, Inputs
 from omniflash.engines.diffusion.engine import INSTALL_HINT, DiffusersEngine, require_gpu_extra
-from omniflash.engines.diffusion.inputs import ADAPTERS, Inputs
 from omniflash.engines.diffusion.recipes import (
     FrameRule,
     Recipe,

@@ -21,9 +21,9 @@ from PIL import Image
 
 from omniflash.contract import GenerationSpec, Mode
 from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
+from omniflash.engines.diffusion.adapters import Inputs, cover
 from omniflash.engines.diffusion.control import control_frames
 from omniflash.engines.diffusion.guidance import PromptCache, call_pipeline
-from omniflash.engines.diffusion.inputs import Inputs, cover
 from omniflash.engines.diffusion.loader import PipelineLoader, device_lost, free_device_memory
 from omniflash.engines.diffusion.ranks import RankGroup, agree_stop, pin_gpus
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook, Segment, load_recipes

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from omniflash.engines.diffusion.inputs import Inputs, build_call_kwargs
+from omniflash.engines.diffusion.adapters import Inputs, build_call_kwargs
 from omniflash.engines.diffusion.recipes import Recipe
 
 __all__ = ["BATCHED_GUIDANCE", "Prompt", "PromptCache", "batched_guidance", "call_pipeline"]

@@ -14,7 +14,7 @@ table names a pipeline class, a model (a local folder or a hub id) and how to ca
     [recipes.wan-t2v]
     pipeline = "WanPipeline"
     model = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-    inputs = []                         # input adapters, see omniflash.engines.diffusion.inputs
+    inputs = []                         # input adapters, see omniflash.engines.diffusion.adapters
     steps = 50
     guidance = 5.0
     fps = 16
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from omniflash.contract import ASPECT_RATIOS, Mode
-from omniflash.engines.diffusion.inputs import ADAPTERS, consumed_by
+from omniflash.engines.diffusion.adapters import ADAPTERS, consumed_by
 from omniflash.engines.diffusion.speed import ATTENTION_BACKENDS
 
 __all__ = [

@@ -15,7 +15,7 @@ import numpy
 from PIL import Image
 
 from omniflash.engines.base import CancelCheck
-from omniflash.engines.diffusion.inputs import cover
+from omniflash.engines.diffusion.adapters import cover
 from omniflash.errors import TaskCancelled
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ import dataclasses
 from PIL import Image
 
 from omniflash.contract import ASPECT_RATIOS, DURATIONS, Mode
-from omniflash.engines.diffusion.inputs import Inputs
+from omniflash.engines.diffusion.adapters import Inputs
 from omniflash.engines.diffusion.recipes import Recipe, RecipeBook
 
 __all__ = ["WarmCall", "every_call_shape", "listed_shapes"]

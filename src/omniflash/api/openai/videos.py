@@ -21,8 +21,8 @@ from starlette.datastructures import UploadFile
 
 from omniflash.api.bodies import off_loop
 from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
-from omniflash.api.files import NOSNIFF
-from omniflash.api.openai_shapes import OpenAIRoute, poll_after_ms, video_object
+from omniflash.api.files.downloads import NOSNIFF
+from omniflash.api.openai.shapes import OpenAIRoute, poll_after_ms, video_object
 from omniflash.api.responses import JSONResponse
 from omniflash.api.submission import (
     counted_if_refused,
@@ -38,7 +38,7 @@ from omniflash.contract import (
     parse_remix_request,
 )
 from omniflash.errors import Conflict, NotFound
-from omniflash.inputs import BLOB_SCHEME, blob_inputs
+from omniflash.input_blobs import BLOB_SCHEME, blob_inputs
 from omniflash.store import IdempotencyRequest, KeyInfo, TaskRow, TaskStatus
 from omniflash.store.videos import VideoStore
 from omniflash.text import check_text, cursor, shown, task_id

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from omniflash.storage.local import LocalStorage
-from omniflash.storage.protocol import Storage
-from omniflash.storage.s3 import MAX_PRESIGN_S, S3Storage
+from omniflash.blobs.local import LocalStorage
+from omniflash.blobs.protocol import Storage
+from omniflash.blobs.s3 import MAX_PRESIGN_S, S3Storage
 
 if TYPE_CHECKING:
     from omniflash.settings import Settings

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from omniflash.storage import LocalStorage, StorageUnavailable
-from omniflash.storage.health import StorageHealth
+from omniflash.blobs import LocalStorage, StorageUnavailable
+from omniflash.blobs.health import StorageHealth
 from tests.conftest import free_port, running_server
 from tests.s3_server import CREDENTIALS, _stop, _wait_ready
 

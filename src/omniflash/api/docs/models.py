@@ -18,8 +18,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from omniflash import __version__
-from omniflash.api.apimart import V2026_07_27, with_request_id
 from omniflash.api.deps import Services, ServicesDep
+from omniflash.api.omni.apimart import V2026_07_27, with_request_id
 from omniflash.api.submission import IDEMPOTENCY_KEY_MAX
 from omniflash.contract import (
     ASPECT_RATIOS,

@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from omniflash import __version__
 from omniflash.api.deps import Services, ServicesDep, services_of
 from omniflash.api.responses import JSONResponse
-from omniflash.api.worker_bodies import (
+from omniflash.api.workers.bodies import (
     ClaimRequest,
     CompleteRequest,
     EpochQuery,
@@ -52,7 +52,7 @@ from omniflash.errors import (
     InvalidRequest,
     NotFound,
 )
-from omniflash.inputs import blob_inputs
+from omniflash.input_blobs import blob_inputs
 from omniflash.media.mp4check import ResultRejected
 from omniflash.store import TaskRow, TaskStatus, WorkerInfo
 from omniflash.text import bearer_token, is_task_id, shown

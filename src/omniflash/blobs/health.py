@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 
-from omniflash.storage.protocol import Storage
+from omniflash.blobs.protocol import Storage
 
 __all__ = ["StorageHealth"]
 

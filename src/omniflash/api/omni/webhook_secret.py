@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from omniflash.api.apimart import with_request_id
 from omniflash.api.deps import Caller, ServicesDep
+from omniflash.api.omni.apimart import with_request_id
 from omniflash.webhooks import ROTATION_GRACE_S, WebhookSecrets
 
 __all__ = ["router"]

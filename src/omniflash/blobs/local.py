@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from omniflash.storage.protocol import CHUNK, StorageUnavailable, check_key
+from omniflash.blobs.protocol import CHUNK, StorageUnavailable, check_key
 
 __all__ = ["LocalStorage"]
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from omniflash.contract import VIDEO_SECONDS_RANGE, GenerationSpec
 from omniflash.errors import BadInput
-from omniflash.inputs import VIDEO_LABEL, image_label
+from omniflash.input_blobs import VIDEO_LABEL, image_label
 from omniflash.media.decode import VideoClip, decode_image, probe_video
 from omniflash.media.fetch import FetchPolicy, fetch_bytes, fetch_to_file
 from omniflash.settings import Settings

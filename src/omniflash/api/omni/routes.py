@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from omniflash.api.apimart import (
+from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
+from omniflash.api.omni.apimart import (
     RESPONSE_VERSION_HEADER,
     failure_prefix,
     number,
@@ -16,7 +17,6 @@ from omniflash.api.apimart import (
     submitted_task,
     with_request_id,
 )
-from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
 from omniflash.api.presenters import task_public
 from omniflash.api.responses import JSONResponse
 from omniflash.api.submission import (

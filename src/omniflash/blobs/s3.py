@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omniflash.storage.protocol import CHUNK, StorageUnavailable, check_key
+from omniflash.blobs.protocol import CHUNK, StorageUnavailable, check_key
 
 __all__ = ["INSTALL_HINT", "MAX_PRESIGN_S", "S3Storage"]
 

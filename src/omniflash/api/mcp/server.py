@@ -21,23 +21,23 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import CallToolResult, ResourceLink, TextContent
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import CallToolResult, ResourceLink, TextContent
 from omniflash import __version__
-from omniflash.api.apimart import failure_prefix, parse_language, with_request_id
 from omniflash.api.bodies import mcp_body_limit, off_loop
 from omniflash.api.deps import Services, authenticate
-from omniflash.api.discovery import model_docs, model_object, model_schema
-from omniflash.api.mcp_endpoint import MCP_PATH
+from omniflash.api.docs.models import model_docs, model_object, model_schema
+from omniflash.api.files.uploads import UploadTooLarge, store_upload
+from omniflash.api.mcp.endpoint import MCP_PATH
+from omniflash.api.omni.apimart import failure_prefix, parse_language, with_request_id
 from omniflash.api.presenters import task_public
 from omniflash.api.responses import JSONResponse
 from omniflash.api.submission import counted_if_refused, idempotency_request, submit_spec
-from omniflash.api.uploads import UploadTooLarge, store_upload
 from omniflash.contract import MODEL_NAME, parse_generation_request
 from omniflash.errors import AuthenticationFailed, InvalidRequest, OmniflashError
 from omniflash.store import KeyInfo, TaskRow, TaskStatus

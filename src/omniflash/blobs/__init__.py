@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
-from omniflash.storage.config import create_storage, parse_storage_url
-from omniflash.storage.local import LocalStorage
-from omniflash.storage.protocol import Storage, StorageUnavailable
-from omniflash.storage.s3 import S3Storage
-from omniflash.storage.signing import UrlSigner
+from omniflash.blobs.config import create_storage, parse_storage_url
+from omniflash.blobs.local import LocalStorage
+from omniflash.blobs.protocol import Storage, StorageUnavailable
+from omniflash.blobs.s3 import S3Storage
+from omniflash.blobs.signing import UrlSigner
 
 __all__ = [
     "LocalStorage",

@@ -1,6 +1,6 @@
 """``/mcp`` without loading the MCP SDK until an agent calls it.
 
-``omniflash.api.mcp_server`` (and with it the ``mcp`` package) is imported on the first
+``omniflash.api.mcp.server`` (and with it the ``mcp`` package) is imported on the first
 request to ``/mcp``; an API process that never serves an agent stays small.
 """
 
@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from omniflash.api.deps import Services
-    from omniflash.api.mcp_server import McpEndpoint
+    from omniflash.api.mcp.server import McpEndpoint
 
 __all__ = ["MCP_PATH", "LazyMcpEndpoint"]
 
@@ -26,7 +26,7 @@ class LazyMcpEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._endpoint is None:
-            from omniflash.api.mcp_server import McpEndpoint
+            from omniflash.api.mcp.server import McpEndpoint
 
             self._endpoint = McpEndpoint(self.services)
         await self._endpoint(scope, receive, send)

@@ -16,8 +16,8 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from omniflash.api.deps import ServicesDep
 from omniflash.api.responses import JSONResponse
+from omniflash.blobs import Storage, StorageUnavailable
 from omniflash.errors import Forbidden, InvalidRequest, NotFound, OmniflashError, ServiceUnavailable
-from omniflash.storage import Storage, StorageUnavailable
 
 __all__ = ["NOSNIFF", "RangeNotSatisfiable", "byte_range", "router"]
 

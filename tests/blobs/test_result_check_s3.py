@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from omniflash.api.app import create_app
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskStatus
+from tests.blobs.conftest import unique_prefix
 from tests.remote.videos import mp4_bytes
 from tests.s3_server import S3Server
-from tests.storage.conftest import unique_prefix
 from tests.store.test_races import assert_money
 
 

@@ -27,17 +27,17 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from omniflash.api.apimart import with_request_id
 from omniflash.api.deps import Services, ServicesDep, Uploader
+from omniflash.api.omni.apimart import with_request_id
 from omniflash.api.responses import JSONResponse
 from omniflash.errors import InvalidRequest, PayloadTooLarge
 from omniflash.ids import ulid
-from omniflash.inputs import BLOB_SCHEME, image_label
+from omniflash.input_blobs import BLOB_SCHEME, image_label
 from omniflash.text import check_text
 
 if TYPE_CHECKING:
+    from omniflash.blobs import Storage, UrlSigner
     from omniflash.contract import GenerationSpec
-    from omniflash.storage import Storage, UrlSigner
 
 __all__ = [
     "UPLOADS",

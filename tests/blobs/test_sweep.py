@@ -19,12 +19,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from omniflash.api.app import create_app
+from omniflash.blobs import LocalStorage, Storage, StorageUnavailable
 from omniflash.contract import parse_generation_request
 from omniflash.errors import PaymentRequired
 from omniflash.ids import ulid
-from omniflash.inputs import store_inline_inputs
+from omniflash.input_blobs import store_inline_inputs
 from omniflash.settings import Settings
-from omniflash.storage import LocalStorage, Storage, StorageUnavailable
 from omniflash.store import Store
 from omniflash.worker.sweep import sweep_expired_files, sweep_orphans
 from tests.store.test_races import assert_money

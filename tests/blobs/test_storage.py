@@ -14,16 +14,16 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-import omniflash.storage
-from omniflash.storage import LocalStorage, S3Storage, Storage
+import omniflash.blobs
+from omniflash.blobs import LocalStorage, S3Storage, Storage
 
 DATA = bytes(range(256)) * 40  # 10 240 bytes, every offset tells its position
 
 
 def test_package_exports_what_it_lists() -> None:
-    assert sorted(omniflash.storage.__all__) == omniflash.storage.__all__
-    for name in omniflash.storage.__all__:
-        assert getattr(omniflash.storage, name) is not None
+    assert sorted(omniflash.blobs.__all__) == omniflash.blobs.__all__
+    for name in omniflash.blobs.__all__:
+        assert getattr(omniflash.blobs, name) is not None
 
 
 def test_put_bytes_read_back_delete(storage: Storage, tmp_path: Path) -> None:

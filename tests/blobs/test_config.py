@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from omniflash.settings import Settings
-from omniflash.storage import (
+from omniflash.blobs import (
     LocalStorage,
     S3Storage,
     StorageUnavailable,
     create_storage,
     parse_storage_url,
 )
+from omniflash.settings import Settings
 from tests.conftest import free_port
 from tests.s3_server import S3Server
 

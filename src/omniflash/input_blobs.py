@@ -18,7 +18,7 @@ from omniflash.contract import GenerationSpec
 from omniflash.errors import PayloadTooLarge
 
 if TYPE_CHECKING:
-    from omniflash.storage import Storage
+    from omniflash.blobs import Storage
 
 __all__ = [
     "BLOB_SCHEME",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from omniflash.storage import LocalStorage, S3Storage, Storage
+from omniflash.blobs import LocalStorage, S3Storage, Storage
 from tests.s3_server import S3Server, s3_server
 
 

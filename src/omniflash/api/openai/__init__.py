@@ -1,0 +1,2 @@
+"""The OpenAI dialect: ``/v1/videos`` as the ``openai`` SDK calls it (``videos``), its
+request and response shapes (``shapes``)."""
