@@ -16,12 +16,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from omniflash.api.app import create_app
-from omniflash.api.presenters import task_public
 from omniflash.blobs import S3Storage
 from omniflash.contract import parse_generation_request
 from omniflash.input_blobs import blob_inputs, store_inline_inputs
 from omniflash.settings import Settings
 from omniflash.store import Store
+from omniflash.task_view import task_public
 from omniflash.worker.sweep import sweep_expired_files
 from tests.blobs.conftest import unique_prefix
 from tests.conftest import free_port, running_server, wait_for_task

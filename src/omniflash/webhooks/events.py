@@ -11,11 +11,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from omniflash.api.presenters import task_public
 from omniflash.blobs import UrlSigner
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskRow, TaskStatus
 from omniflash.store.schema import tasks
+from omniflash.task_view import task_public
 from omniflash.webhooks.outbox import Outbox
 
 __all__ = ["event_body", "install", "webhook_base_url"]

@@ -35,12 +35,12 @@ from omniflash.api.docs.models import model_docs, model_object, model_schema
 from omniflash.api.files.uploads import UploadTooLarge, store_upload
 from omniflash.api.mcp.endpoint import MCP_PATH
 from omniflash.api.omni.apimart import failure_prefix, parse_language, with_request_id
-from omniflash.api.presenters import task_public
 from omniflash.api.responses import JSONResponse
 from omniflash.api.submission import counted_if_refused, idempotency_request, submit_spec
 from omniflash.contract import MODEL_NAME, parse_generation_request
 from omniflash.errors import AuthenticationFailed, InvalidRequest, OmniflashError
 from omniflash.store import KeyInfo, TaskRow, TaskStatus
+from omniflash.task_view import task_public
 from omniflash.text import check_text, scrub
 from omniflash.text import task_id as checked_task_id
 

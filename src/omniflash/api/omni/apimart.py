@@ -25,6 +25,7 @@ from starlette.requests import Request
 from omniflash.errors import InvalidRequest, OmniflashError
 from omniflash.logs import request_id_var
 from omniflash.store import TaskRow
+from omniflash.task_view import number
 from omniflash.text import shown
 
 __all__ = [
@@ -87,11 +88,6 @@ def with_request_id(body: dict[str, Any]) -> dict[str, Any]:
     if rid is not None:
         body["request_id"] = rid
     return body
-
-
-def number(value: float) -> int | float:
-    """A whole number as an ``int`` (written ``4``), a fraction unchanged (``0.4``)."""
-    return int(value) if float(value).is_integer() else value
 
 
 def submitted_task(task: TaskRow, *, credits_cost: float, cost: float) -> dict[str, Any]:

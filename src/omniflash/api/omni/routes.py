@@ -17,7 +17,6 @@ from omniflash.api.omni.apimart import (
     submitted_task,
     with_request_id,
 )
-from omniflash.api.presenters import task_public
 from omniflash.api.responses import JSONResponse
 from omniflash.api.submission import (
     counted_if_refused,
@@ -30,6 +29,7 @@ from omniflash.contract import parse_generation_request
 from omniflash.errors import InvalidRequest, NotFound
 from omniflash.pricing import credits
 from omniflash.store import KeyInfo, Submission, TaskRow, TaskStatus
+from omniflash.task_view import task_public
 from omniflash.text import cursor, shown
 from omniflash.text import task_id as checked_task_id
 

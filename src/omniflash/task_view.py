@@ -1,15 +1,20 @@
-"""Tasks as the API shows them (the seed's shapes)."""
+"""A task as clients see it: the seed's ``GET /v1/tasks/{id}`` body, the one view that every
+dialect and the webhook events start from."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from omniflash.api.omni.apimart import number
 from omniflash.blobs import Storage, UrlSigner
 from omniflash.pricing import Pricing, credits
 from omniflash.store import TaskRow, TaskStatus
 
-__all__ = ["task_public"]
+__all__ = ["number", "task_public"]
+
+
+def number(value: float) -> int | float:
+    """A whole number as an ``int`` (written ``4``), a fraction unchanged (``0.4``)."""
+    return int(value) if float(value).is_integer() else value
 
 
 def task_public(
