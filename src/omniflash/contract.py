@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from omniflash.errors import (
     InvalidDuration,
+    InvalidParam,
     InvalidRequest,
     InvalidResolution,
     UnsupportedImageCount,
@@ -40,7 +41,6 @@ __all__ = [
     "RESOLUTIONS",
     "VIDEO_SECONDS_RANGE",
     "GenerationSpec",
-    "InvalidParam",
     "Mode",
     "geometry",
     "parse_callback_url",
@@ -341,14 +341,6 @@ def parse_generation_request(body: object) -> GenerationSpec:
 # -- extensions shared by every dialect -------------------------------------------------------
 
 MAX_CALLBACK_URL_CHARS = 2048
-
-
-class InvalidParam(InvalidRequest):
-    """An ``InvalidRequest`` that names the request field at fault (OpenAI's ``param``)."""
-
-    def __init__(self, message: str, param: str | None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 def parse_callback_url(value: object) -> str | None:

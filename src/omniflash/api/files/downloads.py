@@ -15,11 +15,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from omniflash.api.deps import ServicesDep
-from omniflash.api.responses import JSONResponse
+from omniflash.api.omni.errors import seed_error
 from omniflash.blobs import Storage, StorageUnavailable
-from omniflash.errors import Forbidden, InvalidRequest, NotFound, OmniflashError, ServiceUnavailable
+from omniflash.errors import (
+    Forbidden,
+    NotFound,
+    OmniflashError,
+    RangeNotSatisfiable,
+    ServiceUnavailable,
+)
 
-__all__ = ["NOSNIFF", "RangeNotSatisfiable", "byte_range", "router"]
+__all__ = ["NOSNIFF", "byte_range", "router"]
 
 router = APIRouter()
 PATH = "/v1/files/{blob_key:path}"
@@ -40,11 +46,6 @@ def _media(blob_key: str) -> tuple[str, str]:
 
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-class RangeNotSatisfiable(InvalidRequest):
-    status = 416
-    default_message = "The requested range is outside the file"
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -70,14 +71,14 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             return None
         suffix = int(last)
         if suffix == 0:
-            raise RangeNotSatisfiable()
+            raise RangeNotSatisfiable(size=size)
         return max(0, size - suffix), size - 1
     start = int(first)
     end = size - 1 if not last else min(int(last), size - 1)
     if last and int(last) < start:
         return None
     if start >= size:
-        raise RangeNotSatisfiable()
+        raise RangeNotSatisfiable(size=size)
     return start, end
 
 
@@ -134,8 +135,7 @@ def _streamed(
     try:
         span = byte_range(asked, size)
     except RangeNotSatisfiable as exc:
-        headers["Content-Range"] = f"bytes */{size}"
-        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+        return seed_error(exc, headers=headers)
     status, (start, end) = 200, (0, size - 1)
     if span is not None:
         status, (start, end) = 206, span

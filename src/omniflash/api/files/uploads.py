@@ -30,7 +30,7 @@ from starlette.datastructures import UploadFile
 from omniflash.api.deps import Services, ServicesDep, Uploader
 from omniflash.api.omni.apimart import with_request_id
 from omniflash.api.responses import JSONResponse
-from omniflash.errors import InvalidRequest, PayloadTooLarge
+from omniflash.errors import InvalidRequest, UploadTooLarge
 from omniflash.ids import ulid
 from omniflash.input_blobs import BLOB_SCHEME, image_label
 from omniflash.text import check_text
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "UPLOADS",
-    "UploadTooLarge",
     "own_upload_inputs",
     "router",
     "sniff_image",
@@ -53,10 +52,6 @@ UPLOADS = "uploads/"
 """Blob keys of uploaded images start with this."""
 _FILES = "/v1/files/"
 _NAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class UploadTooLarge(PayloadTooLarge):
-    default_message = "The file is too large"
 
 
 def sniff_image(head: bytes) -> tuple[str, str] | None:

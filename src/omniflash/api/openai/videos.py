@@ -33,11 +33,10 @@ from omniflash.api.submission import (
 )
 from omniflash.contract import (
     GenerationSpec,
-    InvalidParam,
     parse_openai_video_request,
     parse_remix_request,
 )
-from omniflash.errors import Conflict, NotFound
+from omniflash.errors import Conflict, InvalidParam, NotFound
 from omniflash.input_blobs import BLOB_SCHEME, blob_inputs
 from omniflash.store import IdempotencyRequest, KeyInfo, TaskRow, TaskStatus
 from omniflash.store.videos import VideoStore
