@@ -24,13 +24,12 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 
 from omniflash.api.deps import authenticate, authenticate_submit, authenticate_upload
+from omniflash.api.openai.requests import OPENAI_SECONDS, OPENAI_SIZES
 from omniflash.api.openai.shapes import OpenAIRoute
 from omniflash.contract import (
     MAX_CALLBACK_URL_CHARS,
     MAX_PROMPT_CHARS,
     MODEL_NAME,
-    OPENAI_SECONDS,
-    OPENAI_SIZES,
     request_json_schema,
 )
 

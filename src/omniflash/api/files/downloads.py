@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from omniflash.api.deps import ServicesDep
+from omniflash.api.intake import UPLOADS
 from omniflash.api.omni.errors import seed_error
 from omniflash.blobs import Storage, StorageUnavailable
 from omniflash.errors import (
@@ -24,24 +25,25 @@ from omniflash.errors import (
     RangeNotSatisfiable,
     ServiceUnavailable,
 )
+from omniflash.image_types import by_extension
 
 __all__ = ["NOSNIFF", "byte_range", "router"]
 
 router = APIRouter()
 PATH = "/v1/files/{blob_key:path}"
 MEDIA_TYPE = "video/mp4"
-_IMAGE_TYPES = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp"}
-"""Uploaded images (``uploads/…``) keep their type; every other blob is a video."""
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 """On every served blob: a browser takes the type we judged from the bytes, and never
 sniffs an uploaded image that is also HTML (a polyglot) into a page of this origin."""
 
 
 def _media(blob_key: str) -> tuple[str, str]:
-    """The media type and download filename of a blob."""
+    """The media type and download filename of a blob: uploaded images (``uploads/…``)
+    keep their type; every other blob is a video."""
     stem, _, ext = blob_key.rsplit("/", 1)[-1].partition(".")
-    if blob_key.startswith("uploads/") and ext in _IMAGE_TYPES:
-        return _IMAGE_TYPES[ext], f"{stem}.{ext}"
+    image = by_extension(ext) if blob_key.startswith(UPLOADS) else None
+    if image is not None:
+        return image.media_type, f"{stem}.{ext}"
     return MEDIA_TYPE, stem + ".mp4"
 
 
