@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 
-from omniflash.api.deps import authenticate, authenticate_submit, authenticate_upload
+from omniflash.api.deps import authenticate_read_limited, authenticate_submit, authenticate_upload
 from omniflash.api.openai.requests import OPENAI_SECONDS, OPENAI_SIZES
 from omniflash.api.openai.shapes import OpenAIRoute
 from omniflash.contract import (
@@ -91,8 +91,8 @@ def _walk(dependant: Dependant) -> Iterable[Dependant]:
 
 
 def is_authenticated(route: APIRoute) -> bool:
-    """Whether the route takes an API key (it depends on ``authenticate`` or a form of it)."""
-    checks = (authenticate, authenticate_submit, authenticate_upload)
+    """Whether the route takes an API key (it depends on one of ``deps``' three key checks)."""
+    checks = (authenticate_read_limited, authenticate_submit, authenticate_upload)
     return any(d.call in checks for d in _walk(route.dependant))
 
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from omniflash.api.bodies import MCP_PATH, mcp_body_limit
-from omniflash.api.deps import Services, authenticate
+from omniflash.api.deps import Services, authenticate_read_limited
 from omniflash.api.omni.errors import seed_error
 from omniflash.errors import OmniflashError
 
@@ -73,7 +73,7 @@ class McpEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            key = await authenticate(Request(scope, receive))
+            key = await authenticate_read_limited(Request(scope, receive))
         except OmniflashError as exc:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             await seed_error(exc, headers=headers)(scope, receive, send)

@@ -3,7 +3,7 @@
 Stateless, JSON responses, built on the official ``mcp`` SDK; ``endpoint`` mounts it in
 the API app and checks the caller's Bearer key before any MCP message is read.  Each
 tool is a thin dialect: it calls the same functions as the HTTP routes (``contract`` to
-parse, ``submit_spec`` to charge and queue, ``task_public`` to show a task), so every
+parse, ``submit_spec`` to charge and queue, ``task_data`` to show a task), so every
 rule is the HTTP API's.
 
 Tools: ``list_models``, ``get_model_docs``, ``get_model_schema``, ``upload_image``,
@@ -28,15 +28,14 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ResourceLink, TextContent
 from omniflash import __version__
 from omniflash.api.bodies import off_loop
-from omniflash.api.deps import Services, authenticate
+from omniflash.api.deps import Services, authenticate_read_limited
 from omniflash.api.docs.models import model_docs, model_object, model_schema
 from omniflash.api.files.uploads import store_upload
-from omniflash.api.omni.apimart import failure_prefix, parse_language
+from omniflash.api.omni.apimart import parse_language, task_data
 from omniflash.api.submission import counted_if_refused, idempotency_request, submit_spec
 from omniflash.contract import MODEL_NAME, parse_generation_request
 from omniflash.errors import AuthenticationFailed, InvalidRequest, OmniflashError, UploadTooLarge
-from omniflash.store import KeyInfo, TaskRow, TaskStatus
-from omniflash.task_view import task_public
+from omniflash.store import KeyInfo, TaskRow
 from omniflash.text import check_text, scrub
 from omniflash.text import task_id as checked_task_id
 
@@ -98,7 +97,7 @@ class _Tools:
             raise AuthenticationFailed("MCP tools are served over HTTP with a Bearer API key")
         key = getattr(request.state, "omniflash_key", None)
         if not isinstance(key, KeyInfo):
-            key = await authenticate(request)
+            key = await authenticate_read_limited(request)
         return key, self.services.base_url(request)
 
     async def _run(
@@ -113,19 +112,7 @@ class _Tools:
     def _task(
         self, task: TaskRow, base_url: str, language: str | None = None
     ) -> tuple[dict[str, Any], list[ResourceLink]]:
-        services = self.services
-        public = task_public(
-            task,
-            base_url=base_url,
-            signer=services.signer,
-            pricing=services.settings.pricing,
-            presigner=services.presigner,
-        )
-        error = public.get("error")
-        if error is not None:
-            error["message"] = failure_prefix(
-                error["message"], cancelled=task.status is TaskStatus.CANCELLED, language=language
-            )
+        public = task_data(self.services, task, base_url, language)
         terminal = task.status.terminal
         data: dict[str, Any] = {
             "kind": "task",

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omniflash.errors import InvalidRequest
 from omniflash.logs import request_id_var
-from omniflash.store import TaskRow
+from omniflash.store import TaskRow, TaskStatus
 from omniflash.task_view import number
 from omniflash.text import shown
+
+if TYPE_CHECKING:
+    from omniflash.api.deps import Services
 
 __all__ = [
     "LANGUAGES",
@@ -37,6 +40,7 @@ __all__ = [
     "request_id",
     "response_version",
     "submitted_task",
+    "task_data",
     "with_request_id",
 ]
 
@@ -119,6 +123,20 @@ _FAILED = {
     "ja": "生成に失敗しました",
 }
 _CANCELLED = {"en": "Cancelled", "zh": "已取消", "ko": "취소됨", "ja": "キャンセルされました"}
+
+
+def task_data(
+    services: Services, task: TaskRow, base_url: str, language: str | None = None
+) -> dict[str, Any]:
+    """``GET /v1/tasks/{id}``'s ``data`` (``Services.task_view``), a failed or cancelled
+    task's ``error.message`` prefixed in ``language``; the MCP tools answer the same."""
+    public = services.task_view(task, base_url)
+    error = public.get("error")
+    if error is not None:
+        error["message"] = failure_prefix(
+            error["message"], cancelled=task.status is TaskStatus.CANCELLED, language=language
+        )
+    return public
 
 
 def failure_prefix(message: str, *, cancelled: bool, language: str | None) -> str:

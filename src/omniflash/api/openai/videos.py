@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from omniflash.api.bodies import off_loop
-from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
+from omniflash.api.deps import Reader, Services, ServicesDep, Submitter, Writer
 from omniflash.api.files.downloads import NOSNIFF
 from omniflash.api.openai.requests import parse_openai_video_request, parse_remix_request
 from omniflash.api.openai.shapes import OpenAIRoute, poll_after_ms, video_object
@@ -147,7 +147,7 @@ async def create_video(request: Request, key: Submitter, services: ServicesDep) 
 
 @router.get("", summary="List videos (OpenAI videos API)")
 async def list_videos(
-    key: Caller,
+    key: Reader,
     services: ServicesDep,
     after: Annotated[str | None, Query(description="the last id of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -165,7 +165,7 @@ async def list_videos(
 
 
 @router.get("/{video_id}", summary="Retrieve a video (OpenAI videos API)")
-async def retrieve_video(video_id: str, key: Caller, services: ServicesDep) -> JSONResponse:
+async def retrieve_video(video_id: str, key: Reader, services: ServicesDep) -> JSONResponse:
     task = await _polled_video(services, key, video_id)
     return JSONResponse(
         video_object(task),
@@ -174,7 +174,7 @@ async def retrieve_video(video_id: str, key: Caller, services: ServicesDep) -> J
 
 
 @router.delete("/{video_id}", summary="Delete a video and its files (OpenAI videos API)")
-def delete_video(video_id: str, key: Caller, services: ServicesDep) -> dict[str, Any]:
+def delete_video(video_id: str, key: Writer, services: ServicesDep) -> dict[str, Any]:
     """A queued or running video is cancelled (and refunded) first; then its files go."""
     task = _video(services, key, video_id)
     if not task.status.terminal:
@@ -216,7 +216,7 @@ def _thumbnail(path: Path) -> bytes:
 
 @router.get("/{video_id}/content", summary="Download a video or its thumbnail (OpenAI videos API)")
 def video_content(
-    video_id: str, key: Caller, services: ServicesDep, variant: str = "video"
+    video_id: str, key: Reader, services: ServicesDep, variant: str = "video"
 ) -> Response:
     if variant not in ("video", "thumbnail"):
         raise InvalidParam(
