@@ -20,12 +20,12 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import CallToolResult, ResourceLink, TextContent
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import CallToolResult, ResourceLink, TextContent
 from omniflash import __version__
 from omniflash.api.bodies import off_loop
 from omniflash.api.deps import Services, authenticate_read_limited
@@ -34,6 +34,7 @@ from omniflash.api.files.uploads import store_upload
 from omniflash.api.omni.apimart import parse_language, task_data
 from omniflash.api.submission import counted_if_refused, idempotency_request, submit_spec
 from omniflash.contract import MODEL_NAME, parse_generation_request
+from omniflash.data_uris import is_data_uri
 from omniflash.errors import AuthenticationFailed, InvalidRequest, OmniflashError, UploadTooLarge
 from omniflash.store import KeyInfo, TaskRow
 from omniflash.text import check_text, scrub
@@ -209,7 +210,7 @@ class _Tools:
             await run_in_threadpool(self.services.store.keys.hit, key)
             _texts(filename=filename)
             payload = image_base64.strip()
-            if payload[:5].lower() == "data:":
+            if is_data_uri(payload):
                 payload = payload.partition(",")[2]
             limit = self.services.settings.max_upload_bytes
             if len(payload) > (limit // 3 + 1) * 4:
