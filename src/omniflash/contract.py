@@ -1,6 +1,10 @@
 """The wire rules of the Omni-Flash-Ext API: a request body in, a ``GenerationSpec`` out.
 
-Pure functions, no I/O.  Every rule of the seed documents lives here::
+Pure functions, no I/O, and nothing of the API.  Every rule of the seed documents lives
+here, with the spec every dialect, the store and the workers share (``GenerationSpec``,
+``Mode``); inline images' own rules are ``omniflash.data_uris``'.  The OpenAI dialect maps
+its fields onto these rules (``omniflash.api.openai.requests``), and the API's docs
+describe them as JSON Schema (``omniflash.api.docs.request_schema``)::
 
     >>> spec = parse_generation_request({"model": "Omni-Flash-Ext", "prompt": "a cat"})
     >>> (spec.mode, spec.width, spec.height, spec.duration, spec.frames)
@@ -17,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from omniflash.data_uris import DATA_IMAGE, is_data_image
+from omniflash.data_uris import is_data_image
 from omniflash.errors import (
     InvalidDuration,
     InvalidParam,
@@ -30,6 +34,9 @@ from omniflash.text import check_text, check_tree, shown
 
 __all__ = [
     "ASPECT_RATIOS",
+    "DEFAULT_ASPECT_RATIO",
+    "DEFAULT_DURATION",
+    "DEFAULT_RESOLUTION",
     "DURATIONS",
     "FPS",
     "MAX_CALLBACK_URL_CHARS",
@@ -44,7 +51,6 @@ __all__ = [
     "is_http_url",
     "parse_callback_url",
     "parse_generation_request",
-    "request_json_schema",
 ]
 
 MODEL_NAME = "Omni-Flash-Ext"
@@ -332,85 +338,3 @@ def parse_callback_url(value: object) -> str | None:
     if not is_http_url(value):
         raise InvalidParam("`callback_url` must be an absolute http or https URL", "callback_url")
     return value
-
-
-# -- the submit body as JSON Schema ------------------------------------------------------------
-
-
-def request_json_schema() -> dict[str, Any]:
-    """``POST /v1/videos/generations``'s body as JSON Schema 2020-12 (the OpenAPI document's).
-
-    The schema describes the shape; ``parse_generation_request`` is the authority (it also
-    checks combinations: 2 images, ``duration`` with ``video_urls``, ``size`` against
-    ``aspect_ratio``).
-    """
-    http_url = {"type": "string", "format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}
-    data_image = {"type": "string", "pattern": DATA_IMAGE.pattern}
-    ratio = {"type": "string", "enum": list(ASPECT_RATIOS)}
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "GenerationRequest",
-        "type": "object",
-        "required": ["model", "prompt"],
-        "properties": {
-            "model": {"const": MODEL_NAME, "description": "Always `Omni-Flash-Ext`."},
-            "prompt": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": MAX_PROMPT_CHARS,
-                "description": "What the video shows: scene, subject, action, camera, style.",
-            },
-            "duration": {
-                "type": "integer",
-                "enum": list(DURATIONS),
-                "default": DEFAULT_DURATION,
-                "description": "Seconds. Not with `video_urls`: the video's length decides.",
-            },
-            "resolution": {
-                "type": "string",
-                "pattern": "^(720[pP]|1080[pP]|4[kK])$",
-                "default": DEFAULT_RESOLUTION,
-                "description": "720p, 1080p or 4k (any case): the short side.",
-            },
-            "aspect_ratio": {**ratio, "default": DEFAULT_ASPECT_RATIO},
-            "size": {**ratio, "description": "The same as `aspect_ratio` (compatibility)."},
-            "generation_type": {
-                "type": "string",
-                "enum": ["frame", "reference"],
-                "description": "How images are used: first frame (1) or references (1 or 3).",
-            },
-            "image_urls": {
-                "type": "array",
-                "items": {"anyOf": [http_url, data_image]},
-                "maxItems": 3,
-                "description": "0, 1 or 3 images: http(s) URLs or data:image/…;base64, URIs.",
-            },
-            "video_urls": {
-                "type": "array",
-                "items": http_url,
-                "maxItems": 1,
-                "description": "One reference video (http or https).",
-            },
-            "seed": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": MAX_SEED,
-                "description": "Makes a generation reproducible (extension).",
-            },
-            "callback_url": {
-                **http_url,
-                "maxLength": MAX_CALLBACK_URL_CHARS,
-                "description": "Receives a signed webhook when the task ends (extension).",
-            },
-        },
-        "additionalProperties": True,
-        "examples": [
-            {
-                "model": MODEL_NAME,
-                "prompt": "a girl is dancing happily in a sunny garden",
-                "duration": 10,
-                "resolution": "1080p",
-                "aspect_ratio": "9:16",
-            }
-        ],
-    }

@@ -8,12 +8,12 @@ from typing import Any
 import jsonschema
 import pytest
 
+from omniflash.api.docs.request_schema import request_json_schema
 from omniflash.api.openai.requests import parse_openai_video_request, parse_remix_request
 from omniflash.contract import (
     GenerationSpec,
     Mode,
     parse_generation_request,
-    request_json_schema,
 )
 from omniflash.errors import InvalidParam, InvalidRequest
 

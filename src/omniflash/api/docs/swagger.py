@@ -24,13 +24,13 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 
 from omniflash.api.deps import authenticate_read_limited, authenticate_submit, authenticate_upload
+from omniflash.api.docs.request_schema import request_json_schema
 from omniflash.api.openai.requests import OPENAI_SECONDS, OPENAI_SIZES
 from omniflash.api.openai.shapes import OpenAIRoute
 from omniflash.contract import (
     MAX_CALLBACK_URL_CHARS,
     MAX_PROMPT_CHARS,
     MODEL_NAME,
-    request_json_schema,
 )
 
 __all__ = ["api_routes", "error_statuses", "install_docs", "is_authenticated"]
