@@ -17,13 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omniflash.api.mcp.server import _texts
-from omniflash.contract import (
-    GenerationSpec,
-    parse_callback_url,
-    parse_generation_request,
-    parse_openai_video_request,
-    parse_remix_request,
-)
+from omniflash.api.openai.requests import parse_openai_video_request, parse_remix_request
+from omniflash.contract import GenerationSpec, parse_callback_url, parse_generation_request
 from omniflash.errors import InvalidRequest
 from omniflash.text import bad_char
 

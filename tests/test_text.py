@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omniflash.contract import InvalidParam
-from omniflash.errors import NotFound
+from omniflash.errors import InvalidParam, NotFound
 from omniflash.ids import new_task_id
 from omniflash.text import (
     bad_char,

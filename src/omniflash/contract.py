@@ -1,6 +1,10 @@
 """The wire rules of the Omni-Flash-Ext API: a request body in, a ``GenerationSpec`` out.
 
-Pure functions, no I/O.  Every rule of the seed documents lives here::
+Pure functions, no I/O, and nothing of the API.  Every rule of the seed documents lives
+here, with the spec every dialect, the store and the workers share (``GenerationSpec``,
+``Mode``); inline images' own rules are ``omniflash.data_uris``'.  The OpenAI dialect maps
+its fields onto these rules (``omniflash.api.openai.requests``), and the API's docs
+describe them as JSON Schema (``omniflash.api.docs.request_schema``)::
 
     >>> spec = parse_generation_request({"model": "Omni-Flash-Ext", "prompt": "a cat"})
     >>> (spec.mode, spec.width, spec.height, spec.duration, spec.frames)
@@ -9,19 +13,18 @@ Pure functions, no I/O.  Every rule of the seed documents lives here::
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import enum
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from omniflash.data_uris import is_data_image
 from omniflash.errors import (
     InvalidDuration,
+    InvalidParam,
     InvalidRequest,
     InvalidResolution,
     UnsupportedImageCount,
@@ -31,23 +34,23 @@ from omniflash.text import check_text, check_tree, shown
 
 __all__ = [
     "ASPECT_RATIOS",
+    "DEFAULT_ASPECT_RATIO",
+    "DEFAULT_DURATION",
+    "DEFAULT_RESOLUTION",
     "DURATIONS",
     "FPS",
+    "MAX_CALLBACK_URL_CHARS",
+    "MAX_PROMPT_CHARS",
     "MAX_SEED",
     "MODEL_NAME",
-    "OPENAI_SECONDS",
-    "OPENAI_SIZES",
     "RESOLUTIONS",
     "VIDEO_SECONDS_RANGE",
     "GenerationSpec",
-    "InvalidParam",
     "Mode",
     "geometry",
+    "is_http_url",
     "parse_callback_url",
     "parse_generation_request",
-    "parse_openai_video_request",
-    "parse_remix_request",
-    "request_json_schema",
 ]
 
 MODEL_NAME = "Omni-Flash-Ext"
@@ -62,9 +65,6 @@ DEFAULT_DURATION = 6
 DEFAULT_RESOLUTION = "720p"
 DEFAULT_ASPECT_RATIO = "16:9"
 MAX_PROMPT_CHARS = 5000
-
-# URI schemes and MIME types are case-insensitive (RFC 3986, RFC 2045); the fetcher agrees.
-_DATA_IMAGE = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.ASCII | re.IGNORECASE)
 
 
 class Mode(enum.StrEnum):
@@ -149,37 +149,13 @@ def geometry(resolution: str, aspect_ratio: str) -> tuple[int, int]:
     return (long, short) if a >= b else (short, long)
 
 
-def _is_http_url(value: str) -> bool:
+def is_http_url(value: str) -> bool:
+    """Whether ``value`` is an absolute http(s) URL with a host."""
     try:
         parts = urlsplit(value)
     except ValueError:
         return False
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-
-
-def _is_data_image(value: str) -> bool:
-    if not _DATA_IMAGE.match(value):
-        return False
-    payload = value.split(",", 1)[1]
-    return len(payload) > 0 and _valid_base64(payload)
-
-
-def _valid_base64(payload: str) -> bool:
-    """Strict base64, checked a slice at a time: one decode of a 20 MB image would hold the
-    GIL, and with it the API's event loop, for a tenth of a second."""
-    if payload.find("=", 0, len(payload) - 2) != -1:
-        return False  # padding only at the end, as one strict decode of the whole wants
-    step = 1024 * 1024  # a multiple of 4: each slice but the last is whole quanta
-    ends = list(range(step, len(payload), step))
-    if ends and len(payload) - ends[-1] < 4:
-        ends.pop()  # the padding stays with the data before it
-    starts = [0, *ends]
-    try:
-        for start, end in zip(starts, [*ends, len(payload)], strict=True):
-            base64.b64decode(payload[start:end], validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True
 
 
 def _string_list(body: Mapping[str, Any], field: str) -> list[str]:
@@ -301,12 +277,12 @@ def parse_generation_request(body: object) -> GenerationSpec:
     aspect_ratio = aspect or size or DEFAULT_ASPECT_RATIO
 
     for index, url in enumerate(images):
-        if not (_is_data_image(url) or _is_http_url(url)):
+        if not (is_data_image(url) or is_http_url(url)):
             raise InvalidRequest(
                 f"image_urls[{index}] must be an http(s) URL or a data:image/...;base64, URI"
             )
     for index, url in enumerate(videos):
-        if not _is_http_url(url):
+        if not is_http_url(url):
             raise InvalidRequest(f"video_urls[{index}] must be an http(s) URL")
 
     image_role: str | None = None
@@ -338,17 +314,9 @@ def parse_generation_request(body: object) -> GenerationSpec:
     )
 
 
-# -- extensions shared by every dialect -------------------------------------------------------
+# -- the extension shared by every dialect -------------------------------------------------------
 
 MAX_CALLBACK_URL_CHARS = 2048
-
-
-class InvalidParam(InvalidRequest):
-    """An ``InvalidRequest`` that names the request field at fault (OpenAI's ``param``)."""
-
-    def __init__(self, message: str, param: str | None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 def parse_callback_url(value: object) -> str | None:
@@ -367,201 +335,6 @@ def parse_callback_url(value: object) -> str | None:
             f"`callback_url` is too long: at most {MAX_CALLBACK_URL_CHARS} characters",
             "callback_url",
         )
-    if not _is_http_url(value):
+    if not is_http_url(value):
         raise InvalidParam("`callback_url` must be an absolute http or https URL", "callback_url")
     return value
-
-
-# -- the OpenAI videos dialect (``POST /v1/videos``) -----------------------------------------
-
-OPENAI_SECONDS = ("4", "6", "8", "10")
-OPENAI_SIZES: Mapping[str, tuple[str, str]] = {
-    "1280x720": ("720p", "16:9"),
-    "720x1280": ("720p", "9:16"),
-    "1920x1080": ("1080p", "16:9"),
-    "1080x1920": ("1080p", "9:16"),
-    "3840x2160": ("4k", "16:9"),
-    "2160x3840": ("4k", "9:16"),
-}
-_OPENAI_PARAMS = (("image_urls", "input_reference"), ("prompt", "prompt"), ("seed", "seed"))
-OPENAI_DEFAULT_SECONDS = "4"
-OPENAI_DEFAULT_SIZE = "1280x720"
-
-
-_DIGITS = re.compile(r"[0-9]{1,20}", re.ASCII)
-
-
-def _choice(value: object) -> str:
-    """A multipart string or a JSON string or integer, as the text of a choice (``"4"``)."""
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() <= 64:
-        return str(value)
-    return ""
-
-
-def parse_openai_video_request(
-    fields: Mapping[str, Any], *, input_reference: str | None = None
-) -> GenerationSpec:
-    """Validate ``POST /v1/videos`` fields (JSON, or multipart form values as strings).
-
-    ``input_reference`` is the uploaded image as a ``data:image/…;base64,`` URI: it
-    becomes the first frame.  Errors are ``InvalidParam`` naming the field::
-
-        >>> parse_openai_video_request({"prompt": "a cat", "size": "720x1280"}).height
-        1280
-    """
-    if not isinstance(fields, Mapping):
-        raise InvalidParam("The request body must be a JSON object", None)
-    check_tree(fields)
-    model = fields.get("model")
-    if model not in (None, "", MODEL_NAME):
-        raise InvalidParam(f"`model` must be {MODEL_NAME!r}, got {shown(model)}", "model")
-    prompt = fields.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidParam("`prompt` is required and must be a non-empty string", "prompt")
-    given = fields.get("seconds")
-    seconds = OPENAI_DEFAULT_SECONDS if given in (None, "") else _choice(given)
-    if seconds not in OPENAI_SECONDS:
-        raise InvalidParam(
-            f"invalid seconds {shown(given)}: must be one of {', '.join(OPENAI_SECONDS)}",
-            "seconds",
-        )
-    given = fields.get("size")
-    size = OPENAI_DEFAULT_SIZE if given in (None, "") else _choice(given).lower()
-    if size not in OPENAI_SIZES:
-        raise InvalidParam(
-            f"invalid size {shown(given)}: must be one of {', '.join(OPENAI_SIZES)}", "size"
-        )
-    seed = fields.get("seed")
-    if isinstance(seed, str) and _DIGITS.fullmatch(seed.strip()):
-        seed = int(seed)
-    resolution, aspect_ratio = OPENAI_SIZES[size]
-    body: dict[str, Any] = {
-        "model": MODEL_NAME,
-        "prompt": prompt,
-        "duration": int(seconds),
-        "resolution": resolution,
-        "aspect_ratio": aspect_ratio,
-        "seed": seed,
-        "callback_url": parse_callback_url(fields.get("callback_url")),
-    }
-    if input_reference is not None:
-        body["image_urls"] = [input_reference]
-        body["generation_type"] = "frame"
-    try:
-        return parse_generation_request(body)
-    except InvalidParam:
-        raise
-    except InvalidRequest as exc:
-        # The remaining rules name their field in the message; OpenAI names it in ``param``.
-        param = next(
-            (p for f, p in _OPENAI_PARAMS if f"`{f}`" in exc.message or f"{f}[" in exc.message),
-            None,
-        )
-        raise InvalidParam(exc.message, param) from exc
-
-
-def parse_remix_request(source: GenerationSpec, source_id: str, body: object) -> GenerationSpec:
-    """``POST /v1/videos/{id}/remix``: the source's settings (inputs, size, seed) and a new prompt.
-
-    A ``callback_url`` in ``body`` replaces the source's; without one the source's is kept.
-    """
-    if not isinstance(body, Mapping):
-        raise InvalidParam("The request body must be a JSON object", None)
-    check_tree(body)
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidParam("`prompt` is required and must be a non-empty string", "prompt")
-    prompt = prompt.strip()
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidParam(f"`prompt` is too long: at most {MAX_PROMPT_CHARS} characters", "prompt")
-    callback = parse_callback_url(body.get("callback_url"))
-    return dataclasses.replace(
-        source,
-        prompt=prompt,
-        remix_of=source_id,
-        callback_url=callback or source.callback_url,
-    )
-
-
-# -- the submit body as JSON Schema ------------------------------------------------------------
-
-
-def request_json_schema() -> dict[str, Any]:
-    """``POST /v1/videos/generations``'s body as JSON Schema 2020-12 (the OpenAPI document's).
-
-    The schema describes the shape; ``parse_generation_request`` is the authority (it also
-    checks combinations: 2 images, ``duration`` with ``video_urls``, ``size`` against
-    ``aspect_ratio``).
-    """
-    http_url = {"type": "string", "format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}
-    data_image = {"type": "string", "pattern": _DATA_IMAGE.pattern}
-    ratio = {"type": "string", "enum": list(ASPECT_RATIOS)}
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "GenerationRequest",
-        "type": "object",
-        "required": ["model", "prompt"],
-        "properties": {
-            "model": {"const": MODEL_NAME, "description": "Always `Omni-Flash-Ext`."},
-            "prompt": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": MAX_PROMPT_CHARS,
-                "description": "What the video shows: scene, subject, action, camera, style.",
-            },
-            "duration": {
-                "type": "integer",
-                "enum": list(DURATIONS),
-                "default": DEFAULT_DURATION,
-                "description": "Seconds. Not with `video_urls`: the video's length decides.",
-            },
-            "resolution": {
-                "type": "string",
-                "pattern": "^(720[pP]|1080[pP]|4[kK])$",
-                "default": DEFAULT_RESOLUTION,
-                "description": "720p, 1080p or 4k (any case): the short side.",
-            },
-            "aspect_ratio": {**ratio, "default": DEFAULT_ASPECT_RATIO},
-            "size": {**ratio, "description": "The same as `aspect_ratio` (compatibility)."},
-            "generation_type": {
-                "type": "string",
-                "enum": ["frame", "reference"],
-                "description": "How images are used: first frame (1) or references (1 or 3).",
-            },
-            "image_urls": {
-                "type": "array",
-                "items": {"anyOf": [http_url, data_image]},
-                "maxItems": 3,
-                "description": "0, 1 or 3 images: http(s) URLs or data:image/…;base64, URIs.",
-            },
-            "video_urls": {
-                "type": "array",
-                "items": http_url,
-                "maxItems": 1,
-                "description": "One reference video (http or https).",
-            },
-            "seed": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": MAX_SEED,
-                "description": "Makes a generation reproducible (extension).",
-            },
-            "callback_url": {
-                **http_url,
-                "maxLength": MAX_CALLBACK_URL_CHARS,
-                "description": "Receives a signed webhook when the task ends (extension).",
-            },
-        },
-        "additionalProperties": True,
-        "examples": [
-            {
-                "model": MODEL_NAME,
-                "prompt": "a girl is dancing happily in a sunny garden",
-                "duration": 10,
-                "resolution": "1080p",
-                "aspect_ratio": "9:16",
-            }
-        ],
-    }

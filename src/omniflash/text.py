@@ -17,7 +17,7 @@ the contract, before anything is charged or stored:
     >>> check_text("https://x.y/\\x00", "callback_url")
     Traceback (most recent call last):
     ...
-    omniflash.contract.InvalidParam: `callback_url` holds a control character (U+0000) at 12
+    omniflash.errors.InvalidParam: `callback_url` holds a control character (U+0000) at 12
 
 Ids and cursors have a format of their own (``is_task_id``): anything else cannot name
 one of our tasks, and is answered before any SQL.  ``bearer_token`` is the one parser of
@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from omniflash.contract import InvalidParam
+from omniflash.errors import InvalidParam
 
 __all__ = [
     "FREE_TEXT_FIELDS",
@@ -79,9 +77,6 @@ def bad_char(value: str, *, free: bool = False) -> int | None:
 
 
 def _invalid(message: str, field: str) -> InvalidParam:
-    # ``contract`` imports this module: import its exception when first needed.
-    from omniflash.contract import InvalidParam
-
     return InvalidParam(message, field)
 
 

@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from omniflash.api.app import create_app
-from omniflash.api.files.downloads import RangeNotSatisfiable, byte_range
+from omniflash.api.files.downloads import byte_range
+from omniflash.errors import RangeNotSatisfiable
 from omniflash.settings import Settings
 from omniflash.store import Store
 from tests.money import assert_money

@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 
 from omniflash.api.app import create_app
 from omniflash.api.bodies import body_limit, off_loop
+from omniflash.api.intake import check_inline_sizes
 from omniflash.api.submission import idempotency_request
-from omniflash.contract import _valid_base64, parse_generation_request
+from omniflash.contract import parse_generation_request
+from omniflash.data_uris import decoded, inline_size, valid_base64
 from omniflash.errors import PayloadTooLarge
-from omniflash.input_blobs import _decoded, check_inline_sizes, inline_size
 from omniflash.settings import Settings
 from omniflash.store import Store
 
@@ -35,17 +36,17 @@ def strict(payload: str) -> bool:
 
 @given(st.text(alphabet=ALPHABET + " \n-_", max_size=64))
 def test_sliced_base64_checks_agree_with_one_strict_decode(payload: str) -> None:
-    assert _valid_base64(payload) == strict(payload)
+    assert valid_base64(payload) == strict(payload)
 
 
 @pytest.mark.parametrize("size", [MIB * 3 // 4 - 1, MIB * 3 // 4, MIB * 3 // 4 + 1, 3 * MIB + 5])
 def test_sliced_base64_across_slice_edges(size: int) -> None:
     payload = base64.b64encode(bytes(range(256)) * (size // 256) + b"x" * (size % 256)).decode()
-    assert _valid_base64(payload) and _decoded(payload) == base64.b64decode(payload)
+    assert valid_base64(payload) and decoded(payload) == base64.b64decode(payload)
     assert inline_size("data:image/png;base64," + payload) == size
     # A stray character or padding inside a later slice is refused, as by one strict decode.
     for broken in (payload[: MIB + 100] + "*" + payload[MIB + 101 :], payload[:-8] + "==AA" * 2):
-        assert not _valid_base64(broken) and not strict(broken)
+        assert not valid_base64(broken) and not strict(broken)
 
 
 def test_the_idempotency_hash_of_long_strings_tells_bodies_apart() -> None:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from omniflash.api.app import create_app
-from omniflash.api.files.uploads import sniff_image
+from omniflash.image_types import sniff_image
 from omniflash.settings import Settings
 from omniflash.store import Store
 from tests.conftest import running_server, wait_for_task

@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from omniflash.api.app import create_app
+from omniflash.api.intake import store_inline_inputs
 from omniflash.blobs import S3Storage
 from omniflash.contract import parse_generation_request
-from omniflash.input_blobs import blob_inputs, store_inline_inputs
+from omniflash.input_blobs import blob_inputs
 from omniflash.settings import Settings
 from omniflash.store import Store
 from omniflash.task_view import task_public

@@ -19,11 +19,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from omniflash.api.app import create_app
+from omniflash.api.intake import store_inline_inputs
 from omniflash.blobs import LocalStorage, Storage, StorageUnavailable
 from omniflash.contract import parse_generation_request
 from omniflash.errors import PaymentRequired
 from omniflash.ids import ulid
-from omniflash.input_blobs import store_inline_inputs
 from omniflash.settings import Settings
 from omniflash.store import Store
 from omniflash.worker.sweep import sweep_expired_files, sweep_orphans

@@ -8,16 +8,14 @@ from typing import Any
 import jsonschema
 import pytest
 
+from omniflash.api.docs.request_schema import request_json_schema
+from omniflash.api.openai.requests import parse_openai_video_request, parse_remix_request
 from omniflash.contract import (
     GenerationSpec,
-    InvalidParam,
     Mode,
     parse_generation_request,
-    parse_openai_video_request,
-    parse_remix_request,
-    request_json_schema,
 )
-from omniflash.errors import InvalidRequest
+from omniflash.errors import InvalidParam, InvalidRequest
 
 BASE = {"model": "Omni-Flash-Ext", "prompt": "a cat", "duration": 4}
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from openapi_spec_validator import validate
 
 from omniflash.api.app import create_app
-from omniflash.contract import request_json_schema
+from omniflash.api.docs.request_schema import request_json_schema
 from omniflash.settings import Settings
 from omniflash.store import Store
 

@@ -1,4 +1,8 @@
-"""The FastAPI application: routes, the one error handler, and the worker pool's lifetime.
+"""The FastAPI application: routes, the error handlers, and the worker pool's lifetime.
+
+Every error that leaves a route is rendered by the seed's envelope
+(``api.omni.errors.seed_error``); the OpenAI routes render their own errors first
+(``api.openai.shapes.OpenAIRoute``), and the MCP endpoint its tool errors.
 
 ``create_app(settings)`` builds everything from ``Settings``; tests call it directly
 (with ``start_workers=False`` when they drive the store themselves).
@@ -19,18 +23,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from omniflash import __version__, webhooks
-from omniflash.api.bodies import BodyLimit
+from omniflash.api.bodies import MCP_PATH, BodyLimit
 from omniflash.api.deps import Services
 from omniflash.api.docs import models as discovery
 from omniflash.api.docs.swagger import install_docs
 from omniflash.api.files import downloads as files
 from omniflash.api.files import uploads
 from omniflash.api.limits import KeyCache, ReadLimiter
-from omniflash.api.mcp.endpoint import MCP_PATH, LazyMcpEndpoint
+from omniflash.api.mcp.endpoint import McpEndpoint
 from omniflash.api.omni import webhook_secret
-from omniflash.api.omni.apimart import localize_error, task_language, with_request_id
+from omniflash.api.omni.errors import seed_error, task_language
 from omniflash.api.omni.routes import router
 from omniflash.api.openai import videos as openai_videos
+from omniflash.api.openai.shapes import is_openai_path, openai_error
 from omniflash.api.responses import JSONResponse
 from omniflash.api.workers import routes as worker_routes
 from omniflash.blobs import Storage, StorageUnavailable, UrlSigner, create_storage
@@ -40,8 +45,8 @@ from omniflash.errors import (
     InvalidRequest,
     NotFound,
     OmniflashError,
-    RateLimited,
     ServiceUnavailable,
+    for_status,
 )
 from omniflash.metrics import Metrics, RequestMiddleware
 from omniflash.metrics import router as metrics_router
@@ -51,15 +56,18 @@ from omniflash.store.reads import hot_reads
 from omniflash.worker import Listener, Maintenance, StoreTaskSource, WorkerPool
 from omniflash.worker.wake import Waker
 
-__all__ = ["create_app", "error_response"]
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
-def error_response(exc: OmniflashError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-    return JSONResponse(with_request_id(exc.to_dict()), status_code=exc.status, headers=headers)
+def dialect_error(path: str, exc: OmniflashError, headers: dict[str, str]) -> Response:
+    """``exc`` in the shape of the dialect that serves ``path``: for an error raised before
+    any route could render it (``BodyLimit``'s refusals)."""
+    if is_openai_path(path):
+        return openai_error(exc, headers=headers)
+    return seed_error(exc, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -119,7 +127,7 @@ def create_app(
         read_limiter=ReadLimiter(settings.read_rpm),
     )
     webhooks.install(store, settings, services.signer)
-    mcp = LazyMcpEndpoint(services)
+    mcp = McpEndpoint(services)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -151,7 +159,7 @@ def create_app(
     app.state.services = services
     app.state.metrics = metrics
     # Inside the request middleware, so that a refused body's answer has its request id.
-    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(BodyLimit, settings=settings, render=dialect_error)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     app.include_router(router)
     app.include_router(files.router)
@@ -166,41 +174,34 @@ def create_app(
 
     @app.exception_handler(OmniflashError)
     async def _omniflash_error(request: Request, exc: OmniflashError) -> JSONResponse:
-        return error_response(localize_error(exc, task_language(request)))
+        return seed_error(exc, language=task_language(request))
 
     @app.exception_handler(StorageUnavailable)
     async def _storage_down(_request: Request, exc: StorageUnavailable) -> JSONResponse:
         log.error("blob storage unavailable: %s", exc)
-        return error_response(ServiceUnavailable())
+        return seed_error(ServiceUnavailable())
 
     @app.exception_handler(sa.exc.OperationalError)
     @app.exception_handler(sa.exc.InterfaceError)
     async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
         # Still failing after the store's own retry on a fresh connection: an outage.
         log.error("database unavailable: %s", str(exc).splitlines()[0])
-        return error_response(
-            ServiceUnavailable("The database cannot be reached just now; try again")
-        )
+        return seed_error(ServiceUnavailable("The database cannot be reached just now; try again"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidRequest(_validation_message(exc)))
+        return seed_error(InvalidRequest(_validation_message(exc)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error: OmniflashError
         if exc.status_code == 404:
-            error = NotFound("No such endpoint")
-        else:
-            error = OmniflashError(str(exc.detail))
-            error.status = exc.status_code
-            error.type = "invalid_request_error" if exc.status_code < 500 else "api_error"
-        return error_response(error)
+            return seed_error(NotFound("No such endpoint"))
+        return seed_error(for_status(exc.status_code, str(exc.detail)))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return error_response(OmniflashError())
+        return seed_error(OmniflashError())
 
     storage_health = StorageHealth(storage)
 

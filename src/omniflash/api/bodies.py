@@ -10,7 +10,8 @@ says ``Connection: close``, and the rest of the body is never read.
 
 The route renders the error in its dialect's shape when the error passes through it;
 when something else swallowed it (the MCP SDK answers its own errors), the middleware
-answers in its place::
+answers in its place, with the renderer the app gives it (``Refusal``: the dialect's
+shape by the request's path)::
 
     >>> body_limit(Settings(), "POST", "/v1/uploads/images", "multipart/form-data")
     Limit(size=21037056, message='The image is larger than 20 MB')
@@ -30,25 +31,22 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omniflash.api.mcp.endpoint import MCP_PATH
-from omniflash.api.omni.apimart import with_request_id
-from omniflash.api.openai.shapes import openai_error
-from omniflash.api.responses import JSONResponse
 from omniflash.errors import OmniflashError, PayloadTooLarge, RequestTimeout
 from omniflash.settings import Settings
 
 __all__ = [
+    "MCP_PATH",
     "MULTIPART_ENVELOPE",
     "OFF_LOOP_BYTES",
     "WORKER_JSON_BYTES",
     "BodyLimit",
     "Limit",
+    "Refusal",
     "base64_length",
     "body_limit",
     "mb",
     "mcp_body_limit",
     "off_loop",
-    "refusal",
 ]
 
 T = TypeVar("T")
@@ -61,6 +59,11 @@ OFF_LOOP_BYTES = 64 * 1024
 """From this size on, JSON parsing, hashing and base64 run in a thread: a 64 KiB body
 parses in about 0.1 ms, a thread hop costs about as much."""
 _WORKER = "/worker/v1/"
+MCP_PATH = "/mcp"
+"""Where the MCP endpoint is mounted: its messages have a limit of their own."""
+
+Refusal = Callable[[str, OmniflashError, dict[str, str]], Response]
+"""``(path, error, headers)`` -> the error answered in the shape of the path's dialect."""
 
 
 def base64_length(size: int) -> int:
@@ -121,22 +124,6 @@ async def off_loop(size: int, func: Callable[..., T], *args: Any) -> T:
     return func(*args)
 
 
-def _is_openai(path: str) -> bool:
-    return path == "/v1/videos" or (
-        path.startswith("/v1/videos/") and not path.startswith("/v1/videos/generations")
-    )
-
-
-def refusal(scope: Scope, exc: OmniflashError) -> Response:
-    """``exc`` answered in the shape of the route's dialect, closing the connection."""
-    headers = {"Connection": "close"}
-    if _is_openai(scope["path"]):
-        response: Response = openai_error(exc)
-        response.headers.update(headers)
-        return response
-    return JSONResponse(with_request_id(exc.to_dict()), status_code=exc.status, headers=headers)
-
-
 class _Guard:
     """``receive`` counting the body's bytes against ``limit`` and timing its chunks."""
 
@@ -177,9 +164,14 @@ class _Guard:
 class BodyLimit:
     """ASGI middleware: every request body bounded by ``body_limit`` and ``body_timeout_s``."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, render: Refusal) -> None:
         self.app = app
         self.settings = settings
+        self.render = render
+
+    def refusal(self, scope: Scope, exc: OmniflashError) -> Response:
+        """``exc`` answered in the shape of the route's dialect, closing the connection."""
+        return self.render(scope["path"], exc, {"Connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -190,7 +182,7 @@ class BodyLimit:
         limit = body_limit(self.settings, scope["method"], scope["path"], content_type)
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit.size:
-            await refusal(scope, PayloadTooLarge(limit.message))(scope, receive, send)
+            await self.refusal(scope, PayloadTooLarge(limit.message))(scope, receive, send)
             return
         guard = _Guard(receive, limit, self.settings.body_timeout_s)
         started = False
@@ -215,4 +207,4 @@ class BodyLimit:
             if guard.error is None or started:
                 raise
         if guard.error is not None and not started:
-            await refusal(scope, guard.error)(scope, guard.receive, send)
+            await self.refusal(scope, guard.error)(scope, guard.receive, send)

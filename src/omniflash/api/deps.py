@@ -1,9 +1,15 @@
 """What routes need: the app's services, and the caller's key (authenticated, rate-counted).
 
-Three ways a key is checked: ``Caller`` (reads, held to the per-process read limit, no
-writes), ``Uploader`` (counted against ``rpm`` at once) and ``Submitter`` (authenticated
-only: the submit's own transaction counts the request against ``rpm``, and
-``submission.counted_if_refused`` counts one that fails before it gets there).
+Three ways a key is checked:
+
+- ``authenticate_read_limited``, held to the per-process read limit (``ReadLimiter``, no
+  database write): ``Reader`` for reads (a poll, a list, the account, a download), and
+  ``Writer`` for the writes that charge nothing and touch one row of the caller's own
+  (cancel, delete, rotating the webhook secret);
+- ``authenticate_upload`` (``Uploader``): counted against the key's ``rpm`` at once;
+- ``authenticate_submit`` (``Submitter``): authenticated only: the submit's own
+  transaction counts the request against ``rpm``, and ``submission.counted_if_refused``
+  counts one that fails before it gets there.
 """
 
 from __future__ import annotations
@@ -20,19 +26,21 @@ from omniflash.blobs import Storage, UrlSigner
 from omniflash.engines.estimates import Estimator
 from omniflash.errors import AuthenticationFailed, RateLimited
 from omniflash.settings import Settings
-from omniflash.store import KeyInfo, Store
+from omniflash.store import KeyInfo, Store, TaskRow
 from omniflash.store.reads import HotReads
+from omniflash.task_view import task_public
 from omniflash.text import bearer_token
 from omniflash.worker import WorkerPool
 from omniflash.worker.wake import Waker
 
 __all__ = [
-    "Caller",
+    "Reader",
     "Services",
     "ServicesDep",
     "Submitter",
     "Uploader",
-    "authenticate",
+    "Writer",
+    "authenticate_read_limited",
     "authenticate_submit",
     "authenticate_upload",
     "get_services",
@@ -58,6 +66,17 @@ class Services:
     def presigner(self) -> Storage | None:
         """The storage that signs result URLs itself, when results are presigned."""
         return self.storage if self.settings.presign_results else None
+
+    def task_view(self, task: TaskRow, base_url: str) -> dict[str, Any]:
+        """The one view of ``task`` (``task_view.task_public``) with this app's signer,
+        prices and presigner: what every dialect starts from."""
+        return task_public(
+            task,
+            base_url=base_url,
+            signer=self.signer,
+            pricing=self.settings.pricing,
+            presigner=self.presigner,
+        )
 
     def base_url(self, request: Request) -> str:
         """``OMNIFLASH_PUBLIC_URL``, else the URL the request came to (remembered per host:
@@ -107,8 +126,10 @@ async def _key(request: Request, services: Services) -> KeyInfo:
     return key
 
 
-async def authenticate(request: Request) -> KeyInfo:
-    """The caller's key, for reads: counted against its per-process read limit, no writes."""
+async def authenticate_read_limited(request: Request) -> KeyInfo:
+    """The caller's key, counted against its per-process read limit (no database write):
+    for reads, for the writes that charge nothing (cancel, delete, secret rotation), and
+    for each MCP request."""
     services = services_of(request)
     key = await _key(request, services)
     wait = services.read_limiter.take(key.id)
@@ -135,6 +156,10 @@ async def authenticate_upload(request: Request) -> KeyInfo:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-Caller = Annotated[KeyInfo, Depends(authenticate)]
+Reader = Annotated[KeyInfo, Depends(authenticate_read_limited)]
+"""A read's key: a poll, a list, the account, a download."""
+Writer = Annotated[KeyInfo, Depends(authenticate_read_limited)]
+"""The key of a write that charges nothing and touches one task or secret of the caller's
+own (cancel, delete, secret rotation): held, like a read, to the per-process read limit."""
 Submitter = Annotated[KeyInfo, Depends(authenticate_submit)]
 Uploader = Annotated[KeyInfo, Depends(authenticate_upload)]

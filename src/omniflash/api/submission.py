@@ -1,8 +1,10 @@
 """Submitting a task, whatever the dialect: read the body, price, store inputs, charge, queue.
 
 Every dialect (Omni-Flash-Ext, OpenAI videos, MCP tools) parses its own wire format into a
-``GenerationSpec`` with ``omniflash.contract`` and then calls ``submit_spec``, so that the
-charge, the idempotency rules and the inputs' storage are the same for all of them.
+``GenerationSpec`` (``omniflash.contract``, ``api.openai.requests``) and then calls
+``submit_spec``, so that the charge, the idempotency rules and the inputs' storage are the
+same for all of them.  The path goes down: the route's spec, ``intake.own_inputs`` (the
+inputs made the task's own blobs), then ``store.tasks.submit``.
 
 Each submit-type request counts once against its key's ``rpm``: the submit's transaction
 counts it (``TaskStore.submit``); a request refused before it gets there, for a body that
@@ -24,11 +26,10 @@ from starlette.concurrency import run_in_threadpool
 
 from omniflash.api.bodies import mb, off_loop
 from omniflash.api.deps import Services
-from omniflash.api.files.uploads import own_upload_inputs
+from omniflash.api.intake import check_inline_sizes, own_inputs
 from omniflash.contract import MAX_SEED, GenerationSpec
 from omniflash.errors import InvalidRequest, OmniflashError, PayloadTooLarge
 from omniflash.ids import ulid
-from omniflash.input_blobs import check_inline_sizes, store_inline_inputs
 from omniflash.store import IdempotencyRequest, KeyInfo, Submission
 
 __all__ = [
@@ -170,9 +171,7 @@ def submit_spec(
     try:
         with counted_if_refused(services, key):
             estimate = max(1, round(services.estimator(spec)))
-            spec, written = store_inline_inputs(spec, services.storage, prefix)
-            spec, copied = own_upload_inputs(spec, services.storage, services.signer, prefix)
-            written += copied
+            spec, written = own_inputs(spec, services.storage, services.signer, prefix)
             millicredits = services.settings.pricing.hold(spec)
         unused = False
         try:

@@ -1,2 +1,3 @@
-"""The API's documentation: Swagger and the OpenAPI schema (``swagger``), and the model's
-own pages and capability document (``models``)."""
+"""The API's documentation: Swagger and the OpenAPI schema (``swagger``), the model's
+own pages and capability document (``models``), and the submit body as JSON Schema
+(``request_schema``)."""

@@ -2,7 +2,7 @@
 
 No key needed: these describe the server, not an account.  The documentation is this
 server's own, generated from the contract and the running configuration (engine modes,
-prices, limits, URL lifetimes); the schema is ``contract.request_json_schema()``, the
+prices, limits, URL lifetimes); the schema is ``request_schema.request_json_schema()``, the
 same one the OpenAPI document uses, without ``model``.
 """
 
@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from omniflash import __version__
 from omniflash.api.deps import Services, ServicesDep
+from omniflash.api.docs.request_schema import request_json_schema
 from omniflash.api.omni.apimart import V2026_07_27, with_request_id
 from omniflash.api.submission import IDEMPOTENCY_KEY_MAX
 from omniflash.contract import (
@@ -31,7 +32,6 @@ from omniflash.contract import (
     VIDEO_SECONDS_RANGE,
     Mode,
     geometry,
-    request_json_schema,
 )
 from omniflash.errors import InvalidRequest, NotFound
 from omniflash.settings import Settings

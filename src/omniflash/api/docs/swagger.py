@@ -23,15 +23,14 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 
-from omniflash.api.deps import authenticate, authenticate_submit, authenticate_upload
+from omniflash.api.deps import authenticate_read_limited, authenticate_submit, authenticate_upload
+from omniflash.api.docs.request_schema import request_json_schema
+from omniflash.api.openai.requests import OPENAI_SECONDS, OPENAI_SIZES
 from omniflash.api.openai.shapes import OpenAIRoute
 from omniflash.contract import (
     MAX_CALLBACK_URL_CHARS,
     MAX_PROMPT_CHARS,
     MODEL_NAME,
-    OPENAI_SECONDS,
-    OPENAI_SIZES,
-    request_json_schema,
 )
 
 __all__ = ["api_routes", "error_statuses", "install_docs", "is_authenticated"]
@@ -92,8 +91,8 @@ def _walk(dependant: Dependant) -> Iterable[Dependant]:
 
 
 def is_authenticated(route: APIRoute) -> bool:
-    """Whether the route takes an API key (it depends on ``authenticate`` or a form of it)."""
-    checks = (authenticate, authenticate_submit, authenticate_upload)
+    """Whether the route takes an API key (it depends on one of ``deps``' three key checks)."""
+    checks = (authenticate_read_limited, authenticate_submit, authenticate_upload)
     return any(d.call in checks for d in _walk(route.dependant))
 
 

@@ -15,36 +15,39 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from omniflash.api.deps import ServicesDep
-from omniflash.api.responses import JSONResponse
+from omniflash.api.intake import UPLOADS
+from omniflash.api.omni.errors import seed_error
 from omniflash.blobs import Storage, StorageUnavailable
-from omniflash.errors import Forbidden, InvalidRequest, NotFound, OmniflashError, ServiceUnavailable
+from omniflash.errors import (
+    Forbidden,
+    NotFound,
+    OmniflashError,
+    RangeNotSatisfiable,
+    ServiceUnavailable,
+)
+from omniflash.image_types import by_extension
 
-__all__ = ["NOSNIFF", "RangeNotSatisfiable", "byte_range", "router"]
+__all__ = ["NOSNIFF", "byte_range", "router"]
 
 router = APIRouter()
 PATH = "/v1/files/{blob_key:path}"
 MEDIA_TYPE = "video/mp4"
-_IMAGE_TYPES = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp"}
-"""Uploaded images (``uploads/…``) keep their type; every other blob is a video."""
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 """On every served blob: a browser takes the type we judged from the bytes, and never
 sniffs an uploaded image that is also HTML (a polyglot) into a page of this origin."""
 
 
 def _media(blob_key: str) -> tuple[str, str]:
-    """The media type and download filename of a blob."""
+    """The media type and download filename of a blob: uploaded images (``uploads/…``)
+    keep their type; every other blob is a video."""
     stem, _, ext = blob_key.rsplit("/", 1)[-1].partition(".")
-    if blob_key.startswith("uploads/") and ext in _IMAGE_TYPES:
-        return _IMAGE_TYPES[ext], f"{stem}.{ext}"
+    image = by_extension(ext) if blob_key.startswith(UPLOADS) else None
+    if image is not None:
+        return image.media_type, f"{stem}.{ext}"
     return MEDIA_TYPE, stem + ".mp4"
 
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-class RangeNotSatisfiable(InvalidRequest):
-    status = 416
-    default_message = "The requested range is outside the file"
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -70,14 +73,14 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             return None
         suffix = int(last)
         if suffix == 0:
-            raise RangeNotSatisfiable()
+            raise RangeNotSatisfiable(size=size)
         return max(0, size - suffix), size - 1
     start = int(first)
     end = size - 1 if not last else min(int(last), size - 1)
     if last and int(last) < start:
         return None
     if start >= size:
-        raise RangeNotSatisfiable()
+        raise RangeNotSatisfiable(size=size)
     return start, end
 
 
@@ -134,8 +137,7 @@ def _streamed(
     try:
         span = byte_range(asked, size)
     except RangeNotSatisfiable as exc:
-        headers["Content-Range"] = f"bytes */{size}"
-        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+        return seed_error(exc, headers=headers)
     status, (start, end) = 200, (0, size - 1)
     if span is not None:
         status, (start, end) = 206, span

@@ -1,10 +1,10 @@
-"""The MCP server for agents: APIMart's tools over streamable HTTP at ``/mcp``.
+"""The MCP tools for agents: APIMart's tools, served over streamable HTTP at ``/mcp``.
 
-Stateless, JSON responses, built on the official ``mcp`` SDK and mounted in the API app.
-The caller's API key is the Bearer token: a request without a valid one gets HTTP 401
-(the error envelope) before any MCP message is read.  Each tool is a thin dialect: it
-calls the same functions as the HTTP routes (``contract`` to parse, ``submit_spec`` to
-charge and queue, ``task_public`` to show a task), so every rule is the HTTP API's.
+Stateless, JSON responses, built on the official ``mcp`` SDK; ``endpoint`` mounts it in
+the API app and checks the caller's Bearer key before any MCP message is read.  Each
+tool is a thin dialect: it calls the same functions as the HTTP routes (``contract`` to
+parse, ``submit_spec`` to charge and queue, ``task_data`` to show a task), so every
+rule is the HTTP API's.
 
 Tools: ``list_models``, ``get_model_docs``, ``get_model_schema``, ``upload_image``,
 ``generate_video``, ``get_task`` and ``cancel_task``.  Each answers structured content
@@ -14,37 +14,33 @@ whose structured content is ``{"error": {"code", "type", "message"}}``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import CallToolResult, ResourceLink, TextContent
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
 
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import CallToolResult, ResourceLink, TextContent
 from omniflash import __version__
-from omniflash.api.bodies import mcp_body_limit, off_loop
-from omniflash.api.deps import Services, authenticate
+from omniflash.api.bodies import off_loop
+from omniflash.api.deps import Services, authenticate_read_limited
 from omniflash.api.docs.models import model_docs, model_object, model_schema
-from omniflash.api.files.uploads import UploadTooLarge, store_upload
-from omniflash.api.mcp.endpoint import MCP_PATH
-from omniflash.api.omni.apimart import failure_prefix, parse_language, with_request_id
-from omniflash.api.responses import JSONResponse
+from omniflash.api.files.uploads import store_upload
+from omniflash.api.omni.apimart import parse_language, task_data
 from omniflash.api.submission import counted_if_refused, idempotency_request, submit_spec
 from omniflash.contract import MODEL_NAME, parse_generation_request
-from omniflash.errors import AuthenticationFailed, InvalidRequest, OmniflashError
-from omniflash.store import KeyInfo, TaskRow, TaskStatus
-from omniflash.task_view import task_public
+from omniflash.data_uris import is_data_uri
+from omniflash.errors import AuthenticationFailed, InvalidRequest, OmniflashError, UploadTooLarge
+from omniflash.store import KeyInfo, TaskRow
 from omniflash.text import check_text, scrub
 from omniflash.text import task_id as checked_task_id
 
-__all__ = ["MCP_PATH", "POLL_AFTER_S", "McpEndpoint"]
+__all__ = ["POLL_AFTER_S", "build_server", "tool_error"]
 
 POLL_AFTER_S = 5
 """What ``next_poll_after_seconds`` says while a task runs."""
@@ -75,7 +71,8 @@ def _texts(**arguments: str | None) -> None:
             check_text(value, name)
 
 
-def _error(exc: OmniflashError) -> CallToolResult:
+def tool_error(exc: OmniflashError) -> CallToolResult:
+    """``exc`` as a tool error: this dialect's one rendering of ``omniflash.errors``' tree."""
     data = {"error": {"code": exc.status, "type": exc.type, "message": exc.message}}
     text = TextContent(type="text", text=f"{exc.type}: {exc.message}")
     return CallToolResult(content=[text], structured_content=data, is_error=True)
@@ -101,7 +98,7 @@ class _Tools:
             raise AuthenticationFailed("MCP tools are served over HTTP with a Bearer API key")
         key = getattr(request.state, "omniflash_key", None)
         if not isinstance(key, KeyInfo):
-            key = await authenticate(request)
+            key = await authenticate_read_limited(request)
         return key, self.services.base_url(request)
 
     async def _run(
@@ -111,24 +108,12 @@ class _Tools:
             key, base_url = await self._caller(ctx)
             return await work(key, base_url)
         except OmniflashError as exc:
-            return _error(exc)
+            return tool_error(exc)
 
     def _task(
         self, task: TaskRow, base_url: str, language: str | None = None
     ) -> tuple[dict[str, Any], list[ResourceLink]]:
-        services = self.services
-        public = task_public(
-            task,
-            base_url=base_url,
-            signer=services.signer,
-            pricing=services.settings.pricing,
-            presigner=services.presigner,
-        )
-        error = public.get("error")
-        if error is not None:
-            error["message"] = failure_prefix(
-                error["message"], cancelled=task.status is TaskStatus.CANCELLED, language=language
-            )
+        public = task_data(self.services, task, base_url, language)
         terminal = task.status.terminal
         data: dict[str, Any] = {
             "kind": "task",
@@ -225,7 +210,7 @@ class _Tools:
             await run_in_threadpool(self.services.store.keys.hit, key)
             _texts(filename=filename)
             payload = image_base64.strip()
-            if payload[:5].lower() == "data:":
+            if is_data_uri(payload):
                 payload = payload.partition(",")[2]
             limit = self.services.settings.max_upload_bytes
             if len(payload) > (limit // 3 + 1) * 4:
@@ -329,65 +314,3 @@ def build_server(services: Services) -> MCPServer:
     ):
         server.add_tool(getattr(tools, name), name=name, structured_output=False)
     return server
-
-
-class McpEndpoint:
-    """The ASGI endpoint at ``/mcp``: the Bearer key first, then the SDK's transport.
-
-    The SDK is built on the first MCP request, not with the app: importing it costs an
-    API process that never serves an agent some 30 MiB.  Its session manager then runs
-    in a task of its own until the app stops (``close``), since the manager's task group
-    must be entered and left in one task.
-    """
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self._manager: Any = None
-        self._runner: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._lock = asyncio.Lock()
-
-    async def _started(self) -> Any:
-        async with self._lock:
-            if self._runner is None:
-                server = build_server(self.services)
-                # Builds the SDK's session manager (stateless, JSON answers); its own
-                # Starlette app is not used: this endpoint sits behind the API's middleware.
-                # Its body limit is the app's (``BodyLimit``), not the SDK's 4 MiB default:
-                # upload_image takes an image of ``max_upload_bytes`` in base64.
-                server.streamable_http_app(
-                    json_response=True,
-                    stateless_http=True,
-                    host="0.0.0.0",
-                    max_request_body_size=mcp_body_limit(self.services.settings),
-                )
-                self._manager = server.session_manager
-                self._runner = asyncio.create_task(self._run(), name="mcp-sessions")
-        await self._ready.wait()
-        return self._manager
-
-    async def _run(self) -> None:
-        async with self._manager.run():
-            self._ready.set()
-            await self._stop.wait()
-
-    async def close(self) -> None:
-        """Stop the session manager, if an MCP request ever started it."""
-        if self._runner is not None:
-            self._stop.set()
-            await self._runner
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            key = await authenticate(Request(scope, receive))
-        except OmniflashError as exc:
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-            response = JSONResponse(
-                with_request_id(exc.to_dict()), status_code=exc.status, headers=headers
-            )
-            await response(scope, receive, send)
-            return
-        scope.setdefault("state", {})["omniflash_key"] = key
-        manager = await self._started()
-        await manager.handle_request(scope, receive, send)

@@ -1,6 +1,6 @@
 """APIMart's additions to the Omni-Flash-Ext answers: response versions, request ids, languages.
 
-Pure helpers, no I/O; ``routes`` and the app's error handler call them.
+Pure helpers, no I/O; ``routes`` and ``errors`` call them.
 
 - ``X-APIMart-Response-Version: 2026-07-27`` (or a later date) makes a submit answer
   ``data`` as one task object instead of the seed's one-item array::
@@ -9,8 +9,8 @@ Pure helpers, no I/O; ``routes`` and the app's error handler call them.
       ('2026-07-27', None, None)
 
 - every body carries the request's id (``X-Request-Id``) as ``request_id``;
-- ``?language=zh|en|ko|ja`` on ``GET /v1/tasks/{id}`` localises the seed's standard error
-  messages and the prefix of a failed task's ``error.message``;
+- ``?language=zh|en|ko|ja`` on ``GET /v1/tasks/{id}`` localises the prefix of a failed
+  task's ``error.message`` (and, in ``errors``, the seed's standard error messages);
 - whole credits are JSON integers: ``number(4.0) == 4`` is written ``4``, not ``4.0``.
 """
 
@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
-
-from omniflash.errors import InvalidRequest, OmniflashError
+from omniflash.errors import InvalidRequest
 from omniflash.logs import request_id_var
-from omniflash.store import TaskRow
+from omniflash.store import TaskRow, TaskStatus
 from omniflash.task_view import number
 from omniflash.text import shown
+
+if TYPE_CHECKING:
+    from omniflash.api.deps import Services
 
 __all__ = [
     "LANGUAGES",
@@ -34,13 +35,12 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "V2026_07_27",
     "failure_prefix",
-    "localize_error",
     "number",
     "parse_language",
     "request_id",
     "response_version",
     "submitted_task",
-    "task_language",
+    "task_data",
     "with_request_id",
 ]
 
@@ -116,39 +116,6 @@ def parse_language(value: str | None) -> str | None:
     return lang
 
 
-# The seed's standard messages, by error type, in each language (English is the seed's).
-_MESSAGES: dict[str, dict[str, str]] = {
-    "invalid_request_error": {
-        "zh": "请求参数无效",
-        "ko": "요청 매개변수가 올바르지 않습니다",
-        "ja": "リクエストパラメータが無効です",
-    },
-    "authentication_error": {
-        "zh": "认证失败，请检查您的 API 密钥",
-        "ko": "인증에 실패했습니다. API 키를 확인하세요",
-        "ja": "認証に失敗しました。API キーを確認してください",
-    },
-    "payment_required": {
-        "zh": "账户余额不足，请充值后重试",
-        "ko": "계정 잔액이 부족합니다. 충전 후 다시 시도하세요",
-        "ja": "残高が不足しています。チャージしてから再試行してください",
-    },
-    "not_found_error": {
-        "zh": "任务不存在",
-        "ko": "작업을 찾을 수 없습니다",
-        "ja": "タスクが見つかりません",
-    },
-    "rate_limit_error": {
-        "zh": "请求过于频繁，请稍后重试",
-        "ko": "요청이 너무 많습니다. 잠시 후 다시 시도하세요",
-        "ja": "リクエストが多すぎます。しばらくしてから再試行してください",
-    },
-    "api_error": {
-        "zh": "服务器内部错误",
-        "ko": "서버 내부 오류",
-        "ja": "サーバー内部エラー",
-    },
-}
 _FAILED = {
     "en": "Generation failed",
     "zh": "生成失败",
@@ -158,13 +125,18 @@ _FAILED = {
 _CANCELLED = {"en": "Cancelled", "zh": "已取消", "ko": "취소됨", "ja": "キャンセルされました"}
 
 
-def localize_error(exc: OmniflashError, language: str | None) -> OmniflashError:
-    """``exc`` with the seed's standard message for its type in ``language`` (English: as is)."""
-    text = _MESSAGES.get(exc.type, {}).get(language or "en")
-    if text is None:
-        return exc
-    exc.message = text
-    return exc
+def task_data(
+    services: Services, task: TaskRow, base_url: str, language: str | None = None
+) -> dict[str, Any]:
+    """``GET /v1/tasks/{id}``'s ``data`` (``Services.task_view``), a failed or cancelled
+    task's ``error.message`` prefixed in ``language``; the MCP tools answer the same."""
+    public = services.task_view(task, base_url)
+    error = public.get("error")
+    if error is not None:
+        error["message"] = failure_prefix(
+            error["message"], cancelled=task.status is TaskStatus.CANCELLED, language=language
+        )
+    return public
 
 
 def failure_prefix(message: str, *, cancelled: bool, language: str | None) -> str:
@@ -174,14 +146,3 @@ def failure_prefix(message: str, *, cancelled: bool, language: str | None) -> st
     prefix = (_CANCELLED if cancelled else _FAILED)[language]
     separator = "：" if language in ("zh", "ja") else ": "
     return f"{prefix}{separator}{message}"
-
-
-def task_language(request: Request) -> str | None:
-    """The valid ``?language=`` of a ``GET /v1/tasks/{id}``; ``None`` for any other request."""
-    if request.method != "GET" or not _TASK_PATH.match(request.url.path):
-        return None
-    value = request.query_params.get("language", "").strip().lower()
-    return value if value in LANGUAGES else None
-
-
-_TASK_PATH = re.compile(r"^/v1/tasks/[^/]+$")

@@ -7,14 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
+from omniflash.api.deps import Reader, Services, ServicesDep, Submitter, Writer
 from omniflash.api.omni.apimart import (
     RESPONSE_VERSION_HEADER,
-    failure_prefix,
     number,
     parse_language,
     response_version,
     submitted_task,
+    task_data,
     with_request_id,
 )
 from omniflash.api.responses import JSONResponse
@@ -28,8 +28,7 @@ from omniflash.api.submission import (
 from omniflash.contract import parse_generation_request
 from omniflash.errors import InvalidRequest, NotFound
 from omniflash.pricing import credits
-from omniflash.store import KeyInfo, Submission, TaskRow, TaskStatus
-from omniflash.task_view import task_public
+from omniflash.store import KeyInfo, Submission, TaskRow
 from omniflash.text import cursor, shown
 from omniflash.text import task_id as checked_task_id
 
@@ -83,18 +82,7 @@ def _submit(body: Any, idem_key: str | None, key: KeyInfo, services: Services) -
 def _one_task(
     task: TaskRow, request: Request, services: Services, language: str | None = None
 ) -> JSONResponse:
-    public = task_public(
-        task,
-        base_url=services.base_url(request),
-        signer=services.signer,
-        pricing=services.settings.pricing,
-        presigner=services.presigner,
-    )
-    error = public.get("error")
-    if error is not None:
-        error["message"] = failure_prefix(
-            error["message"], cancelled=task.status is TaskStatus.CANCELLED, language=language
-        )
+    public = task_data(services, task, services.base_url(request), language)
     return JSONResponse(with_request_id({"code": 200, "data": public}))
 
 
@@ -103,7 +91,7 @@ def _one_task(
 async def get_task(
     task_id: str,
     request: Request,
-    key: Caller,
+    key: Reader,
     services: ServicesDep,
     language: Annotated[
         str | None,
@@ -119,7 +107,7 @@ async def get_task(
 
 @router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a pending or processing task")
 async def cancel_task(
-    task_id: str, request: Request, key: Caller, services: ServicesDep
+    task_id: str, request: Request, key: Writer, services: ServicesDep
 ) -> JSONResponse:
     task = await run_in_threadpool(services.store.tasks.cancel, checked_task_id(task_id), key.id)
     return _one_task(task, request, services)
@@ -128,7 +116,7 @@ async def cancel_task(
 @router.get("/v1/tasks", summary="List the caller's tasks, newest first")
 async def list_tasks(
     request: Request,
-    key: Caller,
+    key: Reader,
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="the last task id of the previous page")] = None,
@@ -140,16 +128,7 @@ async def list_tasks(
         with_request_id(
             {
                 "code": 200,
-                "data": [
-                    task_public(
-                        t,
-                        base_url=base,
-                        signer=services.signer,
-                        pricing=services.settings.pricing,
-                        presigner=services.presigner,
-                    )
-                    for t in page
-                ],
+                "data": [services.task_view(t, base) for t in page],
                 "has_more": len(rows) > limit,
                 "next_after": page[-1].id if len(rows) > limit else None,
             }
@@ -158,7 +137,7 @@ async def list_tasks(
 
 
 @router.get("/v1/account", summary="The caller's key: name, balance and limits")
-def account(key: Caller, services: ServicesDep) -> dict[str, Any]:
+def account(key: Reader, services: ServicesDep) -> dict[str, Any]:
     from omniflash.webhooks import WebhookSecrets
 
     fresh = services.store.keys.get(key.id)

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from omniflash.api.deps import Caller, ServicesDep
+from omniflash.api.deps import ServicesDep, Writer
 from omniflash.api.omni.apimart import with_request_id
 from omniflash.webhooks import ROTATION_GRACE_S, WebhookSecrets
 
@@ -16,7 +16,7 @@ router = APIRouter()
 
 
 @router.post("/v1/account/webhook-secret", summary="Rotate the caller's webhook signing secret")
-def rotate_webhook_secret(key: Caller, services: ServicesDep) -> dict[str, Any]:
+def rotate_webhook_secret(key: Writer, services: ServicesDep) -> dict[str, Any]:
     """A new ``whsec_…`` secret; the previous one keeps signing beside it for 24 h."""
     secret, previous_expires = WebhookSecrets(services.store.db).rotate(
         key.id, grace_s=ROTATION_GRACE_S

@@ -17,11 +17,11 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omniflash.api.responses import JSONResponse
-from omniflash.contract import MODEL_NAME, VIDEO_SECONDS_RANGE, InvalidParam
-from omniflash.errors import InvalidRequest, OmniflashError, RateLimited
+from omniflash.contract import MODEL_NAME, VIDEO_SECONDS_RANGE
+from omniflash.errors import InvalidParam, OmniflashError, for_status
 from omniflash.store import TaskRow, TaskStatus
 
-__all__ = ["OpenAIRoute", "openai_error", "poll_after_ms", "video_object"]
+__all__ = ["OpenAIRoute", "is_openai_path", "openai_error", "poll_after_ms", "video_object"]
 
 STATUSES = {
     TaskStatus.PENDING: "queued",
@@ -40,6 +40,14 @@ _CODES = {
     429: "rate_limit_exceeded",
     500: "server_error",
 }
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether ``path`` is one of this dialect's (``/v1/videos`` and below, but the seed's
+    ``/v1/videos/generations``)."""
+    return path == "/v1/videos" or (
+        path.startswith("/v1/videos/") and not path.startswith("/v1/videos/generations")
+    )
 
 
 def video_object(task: TaskRow) -> dict[str, Any]:
@@ -85,15 +93,18 @@ def poll_after_ms(task: TaskRow, rpm: int) -> int:
     return int(min(max(floor, left_ms / 10), max(5000.0, floor)))
 
 
-def openai_error(exc: OmniflashError) -> JSONResponse:
-    """``{"error": {"message", "type", "param", "code"}}`` with the error's HTTP status."""
+def openai_error(exc: OmniflashError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """``{"error": {"message", "type", "param", "code"}}`` with the error's HTTP status and
+    headers (``Retry-After``), and any ``headers`` of the caller's own: this dialect's one
+    rendering of ``omniflash.errors``' tree."""
     param = getattr(exc, "param", None)
     code = _CODES.get(exc.status)
     if exc.status == 400:
         code = "invalid_value" if param else None
     body = {"error": {"message": exc.message, "type": exc.type, "param": param, "code": code}}
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-    return JSONResponse(body, status_code=exc.status, headers=headers)
+    return JSONResponse(
+        body, status_code=exc.status, headers={**exc.headers, **(headers or {})} or None
+    )
 
 
 def _validation_error(exc: RequestValidationError) -> OmniflashError:
@@ -117,8 +128,6 @@ class OpenAIRoute(APIRoute):
             except RequestValidationError as exc:
                 return openai_error(_validation_error(exc))
             except StarletteHTTPException as exc:  # e.g. a malformed multipart body
-                error = InvalidRequest(str(exc.detail))
-                error.status = exc.status_code
-                return openai_error(error)
+                return openai_error(for_status(exc.status_code, str(exc.detail)))
 
         return openai_handler

@@ -1,8 +1,9 @@
 """The OpenAI videos dialect: ``/v1/videos`` as the official ``openai`` SDK calls it.
 
-Requests are parsed by ``omniflash.contract`` into the same ``GenerationSpec`` as the
-Omni-Flash-Ext dialect and submitted through ``submission.submit_spec``: a video is a
-task, visible (and charged once) in both dialects.  Shapes and errors: ``openai_shapes``.
+Requests are parsed by ``requests`` (with ``omniflash.contract``'s rules) into the same
+``GenerationSpec`` as the Omni-Flash-Ext dialect and submitted through
+``submission.submit_spec``: a video is a task, visible (and charged once) in both
+dialects.  Shapes and errors: ``shapes``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from omniflash.api.bodies import off_loop
-from omniflash.api.deps import Caller, Services, ServicesDep, Submitter
+from omniflash.api.deps import Reader, Services, ServicesDep, Submitter, Writer
 from omniflash.api.files.downloads import NOSNIFF
+from omniflash.api.openai.requests import parse_openai_video_request, parse_remix_request
 from omniflash.api.openai.shapes import OpenAIRoute, poll_after_ms, video_object
 from omniflash.api.responses import JSONResponse
 from omniflash.api.submission import (
@@ -31,13 +33,9 @@ from omniflash.api.submission import (
     read_json,
     submit_spec,
 )
-from omniflash.contract import (
-    GenerationSpec,
-    InvalidParam,
-    parse_openai_video_request,
-    parse_remix_request,
-)
-from omniflash.errors import Conflict, NotFound
+from omniflash.contract import GenerationSpec
+from omniflash.errors import Conflict, InvalidParam, NotFound
+from omniflash.image_types import by_pillow_format
 from omniflash.input_blobs import BLOB_SCHEME, blob_inputs
 from omniflash.store import IdempotencyRequest, KeyInfo, TaskRow, TaskStatus
 from omniflash.store.videos import VideoStore
@@ -46,8 +44,6 @@ from omniflash.text import check_text, cursor, shown, task_id
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/videos", route_class=OpenAIRoute, tags=["OpenAI videos"])
-
-_IMAGE_TYPES = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 
 
 def _video(services: Services, key: KeyInfo, video_id: str) -> TaskRow:
@@ -75,14 +71,14 @@ def _image_data_uri(data: bytes) -> str:
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            kind = _IMAGE_TYPES.get(image.format or "")
+            kind = by_pillow_format(image.format or "")
     except (UnidentifiedImageError, OSError, ValueError):
         kind = None
     if kind is None:
         raise InvalidParam(
             "`input_reference` must be an image file (PNG, JPEG, WebP)", "input_reference"
         )
-    return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
+    return f"data:{kind.media_type};base64," + base64.b64encode(data).decode("ascii")
 
 
 async def _read_create(request: Request, limit: int) -> tuple[dict[str, Any], str | None]:
@@ -151,7 +147,7 @@ async def create_video(request: Request, key: Submitter, services: ServicesDep) 
 
 @router.get("", summary="List videos (OpenAI videos API)")
 async def list_videos(
-    key: Caller,
+    key: Reader,
     services: ServicesDep,
     after: Annotated[str | None, Query(description="the last id of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -169,7 +165,7 @@ async def list_videos(
 
 
 @router.get("/{video_id}", summary="Retrieve a video (OpenAI videos API)")
-async def retrieve_video(video_id: str, key: Caller, services: ServicesDep) -> JSONResponse:
+async def retrieve_video(video_id: str, key: Reader, services: ServicesDep) -> JSONResponse:
     task = await _polled_video(services, key, video_id)
     return JSONResponse(
         video_object(task),
@@ -178,7 +174,7 @@ async def retrieve_video(video_id: str, key: Caller, services: ServicesDep) -> J
 
 
 @router.delete("/{video_id}", summary="Delete a video and its files (OpenAI videos API)")
-def delete_video(video_id: str, key: Caller, services: ServicesDep) -> dict[str, Any]:
+def delete_video(video_id: str, key: Writer, services: ServicesDep) -> dict[str, Any]:
     """A queued or running video is cancelled (and refunded) first; then its files go."""
     task = _video(services, key, video_id)
     if not task.status.terminal:
@@ -220,7 +216,7 @@ def _thumbnail(path: Path) -> bytes:
 
 @router.get("/{video_id}/content", summary="Download a video or its thumbnail (OpenAI videos API)")
 def video_content(
-    video_id: str, key: Caller, services: ServicesDep, variant: str = "video"
+    video_id: str, key: Reader, services: ServicesDep, variant: str = "video"
 ) -> Response:
     if variant not in ("video", "thumbnail"):
         raise InvalidParam(
