@@ -171,8 +171,9 @@ def survey(src: Path = SRC) -> House:
         rooms[room]
         for target in targets:
             other = room_of(target, known)
-            # A room using its own package's __init__ (names re-exported there) is inside.
-            if other != room and not _is_ancestor(other, room):
+            # A room using a package ``__init__`` above it (names re-exported there) is
+            # inside that package, not a floor below it.
+            if other != room and not (known[target].is_package and _is_ancestor(other, room)):
                 rooms[room].add(other)
     components = strongly_connected(rooms)
     arrows_up = sorted(
