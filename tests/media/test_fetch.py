@@ -20,9 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
+from omniflash import outbound
 from omniflash.errors import BadInput
-from omniflash.media import fetch
-from omniflash.media.fetch import FetchPolicy, fetch_bytes, fetch_to_file, is_public_address
+from omniflash.media.fetch import FetchPolicy, fetch_bytes, fetch_to_file
+from omniflash.outbound import is_public_address
 
 MB = 1024 * 1024
 LOCAL = FetchPolicy(allow_private=True, timeout_s=5, max_bytes=MB)
@@ -197,8 +198,10 @@ def resolver(monkeypatch: pytest.MonkeyPatch, table: dict[str, list[list[str]]])
 
 def only_loopback_one_is_public(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stand-in for the internet: 127.0.0.1 counts as public, every other address as usual."""
-    real = fetch.is_public_address
-    monkeypatch.setattr(fetch, "is_public_address", lambda ip: str(ip) == "127.0.0.1" or real(ip))
+    real = outbound.is_public_address
+    monkeypatch.setattr(
+        outbound, "is_public_address", lambda ip: str(ip) == "127.0.0.1" or real(ip)
+    )
 
 
 # --- addresses ---------------------------------------------------------------------------
