@@ -2,9 +2,8 @@
 
 This is the worker protocol's client side; ``omniflash.worker.remote`` runs a pool of
 workers over it.  The same ``Worker`` loop that runs beside the API runs on a GPU
-machine over this source;
-the machine needs the server's URL and a worker token, no database and no storage
-credentials.  Errors map onto what the loop already handles:
+machine over this source; the machine needs the server's URL and a worker token, no
+database and no storage credentials.  Errors map onto what the loop already handles:
 
 - the server unreachable, a timeout, a 5xx: ``SourceUnavailable`` (the loop backs off
   and retries, and keeps offering a finished result for a while);
