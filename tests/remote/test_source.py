@@ -13,7 +13,7 @@ import pytest
 from omniflash.contract import parse_generation_request
 from omniflash.store import TaskStatus
 from omniflash.worker import Lease, SourceUnavailable
-from omniflash.worker.remote import HttpTaskSource, ProtocolError, WorkerRejected
+from omniflash.worker.http_source import HttpTaskSource, ProtocolError, WorkerRejected
 from tests.remote.conftest import Api, png_data_uri
 from tests.remote.videos import mp4_bytes
 

@@ -97,6 +97,10 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 class TaskActions(Protocol):
     """What ``Task.download()``, ``refresh()`` and ``wait()`` call: a ``Client``'s ``tasks``."""
 
@@ -275,11 +279,10 @@ class Account:
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> Account:
-        name, prefix = data.get("name"), data.get("prefix")
         return cls(
             balance=_float(data.get("balance")),
-            name=name if isinstance(name, str) else None,
-            prefix=prefix if isinstance(prefix, str) else None,
+            name=_text(data.get("name")),
+            prefix=_text(data.get("prefix")),
             rpm=_int(data.get("rpm")),
             max_concurrent=_int(data.get("max_concurrent")),
             raw=dict(data),
@@ -300,11 +303,10 @@ class Upload:
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> Upload:
-        name, kind = data.get("filename"), data.get("content_type")
         return cls(
             url=str(data.get("url") or ""),
-            filename=name if isinstance(name, str) else None,
-            content_type=kind if isinstance(kind, str) else None,
+            filename=_text(data.get("filename")),
+            content_type=_text(data.get("content_type")),
             bytes=_int(data.get("bytes")),
             created_at=_int(data.get("created_at")),
             expires_at=_int(data.get("expires_at")),

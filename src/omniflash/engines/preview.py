@@ -19,16 +19,16 @@ import hashlib
 import logging
 import math
 import queue
-import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy
 from av.video.reformatter import VideoReformatter
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageFont
 
 from omniflash.contract import GenerationSpec, Mode
+from omniflash.engines import preview_drawing as drawing
 from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
 from omniflash.engines.estimates import preview_seconds
 from omniflash.errors import BadInput, TaskCancelled
@@ -52,146 +52,6 @@ _ZOOM_STEP = 8
 FrameSource = Callable[[int], YuvFrame]
 
 
-def _even(value: float) -> int:
-    return max(2, int(value) // 2 * 2)
-
-
-def _ease(t: float) -> float:
-    """Smooth start and stop: 0 → 0, 1 → 1, zero slope at both ends."""
-    return t * t * (3 - 2 * t)
-
-
-def _palette(rng: numpy.random.Generator) -> list[tuple[int, int, int]]:
-    """Five related colours: a hue from the seed, shifted and shaded."""
-    hue = rng.random()
-    colours = []
-    for shift, sat, val in ((0.0, 0.55, 0.95), (0.08, 0.45, 0.75), (0.5, 0.6, 0.55),
-                            (0.55, 0.7, 0.35), (0.12, 0.35, 0.2)):  # fmt: skip
-        h = (hue + shift) % 1.0
-        colours.append(_hsv(h, sat, val))
-    return colours
-
-
-def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
-    i = int(h * 6) % 6
-    f = h * 6 - int(h * 6)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    r, g, b = ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))[i]
-    return round(r * 255), round(g * 255), round(b * 255)
-
-
-def _scene(rng: numpy.random.Generator, width: int, height: int) -> Image.Image:
-    """A landscape: a sky gradient, layered hills and a scatter of lights."""
-    sky_top, sky_low, far, near, ground = _palette(rng)
-    ramp = numpy.linspace(0.0, 1.0, height, dtype=numpy.float32)[:, None]
-    column = numpy.array(sky_top, numpy.float32) * (1 - ramp) + numpy.array(sky_low) * ramp
-    sky = numpy.broadcast_to(column[:, None, :], (height, width, 3)).astype(numpy.uint8)
-    image = Image.fromarray(numpy.ascontiguousarray(sky), "RGB")
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(30, 60))):
-        x, y = rng.random() * width, rng.random() * height * 0.5
-        r = max(1.0, height * 0.002 * (1 + rng.random() * 2))
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=(255, 250, 235))
-    for layer, colour in enumerate((far, near, ground)):
-        base = height * (0.55 + 0.13 * layer)
-        amplitude = height * (0.10 - 0.025 * layer)
-        waves = rng.random(3) * 3 + 1
-        phases = rng.random(3) * math.tau
-        xs = numpy.linspace(0, width, 96)
-        ys = base - amplitude * sum(
-            numpy.sin(xs / width * math.tau * w + p) / (k + 1)
-            for k, (w, p) in enumerate(zip(waves, phases, strict=True))
-        )
-        ridge = list(zip(xs.tolist(), ys.tolist(), strict=True))
-        draw.polygon([(0.0, float(height)), *ridge, (float(width), float(height))], fill=colour)
-    return image
-
-
-def _cover(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale ``image`` to cover width × height and crop the centre."""
-    scale = max(width / image.width, height / image.height)
-    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    scaled = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
-    left, top = (size[0] - width) // 2, (size[1] - height) // 2
-    return scaled.crop((left, top, left + width, top + height))
-
-
-def _contain(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale ``image`` to fit inside width × height, keeping its shape (even sides)."""
-    scale = min(width / image.width, height / image.height)
-    size = (_even(image.width * scale), _even(image.height * scale))
-    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
-
-
-class _Sprite:
-    """Pre-converted yuv420p planes and masks, pasted at even positions."""
-
-    def __init__(self, rgba: Image.Image) -> None:
-        rgba = rgba.crop((0, 0, _even(rgba.width), _even(rgba.height)))
-        planes = YuvFrame.from_rgb(numpy.asarray(rgba.convert("RGB")))
-        self.y, self.u, self.v = planes.y.copy(), planes.u.copy(), planes.v.copy()
-        alpha = numpy.asarray(rgba.getchannel("A"))
-        self.mask = alpha >= 128
-        self.chroma_mask = alpha[::2, ::2] >= 128
-        self.opaque = bool(self.mask.all())
-        self.width, self.height = rgba.width, rgba.height
-
-    def paste(self, frame: YuvFrame, x: int, y: int) -> None:
-        x, y = x // 2 * 2, y // 2 * 2
-        h, w = frame.y.shape
-        left, top = max(0, -x), max(0, -y)
-        right, bottom = min(self.width, w - x), min(self.height, h - y)
-        if right <= left or bottom <= top:
-            return
-        rows, cols = slice(y + top, y + bottom), slice(x + left, x + right)
-        mine = slice(top, bottom), slice(left, right)
-        crows, ccols = (
-            slice(rows.start // 2, rows.stop // 2),
-            slice(cols.start // 2, cols.stop // 2),
-        )
-        cmine = slice(top // 2, bottom // 2), slice(left // 2, right // 2)
-        if self.opaque:
-            frame.y[rows, cols] = self.y[mine]
-            frame.u[crows, ccols] = self.u[cmine]
-            frame.v[crows, ccols] = self.v[cmine]
-        else:
-            numpy.copyto(frame.y[rows, cols], self.y[mine], where=self.mask[mine])
-            numpy.copyto(frame.u[crows, ccols], self.u[cmine], where=self.chroma_mask[cmine])
-            numpy.copyto(frame.v[crows, ccols], self.v[cmine], where=self.chroma_mask[cmine])
-
-
-def _caption(prompt: str, width: int, height: int) -> _Sprite:
-    """The prompt, at most two lines, white on a dark band."""
-    size = max(12, height // 24)
-    font = ImageFont.load_default(size=size)
-    chars = max(16, int(width * 0.8 / (size * 0.55)))
-    lines = textwrap.wrap(" ".join(prompt.split()), chars, max_lines=2, placeholder=" …")
-    pad = size // 2
-    box_h = _even(len(lines) * size * 1.3 + 2 * pad)
-    box = Image.new("RGBA", (_even(width * 0.9), box_h), (12, 12, 16, 255))
-    draw = ImageDraw.Draw(box)
-    for row, line in enumerate(lines):
-        draw.text((pad * 2, pad + row * size * 1.3), line, font=font, fill=(245, 245, 245, 255))
-    return _Sprite(box)
-
-
-def _sun(rng: numpy.random.Generator, height: int) -> _Sprite:
-    diameter = _even(height * 0.16)
-    disc = Image.new("RGBA", (diameter, diameter), (0, 0, 0, 0))
-    colour = _hsv(0.08 + rng.random() * 0.08, 0.35, 1.0)
-    ImageDraw.Draw(disc).ellipse((0, 0, diameter - 1, diameter - 1), fill=(*colour, 255))
-    return _Sprite(disc)
-
-
-def _card(image: Image.Image, width: int, height: int) -> _Sprite:
-    """An image fitted into width × height with a white border."""
-    inner = _contain(image.convert("RGB"), width - 8, height - 8)
-    border = max(2, inner.height // 60) * 2
-    card = Image.new("RGBA", (inner.width + 2 * border, inner.height + 2 * border), "white")
-    card.paste(inner, (border, border))
-    return _Sprite(card)
-
-
 class _Pan:
     """A camera panning over a canvas larger than the frame (offsets eased in and out)."""
 
@@ -202,7 +62,7 @@ class _Pan:
         self.frames, self.sign = frames, sign
 
     def frame(self, index: int) -> YuvFrame:
-        t = _ease(index / max(1, self.frames - 1))
+        t = drawing.ease(index / max(1, self.frames - 1))
         if self.sign < 0:
             t = 1 - t
         x = round(self.travel_x * t) // 2 * 2
@@ -216,8 +76,8 @@ class _Pan:
 
 
 def _scene_pan(rng: numpy.random.Generator, width: int, height: int, frames: int) -> _Pan:
-    canvas_w, canvas_h = _even(width * (1 + PAN)), _even(height * (1 + PAN / 2))
-    canvas = YuvFrame.from_rgb(numpy.asarray(_scene(rng, canvas_w, canvas_h)))
+    canvas_w, canvas_h = drawing.even(width * (1 + PAN)), drawing.even(height * (1 + PAN / 2))
+    canvas = YuvFrame.from_rgb(numpy.asarray(drawing.landscape(rng, canvas_w, canvas_h)))
     return _Pan(canvas, width, height, frames, sign=1 if rng.random() < 0.5 else -1)
 
 
@@ -226,16 +86,16 @@ class _PushIn:
 
     def __init__(self, image: Image.Image, width: int, height: int, frames: int) -> None:
         self.width, self.height, self.frames = width, height, frames
-        big_w, big_h = _even(width * PUSH_IN), _even(height * PUSH_IN)
-        self.source = YuvFrame.from_rgb(numpy.asarray(_cover(image, big_w, big_h)))
+        big_w, big_h = drawing.even(width * PUSH_IN), drawing.even(height * PUSH_IN)
+        self.source = YuvFrame.from_rgb(numpy.asarray(drawing.cover(image, big_w, big_h)))
         self.scaler = VideoReformatter()
 
     def frame(self, index: int) -> YuvFrame:
         big_h, big_w = self.source.y.shape
-        zoom = 1 + (PUSH_IN - 1) * _ease(index / max(1, self.frames - 1))
+        zoom = 1 + (PUSH_IN - 1) * drawing.ease(index / max(1, self.frames - 1))
         crop_w = max(self.width, int(big_w / zoom) // _ZOOM_STEP * _ZOOM_STEP)
         crop_w = big_w if index == 0 else min(big_w, crop_w)
-        crop_h = min(big_h, _even(crop_w * self.height / self.width))
+        crop_h = min(big_h, drawing.even(crop_w * self.height / self.width))
         x, y = (big_w - crop_w) // 4 * 2, (big_h - crop_h) // 4 * 2
         crop = YuvFrame.blank(crop_w, crop_h)
         crop.y[...] = self.source.y[y : y + crop_h, x : x + crop_w]
@@ -387,7 +247,7 @@ class PreviewEngine:
 
             return from_video
         pan = _scene_pan(rng, width, height, frames)
-        caption = _caption(spec.prompt, width, height)
+        caption = drawing.caption_sprite(spec.prompt, width, height)
         caption_x = (width - caption.width) // 2
         caption_y = height - caption.height - height // 20
         floaters = self._floaters(job.images, rng, width, height, frames)
@@ -411,7 +271,7 @@ class PreviewEngine:
     ) -> list[Callable[[YuvFrame, int], None]]:
         """Things that move over the scene: a sun for text, the cards for reference images."""
         if not images:
-            sun = _sun(rng, height)
+            sun = drawing.sun_sprite(rng, height)
             start_x, end_x = width * 0.1, width * 0.8
             start_y, end_y = height * 0.28, height * 0.1
 
@@ -424,7 +284,7 @@ class PreviewEngine:
             return [move_sun]
         slots = len(images)
         box_w, box_h = width * 0.8 / slots * 0.85, height * (0.6 if slots == 1 else 0.45)
-        cards = [_card(image, round(box_w), round(box_h)) for image in images]
+        cards = [drawing.card_sprite(image, round(box_w), round(box_h)) for image in images]
         period = frames / (1.5 if frames > 48 else 1.0)
         moves: list[Callable[[YuvFrame, int], None]] = []
         for slot, card in enumerate(cards):
@@ -433,7 +293,7 @@ class PreviewEngine:
             phase = slot * math.tau / 3 + rng.random()
 
             def move_card(
-                out: YuvFrame, index: int, card: _Sprite = card, cx: float = centre_x,
+                out: YuvFrame, index: int, card: drawing.Sprite = card, cx: float = centre_x,
                 cy: float = centre_y, phase: float = phase,
             ) -> None:  # fmt: skip
                 angle = index / period * math.tau + phase
@@ -446,12 +306,12 @@ class PreviewEngine:
 
     def _corner_cards(
         self, images: list[Image.Image], width: int, height: int
-    ) -> list[tuple[_Sprite, int, int]]:
+    ) -> list[tuple[drawing.Sprite, int, int]]:
         """Reference images beside a video: small cards along the top-right corner."""
         placed = []
         right = width - height // 30
         for image in images:
-            card = _card(image, round(width * 0.16), round(height * 0.2))
+            card = drawing.card_sprite(image, round(width * 0.16), round(height * 0.2))
             right -= card.width
             placed.append((card, right, height // 30))
             right -= height // 60

@@ -1,11 +1,11 @@
 """Fetching a task's input URLs without letting them reach private networks (SSRF).
 
-Every hop resolves its host once, checks every address it resolved to, and
-connects to one of those checked addresses: the socket is pinned, so a second,
-different DNS answer (rebinding) is never consulted.  ``Host``, TLS SNI and
-certificate checks still use the URL's host name.  Redirects are followed by
-hand and re-checked; the body is streamed with a byte cap, and one deadline
-bounds everything from DNS to the last byte::
+Every hop goes out through ``omniflash.outbound``: its host resolved once, every
+address checked, the socket pinned to a checked address (a second, different DNS
+answer is never consulted).  Here: redirects are followed by hand and each hop
+re-checked; the body is streamed with a byte cap; a transient failure is tried again
+while the one deadline, which bounds everything from DNS to the last byte, allows;
+``data:image/...;base64,`` URIs are decoded locally::
 
     >>> policy = FetchPolicy(timeout_s=30, max_bytes=20 * 1024 * 1024)
     >>> fetch_bytes("http://10.0.0.1/a.png", label="image_urls[0]", policy=policy)
@@ -18,35 +18,31 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import http.client
-import io
-import ipaddress
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import urljoin
 
 from omniflash.errors import BadInput
+from omniflash.outbound import (
+    USER_AGENT,
+    Deadline,
+    Endpoint,
+    NoAddress,
+    PinnedConnection,
+    Refused,
+    WrongScheme,
+    open_pinned,
+)
 
-__all__ = [
-    "USER_AGENT",
-    "FetchPolicy",
-    "InputUnavailable",
-    "fetch_bytes",
-    "fetch_to_file",
-    "is_public_address",
-]
+__all__ = ["FetchPolicy", "InputUnavailable", "fetch_bytes", "fetch_to_file"]
 
-USER_AGENT = "omniflash/0.1"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
 _DATA_IMAGE = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.ASCII | re.IGNORECASE)
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _TRANSIENT_STATUS = frozenset({408, 425, 429})
 """Besides every 5xx: answers that say "not now" rather than "no"."""
@@ -61,27 +57,6 @@ class InputUnavailable(BadInput):
     and the task is queued again while attempts remain."""
 
     retryable = True
-
-
-# Belt and braces next to ``is_global``, whose tables have changed between Python releases.
-_BLOCKED_V4 = tuple(ipaddress.IPv4Network(net) for net in [
-    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-    "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
-    "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-])  # fmt: skip
-_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
-_BLOCKED_V6 = tuple(
-    ipaddress.IPv6Network(net)
-    for net in (
-        "2001::/23",  # IETF protocol assignments, Teredo 2001::/32 among them
-        "2001:db8::/32",
-        "3fff::/20",
-        "5f00::/16",
-    )
-)
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
-_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,49 +76,6 @@ class FetchPolicy:
     """Pauses before fetching again after a transient failure, within the same deadline."""
 
 
-def _v4_is_public(ip: ipaddress.IPv4Address) -> bool:
-    return ip.is_global and not any(ip in net for net in _BLOCKED_V4)
-
-
-def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 form carries: mapped, translated, compatible, NAT64, 6to4."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip in _NAT64 or ip in _IPV4_COMPATIBLE or ip in _IPV4_TRANSLATED:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-def is_public_address(ip: str | IPAddress) -> bool:
-    """Whether a fetch may connect to ``ip``: a globally routable unicast address.
-
-    IPv6 forms that carry an IPv4 address are judged by that address; Teredo is refused.
-
-    >>> is_public_address("8.8.8.8"), is_public_address("::ffff:127.0.0.1")
-    (True, False)
-    """
-    if isinstance(ip, str):
-        try:
-            ip = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-    if isinstance(ip, ipaddress.IPv4Address):
-        return _v4_is_public(ip)
-    if ip.teredo is not None:
-        return False
-    embedded = _embedded_v4(ip)
-    if embedded is not None:
-        return _v4_is_public(embedded)
-    return (
-        ip in _GLOBAL_UNICAST_V6
-        and ip.is_global
-        and not ip.is_multicast
-        and not any(ip in net for net in _BLOCKED_V6)
-    )
-
-
 def _size_text(n: int) -> str:
     if n >= 1024 * 1024:
         return f"{round(n / (1024 * 1024), 1):g} MB"
@@ -152,189 +84,43 @@ def _size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-class _Deadline:
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self.at = time.monotonic() + timeout_s
-
-    def remaining(self) -> float:
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        return left
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A socket's read side where every ``recv`` waits at most until the deadline."""
-
-    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
-        # The socket's own file object counts references, so the connection may close
-        # the socket while the response still reads, as http.client expects.
-        self._raw = sock.makefile("rb", buffering=0)
-        self._sock = sock
-        self._deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        self._sock.settimeout(self._deadline.remaining())
-        return self._raw.readinto(buffer)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-class _DeadlineSocket:
-    """The part of a socket that ``http.client`` uses, bounded by one overall deadline.
-
-    A per-operation timeout alone would let a server drip one byte per interval forever.
-    """
-
-    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
-        self._sock = sock
-        self._deadline = deadline
-
-    def sendall(self, data: bytes) -> None:
-        self._sock.settimeout(self._deadline.remaining())
-        self._sock.sendall(data)
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-class _PinnedConnection(http.client.HTTPConnection):
-    """An HTTP(S) connection to an already checked address, whatever DNS says now."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        sockaddrs: list[tuple[int, tuple[Any, ...]]],
-        deadline: _Deadline,
-        tls: ssl.SSLContext | None,
-    ) -> None:
-        super().__init__(host, port, timeout=deadline.timeout_s)
-        if tls is not None:
-            self.default_port = 443
-        self._sockaddrs = sockaddrs
-        self._deadline = deadline
-        self._tls = tls
-
-    def connect(self) -> None:
-        error: OSError | None = None
-        for family, sockaddr in self._sockaddrs:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(self._deadline.remaining())
-                sock.connect(sockaddr)
-                if self._tls is not None:
-                    sock.settimeout(self._deadline.remaining())
-                    sock = self._tls.wrap_socket(sock, server_hostname=self.host)
-            except OSError as exc:
-                sock.close()
-                if isinstance(exc, ssl.SSLError | TimeoutError):
-                    raise
-                error = exc
-                continue
-            self.sock = cast(socket.socket, _DeadlineSocket(sock, self._deadline))
-            return
-        raise error or OSError("no address to connect to")
-
-
-def _resolve(host: str, port: int, deadline: _Deadline) -> list[tuple[int, tuple[Any, ...]]]:
-    """``getaddrinfo`` bounded by the deadline (it has no timeout of its own)."""
-    box: dict[str, Any] = {}
-
-    def lookup() -> None:
-        try:
-            box["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=lookup, name="omniflash-resolve", daemon=True)
-    thread.start()
-    thread.join(deadline.remaining())
-    if thread.is_alive():
-        raise TimeoutError
-    if "error" in box:
-        raise box["error"]
-    return [
-        (info[0], info[4]) for info in box["infos"] if info[0] in (socket.AF_INET, socket.AF_INET6)
-    ]
-
-
-def _target(path: str, query: str) -> str:
-    safe = "/%:@!$&'()*+,;=-._~"
-    target = quote(path or "/", safe=safe)
-    return f"{target}?{quote(query, safe=safe + '?')}" if query else target
-
-
 def _request(
     url: str,
     label: str,
     policy: FetchPolicy,
-    deadline: _Deadline,
-) -> tuple[_PinnedConnection, http.client.HTTPResponse]:
+    deadline: Deadline,
+) -> tuple[PinnedConnection, http.client.HTTPResponse]:
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise BadInput(f"{label}: invalid URL") from exc
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise BadInput(f"{label}: only http and https URLs can be fetched, not {scheme!r}")
-    if not parts.hostname:
-        raise BadInput(f"{label}: the URL has no host")
+        endpoint = Endpoint.parse(url)
+    except WrongScheme as exc:
+        raise BadInput(
+            f"{label}: only http and https URLs can be fetched, not {exc.scheme!r}"
+        ) from exc
+    except Refused as exc:
+        raise BadInput(f"{label}: {exc}") from exc
+    host = endpoint.host
     try:
-        host = parts.hostname.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise BadInput(f"{label}: invalid host name") from exc
-    port = port or (443 if scheme == "https" else 80)
-
-    try:
-        sockaddrs = _resolve(host, port, deadline)
+        conn = open_pinned(
+            endpoint, deadline, allow_private=policy.allow_private, ssl_context=policy.ssl_context
+        )
     except socket.gaierror as exc:
         if exc.errno in _TRANSIENT_DNS:
             raise InputUnavailable(f"{label}: could not resolve host {host} just now") from exc
         raise BadInput(f"{label}: could not resolve host {host}") from exc
-    if not sockaddrs:
-        raise BadInput(f"{label}: could not resolve host {host}")
-    if not policy.allow_private:
-        for _family, sockaddr in sockaddrs:
-            if not is_public_address(sockaddr[0]):
-                # Naming the address a host name resolved to would let callers map internal DNS.
-                if _is_ip_literal(host):
-                    raise BadInput(f"{label}: address {sockaddr[0]} is not public")
-                raise BadInput(f"{label}: host {host} resolves to an address that is not public")
-
-    tls = None
-    if scheme == "https":
-        tls = policy.ssl_context or ssl.create_default_context()
-    conn = _PinnedConnection(host, port, sockaddrs=sockaddrs, deadline=deadline, tls=tls)
+    except NoAddress as exc:
+        raise BadInput(f"{label}: could not resolve host {host}") from exc
+    except Refused as exc:
+        raise BadInput(f"{label}: {exc}") from exc
     try:
         conn.request(
             "GET",
-            _target(parts.path, parts.query),
+            endpoint.target,
             headers={"User-Agent": USER_AGENT, "Accept": "*/*", "Connection": "close"},
         )
         return conn, conn.getresponse()
     except BaseException:
         conn.close()
         raise
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _stream(
@@ -346,7 +132,7 @@ def _stream(
 ) -> None:
     """``_stream_once``, again after a transient failure while the one deadline allows a
     pause and another try; ``restart`` drops what a failed try wrote."""
-    deadline = _Deadline(policy.timeout_s)
+    deadline = Deadline(policy.timeout_s)
     for delay in (*policy.retry_delays, None):
         try:
             _stream_once(url, label, policy, write, deadline)
@@ -363,7 +149,7 @@ def _stream_once(
     label: str,
     policy: FetchPolicy,
     write: Callable[[bytes], object],
-    deadline: _Deadline,
+    deadline: Deadline,
 ) -> None:
     limit = _size_text(policy.max_bytes)
     try:

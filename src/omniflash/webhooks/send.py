@@ -1,9 +1,9 @@
-"""POSTing one webhook under the input-fetching address rules.
+"""POSTing one webhook attempt, through ``omniflash.outbound`` like every input fetch.
 
 The host is resolved once, every address checked (no private, loopback, link-local …
-addresses unless allowed), and the connection pinned to a checked address, exactly as
-``omniflash.media.fetch`` does for inputs.  Redirects are not followed: a 3xx is a failed
-attempt.  One deadline bounds DNS, connect, TLS, the request and the answer.
+addresses unless allowed), and the connection pinned to a checked address; one deadline
+bounds DNS, connect, TLS, the request and the answer.  Redirects are not followed: a 3xx
+is a failed attempt.
 """
 
 from __future__ import annotations
@@ -12,18 +12,15 @@ import contextlib
 import http.client
 import ssl
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
-# The pinned connection and its helpers are the fetcher's own; webhooks share them so
-# that both follow one set of address rules.
-from omniflash.media.fetch import (
+from omniflash.outbound import (
     USER_AGENT,
-    _Deadline,
-    _is_ip_literal,
-    _PinnedConnection,
-    _resolve,
-    _target,
-    is_public_address,
+    Deadline,
+    Endpoint,
+    NoHost,
+    Refused,
+    WrongScheme,
+    open_pinned,
 )
 
 __all__ = ["DeliveryRefused", "post_webhook"]
@@ -51,34 +48,21 @@ def post_webhook(
     a later attempt may not meet.
     """
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise DeliveryRefused("invalid URL") from exc
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise DeliveryRefused("only absolute http and https URLs can receive webhooks")
+        endpoint = Endpoint.parse(url)
+    except (WrongScheme, NoHost) as exc:
+        raise DeliveryRefused("only absolute http and https URLs can receive webhooks") from exc
+    except Refused as exc:
+        raise DeliveryRefused(str(exc)) from exc
     try:
-        host = parts.hostname.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise DeliveryRefused("invalid host name") from exc
-    port = port or (443 if scheme == "https" else 80)
-    deadline = _Deadline(timeout_s)
-    sockaddrs = _resolve(host, port, deadline)
-    if not sockaddrs:
-        raise OSError(f"could not resolve host {host}")
-    if not allow_private:
-        for _family, sockaddr in sockaddrs:
-            if not is_public_address(sockaddr[0]):
-                if _is_ip_literal(host):
-                    raise DeliveryRefused(f"address {sockaddr[0]} is not public")
-                raise DeliveryRefused(f"host {host} resolves to an address that is not public")
-    tls = (ssl_context or ssl.create_default_context()) if scheme == "https" else None
-    conn = _PinnedConnection(host, port, sockaddrs=sockaddrs, deadline=deadline, tls=tls)
+        conn = open_pinned(
+            endpoint, Deadline(timeout_s), allow_private=allow_private, ssl_context=ssl_context
+        )
+    except Refused as exc:
+        raise DeliveryRefused(str(exc)) from exc
     try:
         conn.request(
             "POST",
-            _target(parts.path, parts.query),
+            endpoint.target,
             body=body,
             headers={
                 "User-Agent": USER_AGENT,

@@ -8,10 +8,8 @@ supervisor kills the process when that is not enough (or the task timed out).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import signal
-import sys
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -21,6 +19,7 @@ from typing import Any
 
 from omniflash.contract import GenerationSpec, Mode
 from omniflash.errors import BadInput, EngineBroken, GenerationError, TaskCancelled
+from omniflash.procs import die_with_parent
 from omniflash.settings import Settings
 
 __all__ = ["child_main"]
@@ -29,18 +28,9 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.25
 
 
-def _die_with_parent() -> None:
-    """Linux: a SIGKILLed supervisor takes its engine processes with it."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-
-
 def child_main(conn: Connection, cancel: Event, settings: Settings, log_level: int) -> None:
-    _die_with_parent()
+    # A SIGKILLed supervisor takes its engine processes with it.
+    die_with_parent()
     from omniflash.logs import configure_logging, task_context
 
     configure_logging(

@@ -20,7 +20,7 @@ import pytest
 from omniflash.contract import Mode
 from omniflash.engines import create_engine
 from omniflash.engines.diffusion import DiffusersEngine, Inputs
-from omniflash.engines.diffusion.ranks import pin_gpus
+from omniflash.engines.diffusion.devices import pin_gpus
 from omniflash.errors import TaskCancelled
 from omniflash.settings import Settings
 from tests.engines.diffusion.tiny_inputs import make_job, solid

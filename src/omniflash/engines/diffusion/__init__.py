@@ -8,13 +8,8 @@ engine is created, so this package imports without the ``[gpu]`` extra.
 
 from omniflash.engines.diffusion.adapters import ADAPTERS, Inputs
 from omniflash.engines.diffusion.engine import INSTALL_HINT, DiffusersEngine, require_gpu_extra
-from omniflash.engines.diffusion.recipes import (
-    FrameRule,
-    Recipe,
-    RecipeBook,
-    Segment,
-    load_recipes,
-)
+from omniflash.engines.diffusion.recipe_file import load_recipes
+from omniflash.engines.diffusion.recipes import FrameRule, Recipe, RecipeBook, Segment
 
 __all__ = [
     "ADAPTERS",

@@ -1,9 +1,9 @@
 """``DiffusersEngine``: open-weight video diffusion models, chosen per mode by recipes.
 
-One task runs as one or more pipeline calls (``RecipeBook.plan``): the first at the
-recipe's native size and a supported frame count, each further one continuing from
-the previous call's last frame.  The native frames are then re-timed to the output
-frame rate, scaled to the requested size and encoded as H.264.
+The engine owns the process's life: its GPUs (``devices``), its pipelines
+(``loader``), the warm-up, the other ranks of a multi-GPU task (``ranks``) and each
+pipeline call, run on every rank at once (``run_pipeline``).  One task runs as one or
+more such calls (``RecipeBook.plan``), in the order ``generation.generate_clip`` gives.
 """
 
 from __future__ import annotations
@@ -13,29 +13,23 @@ import importlib.util
 import logging
 import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy
-from PIL import Image
 
-from omniflash.contract import GenerationSpec, Mode
+from omniflash.contract import GenerationSpec
 from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
-from omniflash.engines.diffusion.adapters import Inputs, cover
+from omniflash.engines.diffusion.adapters import Inputs
 from omniflash.engines.diffusion.control import control_frames
+from omniflash.engines.diffusion.devices import pin_gpus
+from omniflash.engines.diffusion.generation import Progress, StepCallback, generate_clip
 from omniflash.engines.diffusion.guidance import PromptCache, call_pipeline
 from omniflash.engines.diffusion.loader import PipelineLoader, device_lost, free_device_memory
-from omniflash.engines.diffusion.ranks import RankGroup, agree_stop, pin_gpus
-from omniflash.engines.diffusion.recipes import Recipe, RecipeBook, Segment, load_recipes
-from omniflash.engines.diffusion.timeline import (
-    native_indices,
-    sample_clip,
-    scaled_frames,
-    tracked,
-)
+from omniflash.engines.diffusion.ranks import RankGroup, agree_stop
+from omniflash.engines.diffusion.recipe_file import load_recipes
+from omniflash.engines.diffusion.recipes import Recipe, RecipeBook
 from omniflash.engines.diffusion.warmup import every_call_shape, listed_shapes
 from omniflash.errors import EngineBroken, EngineError, GenerationError, TaskCancelled
-from omniflash.media.encode import Mp4Writer
 
 if TYPE_CHECKING:
     from omniflash.settings import Settings
@@ -46,8 +40,6 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install -e '.[gpu]'"
 _EXTRA = ("torch", "diffusers", "transformers", "ftfy")
-_NAMES = {"first_frame": "a first frame", "references": "reference images", "video": "a video"}
-StepCallback = Callable[[int], None]
 RANK_REPLY_S = 10.0
 """How long rank 0, having failed, waits to hear that the other ranks failed too."""
 
@@ -65,19 +57,6 @@ def require_gpu_extra() -> None:
             f"the diffusers engine needs {', '.join(missing)}; install them in the omniflash "
             f"checkout with: {INSTALL_HINT}"
         )
-
-
-class _Progress:
-    """Reports ``units / total`` to the worker, never going back."""
-
-    def __init__(self, report: ProgressCallback, total: float) -> None:
-        self.report, self.total, self.last = report, max(total, 1.0), 0.0
-
-    def at(self, units: float) -> None:
-        fraction = min(1.0, units / self.total)
-        if fraction > self.last:
-            self.last = fraction
-            self.report(fraction)
 
 
 class DiffusersEngine:
@@ -134,7 +113,7 @@ class DiffusersEngine:
             self.group.wait_ready()
 
     def _pin_gpus(self) -> None:
-        """This worker's GPUs only, for every kernel of the process (``ranks.pin_gpus``)."""
+        """This worker's GPUs only, for every kernel of the process (``devices.pin_gpus``)."""
         if self.book.device not in ("auto", "cuda"):
             return  # a CPU, or a device the operator named
         torch = sys.modules.get("torch")
@@ -207,10 +186,14 @@ class DiffusersEngine:
             raise EngineError("the task has no duration; a reference video must set one")
         segments, stretched = self.book.plan(spec.mode, spec.duration)
         steps = sum(s.recipe.steps + 1 for s in segments)
-        tracker = _Progress(progress, steps + max(1, steps // 10))
+        tracker = Progress(progress, steps + max(1, steps // 10))
         head = segments[0].recipe
         try:
-            return self._generate(job, segments, stretched, tracker, cancelled)
+            return generate_clip(
+                self.run_pipeline, job, segments, stretched, tracker, cancelled,
+                preset=self.settings.x264_preset,
+                engine={"engine": self.name, "device": self.device},
+            )  # fmt: skip
         except GenerationError:
             raise
         except torch.cuda.OutOfMemoryError:
@@ -227,140 +210,6 @@ class DiffusersEngine:
         # gone: only now can the memory go back.
         free_device_memory()
         raise failure
-
-    def _job_inputs(self, job: Job) -> tuple[Image.Image | None, tuple[Image.Image, ...]]:
-        """The first frame and the reference images the job's mode asks for."""
-        spec = job.spec
-        as_frame = spec.mode is Mode.FRAME or (
-            spec.mode is Mode.VIDEO and spec.image_role == "frame"
-        )
-        if spec.mode is Mode.FRAME and not job.images:
-            raise EngineError("a first-frame task needs one image")
-        if as_frame:
-            return (job.images[0] if job.images else None), ()
-        if spec.mode is Mode.REFERENCE and not job.images:
-            raise EngineError("a reference-image task needs 1 or 3 images")
-        return None, tuple(job.images) if spec.mode is not Mode.TEXT else ()
-
-    def _generate(
-        self,
-        job: Job,
-        segments: list[Segment],
-        stretched: bool,
-        tracker: _Progress,
-        cancelled: CancelCheck,
-    ) -> GenerationResult:
-        spec = job.spec
-        assert spec.duration is not None
-        head = segments[0].recipe
-        size = head.native_size(spec.aspect_ratio)
-        total = segments[-1].start + segments[-1].frames
-        # A stretched clip spans the whole duration with fewer frames: a slower frame rate.
-        native_fps = total / spec.duration if stretched else float(head.fps)
-        first_frame, references = self._job_inputs(job)
-        control: list[Image.Image] | None = None
-        if spec.mode is Mode.VIDEO:
-            if job.video is None:
-                raise EngineError("a reference-video task needs its video")
-            control = sample_clip(job.video, total, native_fps, spec.duration, size)
-
-        started = time.monotonic()
-        native: list[numpy.ndarray] = []
-        prompts = PromptCache()
-        done = 0.0
-        details: list[dict[str, object]] = []
-        for segment in segments:
-            if cancelled():
-                raise TaskCancelled("the task was cancelled")
-            recipe = segment.recipe
-            shape = (*recipe.native_size(spec.aspect_ratio), segment.frames)
-            clip = None if control is None else control[segment.start : segment.start + shape[2]]
-            if segment.index == 0:
-                inputs = Inputs(first_frame, references, None if clip is None else tuple(clip))
-                missing = inputs.present() - recipe.consumes
-                if missing:
-                    raise EngineError(
-                        f"recipe {recipe.name!r} ({recipe.pipeline}) cannot take "
-                        f"{' or '.join(_NAMES[m] for m in sorted(missing))}; its inputs are "
-                        f"{list(recipe.inputs)}"
-                    )
-            else:
-                takes = recipe.consumes
-                inputs = Inputs(
-                    first_frame=Image.fromarray(native[-1]),
-                    references=references if "references" in takes else (),
-                    video=tuple(clip) if clip is not None and "video" in takes else None,
-                )
-
-            def on_step(step: int, base: float = done, limit: int = recipe.steps) -> None:
-                if cancelled():
-                    raise TaskCancelled("the task was cancelled")
-                tracker.at(base + min(step + 1, limit))
-
-            call_started = time.monotonic()
-            frames = self.run_pipeline(
-                recipe, spec.prompt, shape, inputs, job.seed + segment.index, None, on_step, prompts
-            )
-            if frames[0].shape[:2] != (size[1], size[0]):
-                frames = [numpy.asarray(cover(Image.fromarray(f), size)) for f in frames]
-            native.extend(frames if segment.index == 0 else frames[1:])
-            done += recipe.steps + 1
-            tracker.at(done)
-            details.append(
-                {
-                    "recipe": recipe.name,
-                    "pipeline": recipe.pipeline,
-                    "model": recipe.model,
-                    "width": shape[0],
-                    "height": shape[1],
-                    "frames": shape[2],
-                    "steps": recipe.steps,
-                    "seconds": round(time.monotonic() - call_started, 3),
-                }
-            )
-        generated = time.monotonic() - started
-
-        out_frames = spec.duration * spec.fps
-        indices = native_indices(out_frames, spec.fps, len(native), native_fps)
-        frames_out = tracked(
-            scaled_frames(native, indices, (spec.width, spec.height)),
-            tracker.at, done, tracker.total - done, out_frames, cancelled,
-        )  # fmt: skip
-        encode_started = time.monotonic()
-        with Mp4Writer(
-            job.output_path, spec.width, spec.height, fps=spec.fps, preset=self.settings.x264_preset
-        ) as writer:
-            for frame in frames_out:
-                writer.write_rgb(frame)
-        tracker.at(tracker.total)
-        info: dict[str, object] = {}
-        cut = prompts.cut()
-        if cut is not None:
-            log.warning(
-                "task %s: the prompt has %d tokens; the text encoder saw the first %d",
-                job.task_id, cut["tokens"], cut["token_limit"],
-            )  # fmt: skip
-            info["prompt_cut"] = cut
-        return GenerationResult(
-            frames=writer.frames,
-            width=spec.width,
-            height=spec.height,
-            fps=spec.fps,
-            info={
-                "engine": self.name,
-                "device": self.device,
-                "calls": details,
-                "native_frames": len(native),
-                "native_fps": round(native_fps, 3),
-                "stretched": stretched,
-                "seconds": {
-                    "generate": round(generated, 3),
-                    "encode": round(time.monotonic() - encode_started, 3),
-                },
-                "text_encodings": prompts.encodings,
-                **info,
-            },
-        )
 
     def run_pipeline(
         self,
