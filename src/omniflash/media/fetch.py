@@ -18,7 +18,6 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import http.client
-import re
 import socket
 import ssl
 import time
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urljoin
 
+from omniflash.data_uris import DATA_IMAGE, is_data_uri
 from omniflash.errors import BadInput
 from omniflash.outbound import (
     USER_AGENT,
@@ -42,7 +42,6 @@ __all__ = ["FetchPolicy", "InputUnavailable", "fetch_bytes", "fetch_to_file"]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
-_DATA_IMAGE = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.ASCII | re.IGNORECASE)
 
 _TRANSIENT_STATUS = frozenset({408, 425, 429})
 """Besides every 5xx: answers that say "not now" rather than "no"."""
@@ -208,7 +207,7 @@ def _stream_once(
 
 
 def _data_uri_bytes(uri: str, label: str, max_bytes: int) -> bytes:
-    if not _DATA_IMAGE.match(uri):
+    if not DATA_IMAGE.match(uri):
         raise BadInput(f"{label}: only data:image/...;base64, URIs are accepted")
     payload = uri.split(",", 1)[1]
     if len(payload) * 3 // 4 > max_bytes + 3:
@@ -224,7 +223,7 @@ def _data_uri_bytes(uri: str, label: str, max_bytes: int) -> bytes:
 
 def fetch_bytes(url: str, *, label: str, policy: FetchPolicy) -> bytes:
     """The body of ``url`` (http, https, or a ``data:image/...;base64,`` URI decoded locally)."""
-    if url[:5].lower() == "data:":
+    if is_data_uri(url):
         return _data_uri_bytes(url, label, policy.max_bytes)
     body = bytearray()
     _stream(url, label, policy, body.extend, body.clear)
