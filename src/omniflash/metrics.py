@@ -36,7 +36,7 @@ from omniflash.errors import AuthenticationFailed
 from omniflash.logs import new_request_id, request_id_var, task_id_var
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskRow, TaskStatus
-from omniflash.store.schema import tasks, worker_tokens
+from omniflash.store.schema import worker_tokens
 from omniflash.text import bearer_token
 from omniflash.webhooks import OUTCOMES
 
@@ -140,8 +140,7 @@ class Metrics:
     def _on_submit(self, task: TaskRow) -> None:
         self.submitted.labels(task.spec.mode.value, task.spec.resolution).inc()
 
-    def _on_end(self, conn: sa.Connection, task_id: str, status: TaskStatus) -> None:
-        task = TaskRow.from_row(conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one())
+    def _on_end(self, _conn: sa.Connection, task: TaskRow, status: TaskStatus) -> None:
         spec = task.spec
         self.finished.labels(status.value, spec.mode.value, spec.resolution).inc()
         if task.started_at is not None:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from omniflash.store.db import Database
+from omniflash.store.db import Database, StoreUnavailable
 from omniflash.store.files import FileStore
 from omniflash.store.keys import KeyInfo, KeyStore
 from omniflash.store.meta import MetaStore
-from omniflash.store.tasks import (
+from omniflash.store.task_rows import (
     Claim,
     IdempotencyRequest,
     Submission,
     TaskRow,
     TaskStatus,
-    TaskStore,
 )
+from omniflash.store.tasks import TaskStore
 from omniflash.store.workers import WorkerInfo, WorkerStore
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "KeyStore",
     "MetaStore",
     "Store",
+    "StoreUnavailable",
     "Submission",
     "TaskRow",
     "TaskStatus",

@@ -15,7 +15,7 @@ and result machinery.  The statements are plain SQL over the same tables
   the server after a few uses) in a small pool per event loop; while one read waits for
   the server, the loop serves other requests.  A connection that fails is dropped and
   the read tried once more on a new one (a database restart costs no error); when the
-  database is down the read raises ``ServiceUnavailable`` (503).
+  database is down the read raises ``StoreUnavailable`` (the API answers 503).
 """
 
 from __future__ import annotations
@@ -29,13 +29,12 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from starlette.concurrency import run_in_threadpool
+import anyio.to_thread
 
-from omniflash.errors import ServiceUnavailable
-from omniflash.store.db import Database
+from omniflash.store.db import Database, StoreUnavailable
 from omniflash.store.keys import KeyInfo
 from omniflash.store.schema import api_keys, tasks, video_deletions
-from omniflash.store.tasks import TaskRow
+from omniflash.store.task_rows import TaskRow
 
 __all__ = ["HotReads", "hot_reads"]
 
@@ -174,7 +173,7 @@ class ThreadReads(_Reads):
             return list(conn.exec_driver_sql(self.sql[name], params).all())
 
     async def _fetch(self, name: str, params: tuple[Any, ...]) -> list[Any]:
-        return await run_in_threadpool(self._run, name, params)
+        return await anyio.to_thread.run_sync(self._run, name, params)
 
 
 class SqliteReads(_Reads):
@@ -250,7 +249,7 @@ class _Pool:
                         await conn.close()
                     await self.close()
                     if attempt == 2:
-                        raise ServiceUnavailable("The database cannot be reached just now") from exc
+                        raise StoreUnavailable("The database cannot be reached just now") from exc
                     continue
                 except BaseException:
                     # Anything else (a parameter the driver refuses, a cancelled request)

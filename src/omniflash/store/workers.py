@@ -17,7 +17,7 @@ from omniflash.errors import Conflict, NotFound
 from omniflash.ids import hash_key, new_worker_token
 from omniflash.store.db import Database, retry_disconnect, retry_repeatable
 from omniflash.store.schema import tasks, worker_tokens
-from omniflash.store.tasks import NOTIFY_CHANNEL
+from omniflash.store.task_rows import NOTIFY_CHANNEL
 
 __all__ = ["WorkerInfo", "WorkerStore"]
 

@@ -25,7 +25,7 @@ from typing import IO
 from omniflash.blobs import Storage
 from omniflash.settings import Settings
 from omniflash.store import Store
-from omniflash.store.tasks import NOTIFY_CHANNEL
+from omniflash.store.task_rows import NOTIFY_CHANNEL
 from omniflash.worker.source import TaskSource
 from omniflash.worker.supervisor import Worker
 from omniflash.worker.sweep import orphan_age_s, sweep_expired_files, sweep_orphans

@@ -222,9 +222,8 @@ class StoreTaskSource:
                 lease.epoch,
                 result_key=key,
                 ttl_s=self.settings.result_ttl_s,
-                final_millicredits=self.settings.pricing.millicredits(
-                    task.spec.resolution, seconds
-                ),
+                seconds=seconds,
+                pricing=self.settings.pricing,
                 info=info,
                 worker_id=worker_id,
             ):
