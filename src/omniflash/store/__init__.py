@@ -7,6 +7,7 @@ from omniflash.store.files import FileStore
 from omniflash.store.keys import KeyInfo, KeyStore
 from omniflash.store.meta import MetaStore
 from omniflash.store.task_rows import (
+    NOTIFY_CHANNEL,
     Claim,
     IdempotencyRequest,
     Submission,
@@ -17,6 +18,7 @@ from omniflash.store.tasks import TaskStore
 from omniflash.store.workers import WorkerInfo, WorkerStore
 
 __all__ = [
+    "NOTIFY_CHANNEL",
     "Claim",
     "Database",
     "FileStore",
