@@ -112,6 +112,17 @@ class WorkerStore:
                 is not None
             )
 
+    def seen_since(self, since: float) -> int:
+        """The active tokens that made a request since ``since`` (as ``SEEN_EVERY_S`` allows)."""
+        with self.db.read() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(
+                        worker_tokens.c.revoked_at.is_(None), worker_tokens.c.last_seen_at > since
+                    )
+                ).scalar_one()
+            )
+
     def all(self) -> list[WorkerInfo]:
         with self.db.read() as conn:
             rows = conn.execute(sa.select(worker_tokens).order_by(worker_tokens.c.id)).all()

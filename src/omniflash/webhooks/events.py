@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from omniflash.blobs import UrlSigner
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskRow, TaskStatus
+from omniflash.store.outbox import Outbox
 from omniflash.task_view import task_public
-from omniflash.webhooks.outbox import Outbox
 
 __all__ = ["event_body", "install", "webhook_base_url"]
 
