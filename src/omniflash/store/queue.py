@@ -141,7 +141,7 @@ class LeaseQueue(TaskEnds):
     # its outcome is in the row it matches.  A repeated heartbeat renews again; a repeated
     # complete, fail or release whose first try committed finds the lease gone and answers
     # False, and the caller reads the task to learn what happened
-    # (``StoreTaskSource.record_result``).
+    # (``ResultIntake.record``).
 
     @retry_repeatable
     def heartbeat(
