@@ -34,7 +34,7 @@ from omniflash.errors import (
 from omniflash.ids import new_task_id
 from omniflash.pricing import credits as to_credits
 from omniflash.store.db import retry_disconnect
-from omniflash.store.keys import KeyInfo, rate_window, too_many_requests
+from omniflash.store.keys import KeyInfo, too_many_requests
 from omniflash.store.schema import ACTIVE_PREDICATE, idempotency, tasks
 from omniflash.store.submit_statements import (
     CHARGE,
@@ -45,10 +45,10 @@ from omniflash.store.submit_statements import (
     INSERT_LEDGER,
     INSERT_TASK,
     SUBMIT_IN_ONE_STATEMENT,
+    submit_params,
 )
 from omniflash.store.task_ends import TASK_BY_ID, TaskEnds
 from omniflash.store.task_rows import (
-    NOTIFY_CHANNEL,
     IdempotencyRequest,
     Submission,
     TaskRow,
@@ -94,14 +94,22 @@ class Submissions(TaskEnds):
         """
         now = time.time() if now is None else now
         task_id = new_task_id(now)
+        params = submit_params(
+            key.id,
+            task_id,
+            spec.to_json(),
+            millicredits=millicredits,
+            estimated_time=estimated_time,
+            seed=seed,
+            idempotency_key=idempotency_key,
+            now=now,
+        )
         if not self.db.is_sqlite:
-            return self._submit_in_one_statement(
-                key, task_id, spec, millicredits, estimated_time, seed, idempotency_key, now
-            )
+            return self._submit_in_one_statement(params, idempotency_key, now)
         refused: OmniflashError | None = None
         with self.db.write() as conn:
             k = (  # the key row, counted and locked
-                conn.execute(COUNT_AND_LOCK, {"key_id": key.id, "window": rate_window(now)})
+                conn.execute(COUNT_AND_LOCK, {"key_id": key.id, "window": params["window"]})
                 .one()
                 ._mapping
             )
@@ -123,17 +131,7 @@ class Submissions(TaskEnds):
             if refused is None and replay is not None:
                 row = conn.execute(TASK_BY_ID, {"task_id": replay}).one()
             elif refused is None:
-                row = self._queue(
-                    conn,
-                    key.id,
-                    task_id,
-                    spec,
-                    millicredits=millicredits,
-                    estimated_time=estimated_time,
-                    seed=seed,
-                    idempotency_key=idempotency_key,
-                    now=now,
-                )
+                row = self._queue(conn, params)
         # A refusal commits the count above and nothing else.
         if refused is not None:
             raise refused
@@ -141,33 +139,11 @@ class Submissions(TaskEnds):
         return Submission(task, replayed=True) if replay is not None else self._made(task)
 
     def _submit_in_one_statement(
-        self,
-        key: KeyInfo,
-        task_id: str,
-        spec: GenerationSpec,
-        millicredits: int,
-        estimated_time: int,
-        seed: int,
-        idempotency_key: IdempotencyRequest | None,
-        now: float,
+        self, params: dict[str, Any], idempotency_key: IdempotencyRequest | None, now: float
     ) -> Submission:
-        """PostgreSQL: ``submit`` as one statement (``SUBMIT_IN_ONE_STATEMENT``), so that the key's
-        row lock lasts one statement's run instead of several round trips."""
-        params = {
-            "key_id": key.id,
-            "window": rate_window(now),
-            "count": 1,
-            "amount": millicredits,
-            "id": task_id,
-            "spec": spec.to_json(),
-            "seed": seed,
-            "estimated_time": estimated_time,
-            "now": now,
-            "idem_key": idempotency_key.key if idempotency_key else None,
-            "body_hash": idempotency_key.body_hash if idempotency_key else None,
-            "fresh_after": now - IDEMPOTENCY_TTL_S,
-            "channel": NOTIFY_CHANNEL,
-        }
+        """PostgreSQL: ``submit`` as one statement (``SUBMIT_IN_ONE_STATEMENT``), so that the
+        key's row lock lasts one statement's run instead of several round trips."""
+        task_id, millicredits = params["task"], params["amount"]
         dropped = False
         for _look in range(3):
             try:
@@ -235,61 +211,14 @@ class Submissions(TaskEnds):
             hook(task)
         return Submission(task, replayed=False)
 
-    def _queue(
-        self,
-        conn: sa.Connection,
-        key_id: int,
-        task_id: str,
-        spec: GenerationSpec,
-        *,
-        millicredits: int,
-        estimated_time: int,
-        seed: int,
-        idempotency_key: IdempotencyRequest | None,
-        now: float,
-    ) -> sa.Row[Any]:
+    def _queue(self, conn: sa.Connection, params: dict[str, Any]) -> sa.Row[Any]:
         """Charge the key and insert the pending task (and its idempotency record)."""
-        if idempotency_key is not None:
+        if params["idem"] is not None:
             # Rolled back with the task if the submit fails, so the key can be used again.
-            conn.execute(
-                INSERT_IDEMPOTENCY,
-                {
-                    "key_id": key_id,
-                    "idem_key": idempotency_key.key,
-                    "body_hash": idempotency_key.body_hash,
-                    "task_id": task_id,
-                    "created_at": now,
-                },
-            )
-        charged = conn.execute(CHARGE, {"key_id": key_id, "amount": millicredits})
-        self._one(charged, "charge", task_id)
-        conn.execute(
-            INSERT_LEDGER,
-            {
-                "key_id": key_id,
-                "task_id": task_id,
-                "delta": -millicredits,
-                "reason": "charge",
-                "created_at": now,
-            },
-        )
-        row = conn.execute(
-            INSERT_TASK,
-            {
-                "id": task_id,
-                "key_id": key_id,
-                "status": TaskStatus.PENDING.value,
-                "progress": 0,
-                "spec": spec.to_json(),
-                "seed": seed,
-                "credits": millicredits,
-                "estimated_time": estimated_time,
-                "created_at": now,
-                "attempts": 0,
-                "lease_epoch": 0,
-                "result_deleted": False,
-            },
-        ).one()
+            conn.execute(INSERT_IDEMPOTENCY, params)
+        self._one(conn.execute(CHARGE, params), "charge", params["task"])
+        conn.execute(INSERT_LEDGER, params)
+        row = conn.execute(INSERT_TASK, params).one()
         self._announce(conn)
         return row
 
@@ -304,7 +233,7 @@ class Submissions(TaskEnds):
     ) -> str | None:
         """The task an earlier submit with ``request``'s key made, if any (an expired
         record is deleted); raises ``IdempotencyMismatch`` when that used another body."""
-        params = {"key_id": key_id, "idem_key": request.key}
+        params = {"key": key_id, "idem": request.key}
         row = conn.execute(IDEMPOTENCY_RECORD, params).one_or_none()
         if row is not None and row.created_at < now - IDEMPOTENCY_TTL_S:
             conn.execute(
