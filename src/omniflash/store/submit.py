@@ -35,7 +35,7 @@ from omniflash.ids import new_task_id
 from omniflash.pricing import credits as to_credits
 from omniflash.store.db import retry_disconnect
 from omniflash.store.keys import KeyInfo, too_many_requests
-from omniflash.store.schema import ACTIVE_PREDICATE, idempotency, tasks
+from omniflash.store.schema import idempotency, tasks
 from omniflash.store.submit_statements import (
     CHARGE,
     COUNT_AND_LOCK,
@@ -49,6 +49,7 @@ from omniflash.store.submit_statements import (
 )
 from omniflash.store.task_ends import TASK_BY_ID, TaskEnds
 from omniflash.store.task_rows import (
+    ACTIVE,
     IdempotencyRequest,
     Submission,
     TaskRow,
@@ -226,7 +227,9 @@ class Submissions(TaskEnds):
     def in_flight(key_id: int) -> sa.Select[int]:
         """The count of the key's pending and processing tasks, from the tasks themselves
         (what ``api_keys.in_flight`` keeps without counting)."""
-        return sa.select(sa.func.count()).where(tasks.c.key_id == key_id, sa.text(ACTIVE_PREDICATE))
+        return sa.select(sa.func.count()).where(
+            tasks.c.key_id == key_id, tasks.c.status.in_(ACTIVE)
+        )
 
     def _idempotent(
         self, conn: sa.Connection, key_id: int, request: IdempotencyRequest, now: float

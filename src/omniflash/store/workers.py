@@ -17,6 +17,7 @@ from omniflash.errors import Conflict, NotFound
 from omniflash.ids import hash_key, new_worker_token
 from omniflash.store.db import Database, retry_disconnect, retry_repeatable
 from omniflash.store.schema import tasks, worker_tokens
+from omniflash.store.task_ends import NOTIFY
 from omniflash.store.task_rows import NOTIFY_CHANNEL
 
 __all__ = ["WorkerInfo", "WorkerStore"]
@@ -165,7 +166,7 @@ class WorkerStore:
             ).rowcount
             if handed_back and not self.db.is_sqlite:
                 # Wake the workers of every replica (sent at commit).
-                conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+                conn.execute(NOTIFY, {"channel": NOTIFY_CHANNEL})
             return WorkerInfo.from_row(
                 conn.execute(sa.select(worker_tokens).where(worker_tokens.c.id == row.id)).one()
             )
