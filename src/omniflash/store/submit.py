@@ -67,7 +67,7 @@ def _idempotency_mismatch() -> IdempotencyMismatch:
 
 
 class Submissions(TaskEnds):
-    """Submit and cancel: the task store's API side."""
+    """Submit, read and cancel: the task store's API side."""
 
     def submit(
         self,
@@ -202,10 +202,23 @@ class Submissions(TaskEnds):
         return None
 
     @retry_disconnect
-    def _made_by(self, task_id: str) -> TaskRow | None:
+    def get(self, task_id: str, key_id: int | None = None) -> TaskRow:
+        """A task; with ``key_id``, only that key's (another key's task is simply not found)."""
+        query = sa.select(tasks).where(tasks.c.id == task_id)
+        if key_id is not None:
+            query = query.where(tasks.c.key_id == key_id)
         with self.db.read() as conn:
-            row = conn.execute(TASK_BY_ID, {"task_id": task_id}).one_or_none()
-        return None if row is None else TaskRow.from_row(row)
+            row = conn.execute(query).one_or_none()
+        if row is None:
+            raise NotFound(f"No task {task_id!r} for this API key")
+        return TaskRow.from_row(row)
+
+    def _made_by(self, task_id: str) -> TaskRow | None:
+        """The task ``task_id``, if a submit whose answer was lost made it."""
+        try:
+            return self.get(task_id)
+        except NotFound:
+            return None
 
     def _made(self, task: TaskRow) -> Submission:
         for hook in self.submit_hooks:

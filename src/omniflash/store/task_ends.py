@@ -16,8 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from omniflash.errors import NotFound
-from omniflash.store.db import Database, retry_disconnect
+from omniflash.store.db import Database
 from omniflash.store.schema import api_keys, ledger, tasks
 from omniflash.store.task_rows import (
     ACTIVE,
@@ -61,18 +60,6 @@ class TaskEnds:
 
     def _clock(self, now: float | None) -> sa.ColumnElement[float]:
         return self.db.clock() if now is None else sa.literal(now, sa.Float)
-
-    @retry_disconnect
-    def get(self, task_id: str, key_id: int | None = None) -> TaskRow:
-        """A task; with ``key_id``, only that key's (another key's task is simply not found)."""
-        query = sa.select(tasks).where(tasks.c.id == task_id)
-        if key_id is not None:
-            query = query.where(tasks.c.key_id == key_id)
-        with self.db.read() as conn:
-            row = conn.execute(query).one_or_none()
-        if row is None:
-            raise NotFound(f"No task {task_id!r} for this API key")
-        return TaskRow.from_row(row)
 
     @staticmethod
     def _one(result: sa.CursorResult[Any], what: str, task_id: str) -> None:
