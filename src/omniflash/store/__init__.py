@@ -1,5 +1,5 @@
 """Persistent state: keys and the ledger, idempotency, tasks (which are the queue), remote
-workers' tokens, uploaded files, deleted videos, and the webhooks' outbox and secrets.
+workers' tokens, deleted videos, and the webhooks' outbox and secrets.
 
 Every query of omniflash lives in this package, and every one is written in one style:
 SQLAlchemy Core statements over the tables of ``store.schema``.  Core, because one
@@ -30,8 +30,8 @@ The modules, by what they own:
   A result's price is decided in ``queue``'s ``complete``, from the task's row and
   ``omniflash.pricing``.
 - ``reads``: the API's hot reads, awaited on the event loop.
-- ``workers``, ``files``, ``videos``, ``meta``: worker tokens, uploaded files, deleted
-  videos, server-wide values.
+- ``workers``, ``files``, ``videos``, ``meta``: worker tokens, what the orphan sweep
+  asks before it deletes a file, deleted videos, values a deployment shares.
 - ``outbox``, ``webhook_secrets``: the webhooks' rows (``omniflash.webhooks`` holds the
   policy and the sending).
 """
