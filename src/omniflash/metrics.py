@@ -36,7 +36,6 @@ from omniflash.errors import AuthenticationFailed
 from omniflash.logs import new_request_id, request_id_var, task_id_var
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskRow, TaskStatus
-from omniflash.store.schema import tasks, worker_tokens
 from omniflash.text import bearer_token
 from omniflash.webhooks import OUTCOMES
 
@@ -140,8 +139,7 @@ class Metrics:
     def _on_submit(self, task: TaskRow) -> None:
         self.submitted.labels(task.spec.mode.value, task.spec.resolution).inc()
 
-    def _on_end(self, conn: sa.Connection, task_id: str, status: TaskStatus) -> None:
-        task = TaskRow.from_row(conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one())
+    def _on_end(self, _conn: sa.Connection, task: TaskRow, status: TaskStatus) -> None:
         spec = task.spec
         self.finished.labels(status.value, spec.mode.value, spec.resolution).inc()
         if task.started_at is not None:
@@ -187,14 +185,8 @@ class _StateCollector(Collector):
         alive, expected = self.workers() if self.workers is not None else (0, 0)
         workers.add_metric(["running"], alive)
         workers.add_metric(["stopped"], expected - alive)
-        with self.store.db.read() as conn:
-            remote = conn.execute(
-                sa.select(sa.func.count()).where(
-                    worker_tokens.c.revoked_at.is_(None),
-                    worker_tokens.c.last_seen_at > time.time() - REMOTE_SEEN_S,
-                )
-            ).scalar_one()
-        workers.add_metric(["remote"], int(remote))
+        remote = self.store.workers.seen_since(time.time() - REMOTE_SEEN_S)
+        workers.add_metric(["remote"], remote)
         yield workers
         yield from _gpu_memory()
 

@@ -28,6 +28,7 @@ from omniflash.settings import Settings
 from omniflash.store import Store
 from omniflash.worker.sweep import sweep_expired_files, sweep_orphans
 from tests.store.test_races import assert_money
+from tests.task_lists import tasks_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -173,7 +174,7 @@ def test_a_submit_whose_outcome_is_unknown_keeps_its_inputs(tmp_path: Path) -> N
             response = client.post("/v1/videos/generations", json=body, headers=auth)
             assert response.status_code == 503, "an outage, not a client's mistake"
             assert stored() == 1, "the task that was made has its input"
-            (task,) = store.tasks.list_for_key(_info.id)
+            (task,) = tasks_of(store, _info.id)
             assert task.spec.image_urls[0].startswith("blob:inputs/")
     finally:
         store.close()

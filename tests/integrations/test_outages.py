@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from omniflash.store import Store
 from tests.conftest import running_server
 from tests.store.test_races import assert_money
+from tests.task_lists import tasks_of
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
@@ -89,7 +90,7 @@ def test_dropped_connections_are_retried_on_fresh_ones(
                 assert failed.json() == {"held": True}
                 cancelled = after_a_drop("POST", f"/v1/tasks/{task_id}/cancel", client)
                 assert cancelled.status_code in (200, 409)
-    assert len(pg.tasks.list_for_key(1, limit=100)) == 2 * ROUNDS
+    assert len(tasks_of(pg, 1, limit=100)) == 2 * ROUNDS
     assert_money(pg)
 
 

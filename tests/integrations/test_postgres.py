@@ -36,6 +36,7 @@ from omniflash.store.videos import VideoStore
 from omniflash.webhooks import WebhookSecrets, WebhookSender, install
 from tests.conftest import running_server
 from tests.integrations.conftest import Receiver, start_receiver
+from tests.task_lists import tasks_of
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 
@@ -199,7 +200,7 @@ def test_a_task_ended_by_racing_processes_queues_one_event(
         assert p.exitcode == 0
     with pg.db.read() as conn:
         events = conn.execute(sa.select(webhook_outbox.c.task_id, webhook_outbox.c.event)).all()
-    statuses = {t.id: t.status.value for t in pg.tasks.list_for_key(info.id, limit=100)}
+    statuses = {t.id: t.status.value for t in tasks_of(pg, info.id, limit=100)}
     assert Counter(task for task, _ in events) == dict.fromkeys(ids, 1)
     assert {task: event for task, event in events} == {
         task: f"task.{status}" for task, status in statuses.items()

@@ -26,6 +26,7 @@ from omniflash.store import Store, TaskStatus
 from tests.conftest import _truncate
 from tests.remote.conftest import Api
 from tests.store.test_races import assert_money
+from tests.task_lists import tasks_of
 
 EXAMPLES = int(os.environ.get("OMNIFLASH_FUZZ_EXAMPLES", "150"))
 
@@ -144,7 +145,7 @@ def _held_task(api: Api) -> str:
     """A task the fuzzing token holds: the one it holds, or a new one claimed now."""
     processing = [
         t
-        for t in api.store.tasks.list_for_key(api.store.keys.get(1).id, limit=5)
+        for t in tasks_of(api.store, api.store.keys.get(1).id, limit=5)
         if t.status is TaskStatus.PROCESSING
     ]
     if processing:

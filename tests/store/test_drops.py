@@ -23,6 +23,7 @@ from omniflash.pricing import Pricing
 from omniflash.store import Store
 from omniflash.store.db import OutcomeUnknown, retry_disconnect, retry_repeatable
 from tests.store.test_races import assert_money
+from tests.task_lists import tasks_of
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -118,7 +119,7 @@ def test_a_submit_whose_answer_was_lost_finds_its_task(pg: Store) -> None:
     pg.db.statement = answer_lost  # type: ignore[method-assign]
     made = pg.tasks.submit(key, SPEC, millicredits=P.hold(SPEC), estimated_time=1, seed=1)
     assert not made.replayed and calls["statement"] == 1, "found, not submitted again"
-    assert [t.id for t in pg.tasks.list_for_key(key.id)] == [made.task.id]
+    assert [t.id for t in tasks_of(pg, key.id)] == [made.task.id]
     assert pg.keys.get(key.id).balance == 10**9 - P.hold(SPEC)
     assert_money(pg)
 

@@ -24,7 +24,7 @@ from omniflash.contract import parse_generation_request
 from omniflash.metrics import Metrics
 from omniflash.pricing import Pricing
 from omniflash.settings import Settings
-from omniflash.store import KeyInfo, Store, TaskStatus
+from omniflash.store import KeyInfo, Store, TaskRow, TaskStatus
 from omniflash.store.schema import ledger, webhook_outbox
 from tests.store.test_races import assert_money
 
@@ -119,9 +119,9 @@ def test_a_failing_end_hook_is_undone_alone(store: Store) -> None:
     seen: list[tuple[str, str]] = []
     store.tasks.error_hooks.append(lambda job, item: seen.append((job, item)))
 
-    def broken(conn: sa.Connection, task_id: str, status: TaskStatus) -> None:
+    def broken(conn: sa.Connection, task: TaskRow, status: TaskStatus) -> None:
         conn.execute(
-            ledger.insert().values(key_id=key.id, task_id=task_id, delta=10**6, reason="bonus")
+            ledger.insert().values(key_id=key.id, task_id=task.id, delta=10**6, reason="bonus")
         )
         raise RuntimeError("this hook is broken")
 

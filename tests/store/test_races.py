@@ -25,6 +25,7 @@ from omniflash.pricing import Pricing
 from omniflash.store import IdempotencyRequest, Store, TaskStatus
 from omniflash.store.schema import MIGRATIONS, api_keys
 from tests.money import assert_money
+from tests.task_lists import tasks_of
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -148,7 +149,7 @@ def test_one_idempotency_key_makes_one_task_across_processes(pg: Store, postgres
     answers = _run(_idem_submits, postgres_url, key.id, idem_keys, 4)
     for n in range(ROUNDS):
         assert len({answer[n] for answer in answers}) == 1, "each key made one task"
-    assert len(pg.tasks.list_for_key(key.id, limit=100)) == ROUNDS
+    assert len(tasks_of(pg, key.id, limit=100)) == ROUNDS
     assert pg.keys.get(key.id).balance == 10**9 - ROUNDS * P.hold(SPEC)
     assert_money(pg)
 
@@ -224,7 +225,7 @@ def test_submits_from_many_processes_keep_rpm_in_flight_and_balance(
             sa.select(api_keys.c.rate_hits).where(api_keys.c.id == key.id)
         ).scalar_one()
     assert hits == rpm
-    assert total["accepted"] == len(pg.tasks.list_for_key(key.id, limit=100)) >= in_flight
+    assert total["accepted"] == len(tasks_of(pg, key.id, limit=100)) >= in_flight
     assert pg.keys.get(key.id).balance >= 0
     assert_money(pg)
 
@@ -304,7 +305,7 @@ def test_one_idempotency_key_raced_by_threads_makes_one_task_and_counts_each_req
             sa.select(api_keys.c.rate_hits).where(api_keys.c.id == key.id)
         ).scalar_one()
     assert hits == 30 * 6
-    assert len(pg.tasks.list_for_key(key.id, limit=100)) == 30
+    assert len(tasks_of(pg, key.id, limit=100)) == 30
     assert_money(pg)
 
 
@@ -398,4 +399,4 @@ def test_reads_survive_a_database_restart(pg: Store) -> None:
     assert killed >= 1
     assert pg.tasks.get(task.id).id == task.id
     assert pg.keys.authenticate("of_not_a_key") is None
-    assert len(pg.tasks.list_for_key(key.id)) == 1
+    assert len(tasks_of(pg, key.id)) == 1

@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 
 from omniflash.contract import parse_generation_request
-from omniflash.errors import ServiceUnavailable
 from omniflash.ids import hash_key
-from omniflash.store import Store, TaskStatus
+from omniflash.store import Store, StoreUnavailable, TaskStatus
 from omniflash.store.reads import HotReads, PostgresReads, SqliteReads, ThreadReads, hot_reads
 from omniflash.store.videos import VideoStore
+from tests.task_lists import tasks_of, videos_of
 
 SPEC = parse_generation_request({"model": "Omni-Flash-Ext", "prompt": "a harbour", "duration": 4})
 
@@ -58,7 +58,7 @@ def test_hot_reads_answer_what_the_store_answers(store: Store) -> None:
         assert statuses == {TaskStatus.PENDING, TaskStatus.COMPLETED, TaskStatus.CANCELLED}
         for limit, after in [(100, None), (3, None), (3, ids[4]), (2, ids[1]), (5, ids[0])]:
             got = await reads.page(key.id, limit=limit, after=after)
-            assert got == store.tasks.list_for_key(key.id, limit=limit, after=after)
+            assert got == tasks_of(store, key.id, limit=limit, after=after)
         assert [t.id for t in await reads.page(key.id, limit=100)] == ids[::-1]
         # The OpenAI dialect's view: the same tasks, less the deleted video.
         assert await reads.video(ids[0], key.id) == (store.tasks.get(ids[0]), False)
@@ -67,7 +67,7 @@ def test_hot_reads_answer_what_the_store_answers(store: Store) -> None:
         for order in ("asc", "desc"):
             for limit, after in [(100, None), (2, None), (2, ids[1]), (3, ids[5])]:
                 got = await reads.videos(key.id, limit=limit, after=after, order=order)
-                assert got == videos.list_for_key(key.id, limit=limit, after=after, order=order)
+                assert got == videos_of(store, key.id, limit=limit, after=after, order=order)
                 assert ids[3] not in [t.id for t in got]
         assert len(await reads.videos(key.id, limit=100)) == len(ids) - 1
         assert await reads.key(hash_key(token)) == store.keys.authenticate(token)
@@ -155,7 +155,7 @@ def test_postgres_reads_survive_dropped_connections_and_report_a_dead_server(
         nowhere.conninfo = "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2"
 
         async def down() -> None:
-            with pytest.raises(ServiceUnavailable):
+            with pytest.raises(StoreUnavailable):
                 await nowhere.task("task_x", key.id)
 
         asyncio.run(down())

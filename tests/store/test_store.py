@@ -19,6 +19,7 @@ from omniflash.errors import (
 )
 from omniflash.pricing import Pricing
 from omniflash.store import IdempotencyRequest, KeyInfo, Store, TaskStatus
+from tests.task_lists import tasks_of
 
 P = Pricing()
 
@@ -86,7 +87,7 @@ def test_payment_required_charges_nothing(store: Store) -> None:
     with pytest.raises(PaymentRequired):
         submit(store, key)  # 4 s of 720p is 1 credit
     assert balanced(store, key) == 999
-    assert store.tasks.list_for_key(key.id) == []
+    assert tasks_of(store, key.id) == []
 
 
 def test_concurrency_cap(store: Store) -> None:
@@ -123,7 +124,8 @@ def test_claim_lease_heartbeat_complete_and_settle(store: Store) -> None:
         *held(claim),
         result_key="r.mp4",
         ttl_s=60,
-        final_millicredits=P.millicredits("720p", 6),
+        seconds=6,
+        pricing=P,
     )
     assert ok
     done = store.tasks.get(task.id)
@@ -193,8 +195,8 @@ def test_list_pages_newest_first_and_isolated(store: Store) -> None:
     _, other = store.keys.create("o", 100_000, 60, 50)
     ids = [submit(store, key).id for _ in range(5)]
     submit(store, other)
-    page1 = store.tasks.list_for_key(key.id, limit=3)
-    page2 = store.tasks.list_for_key(key.id, limit=3, after=page1[-1].id)
+    page1 = tasks_of(store, key.id, limit=3)
+    page2 = tasks_of(store, key.id, limit=3, after=page1[-1].id)
     assert [t.id for t in page1 + page2] == ids[::-1]
     with pytest.raises(NotFound):
         store.tasks.get(ids[0], other.id)
@@ -299,7 +301,7 @@ def test_migrations_are_idempotent(store: Store) -> None:
 
 @pytest.mark.postgres
 def test_postgres_notifies_workers_of_new_tasks(postgres_url: str) -> None:
-    from omniflash.store.tasks import NOTIFY_CHANNEL
+    from omniflash.store.task_rows import NOTIFY_CHANNEL
 
     store = Store(postgres_url)
     stop = threading.Event()

@@ -51,7 +51,7 @@ from omniflash.errors import (
 from omniflash.metrics import Metrics, RequestMiddleware
 from omniflash.metrics import router as metrics_router
 from omniflash.settings import Settings
-from omniflash.store import Store
+from omniflash.store import Store, StoreUnavailable
 from omniflash.store.reads import hot_reads
 from omniflash.worker import Listener, Maintenance, StoreTaskSource, WorkerPool
 from omniflash.worker.wake import Waker
@@ -181,6 +181,7 @@ def create_app(
         log.error("blob storage unavailable: %s", exc)
         return seed_error(ServiceUnavailable())
 
+    @app.exception_handler(StoreUnavailable)
     @app.exception_handler(sa.exc.OperationalError)
     @app.exception_handler(sa.exc.InterfaceError)
     async def _database_down(_request: Request, exc: Exception) -> JSONResponse:

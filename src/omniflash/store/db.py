@@ -22,11 +22,24 @@ import sqlalchemy as sa
 
 from omniflash.store.schema import MIGRATIONS, schema_version
 
-__all__ = ["Database", "OutcomeUnknown", "retry_disconnect", "retry_repeatable"]
+__all__ = [
+    "Database",
+    "OutcomeUnknown",
+    "StoreUnavailable",
+    "retry_disconnect",
+    "retry_repeatable",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 MIGRATION_LOCK = 0x6F6D6E69  # any constant no other application of the database uses
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached just now, even on a fresh connection: retry later.
+
+    The API answers it with a 503 (``api/app.py``); the store itself knows nothing of HTTP.
+    """
 
 
 class OutcomeUnknown(sa.exc.OperationalError):

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from omniflash.ids import ulid_floor
 from omniflash.store.db import Database, retry_disconnect
 from omniflash.store.schema import tasks
-from omniflash.store.tasks import TaskStatus
+from omniflash.store.task_rows import TaskStatus
 
 __all__ = ["FileStore"]
 

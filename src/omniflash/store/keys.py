@@ -14,7 +14,15 @@ from omniflash.ids import hash_key, new_api_key
 from omniflash.store.db import Database, retry_disconnect
 from omniflash.store.schema import api_keys, ledger
 
-__all__ = ["COUNT_REQUEST", "KeyInfo", "KeyStore", "rate_window", "too_many_requests"]
+__all__ = [
+    "ACTIVE_KEY_BY_HASH",
+    "COUNT_REQUEST",
+    "KEY_FIELDS",
+    "KeyInfo",
+    "KeyStore",
+    "rate_window",
+    "too_many_requests",
+]
 
 RATE_WINDOW_S = 60
 
@@ -39,6 +47,24 @@ COUNT_REQUEST = (
 given to return.  On PostgreSQL it holds the key's row lock until the transaction ends.
 The right-hand sides read the row as it was before the update.  Built once: building a
 statement costs more than running it."""
+
+KEY_FIELDS = [
+    "id",
+    "prefix",
+    "name",
+    "balance",
+    "rpm",
+    "max_concurrent",
+    "created_at",
+    "revoked_at",
+]
+"""The columns of a ``KeyInfo``, in its order."""
+ACTIVE_KEY_BY_HASH = sa.select(*(api_keys.c[name] for name in KEY_FIELDS)).where(
+    api_keys.c.key_hash == sa.bindparam("key_hash"), api_keys.c.revoked_at.is_(None)
+)
+"""The active key with this hash (parameter ``key_hash``, ``ids.hash_key``): the one
+statement that authenticates a key, whether through the engine (``KeyStore.authenticate``)
+or the API's hot reads (``store.reads``)."""
 
 _HIT = COUNT_REQUEST.returning(api_keys.c.rate_hits, api_keys.c.rpm)
 _RATE = sa.select(api_keys.c.rate_window, api_keys.c.rate_hits, api_keys.c.rpm).where(
@@ -147,12 +173,9 @@ class KeyStore:
 
     @retry_disconnect
     def authenticate(self, key: str) -> KeyInfo | None:
+        """The active key whose plaintext is ``key``, or ``None``."""
         with self.db.read() as conn:
-            row = conn.execute(
-                sa.select(api_keys).where(
-                    api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)
-                )
-            ).one_or_none()
+            row = conn.execute(ACTIVE_KEY_BY_HASH, {"key_hash": hash_key(key)}).one_or_none()
         return None if row is None else KeyInfo.from_row(row)
 
     def all(self) -> list[KeyInfo]:

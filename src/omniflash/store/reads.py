@@ -3,8 +3,9 @@ and the same task and page as the OpenAI videos dialect sees them (deleted video
 
 Polls are most of an API's traffic, so these reads skip what the store's general
 path costs per request: a hop to a worker thread and back, and SQLAlchemy's statement
-and result machinery.  The statements are plain SQL over the same tables
-(``store/schema.py``), and their rows become the store's own ``TaskRow`` and ``KeyInfo``.
+and result machinery.  The statements are SQLAlchemy Core, like every query of the store,
+compiled once per dialect to the driver's SQL text (``compiled``) and run by the driver
+itself; their rows become the store's own ``TaskRow`` and ``KeyInfo``.
 
 - SQLite (WAL mode): a reader never waits for a writer and a lookup by primary key or
   index costs microseconds, so the event loop runs the statement itself, on a read-only
@@ -15,7 +16,7 @@ and result machinery.  The statements are plain SQL over the same tables
   the server after a few uses) in a small pool per event loop; while one read waits for
   the server, the loop serves other requests.  A connection that fails is dropped and
   the read tried once more on a new one (a database restart costs no error); when the
-  database is down the read raises ``ServiceUnavailable`` (503).
+  database is down the read raises ``StoreUnavailable`` (the API answers 503).
 """
 
 from __future__ import annotations
@@ -29,52 +30,104 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from starlette.concurrency import run_in_threadpool
+import anyio.to_thread
+import sqlalchemy as sa
 
-from omniflash.errors import ServiceUnavailable
-from omniflash.store.db import Database
-from omniflash.store.keys import KeyInfo
-from omniflash.store.schema import api_keys, tasks, video_deletions
-from omniflash.store.tasks import TaskRow
+from omniflash.store.db import Database, StoreUnavailable
+from omniflash.store.keys import ACTIVE_KEY_BY_HASH, KEY_FIELDS, KeyInfo
+from omniflash.store.schema import tasks, video_deletions
+from omniflash.store.task_rows import TaskRow
 
 __all__ = ["HotReads", "hot_reads"]
 
-TASK_COLUMNS = (
-    "id, key_id, status, progress, spec, seed, credits, estimated_time, created_at, "
-    "started_at, completed_at, error, result_key, result_expires_at, result_deleted, "
-    "attempts, lease_epoch, info"
-)
 APPLICATION_NAME = "omniflash reads"
 """How these connections show in PostgreSQL's ``pg_stat_activity``."""
-KEY_COLUMNS = "id, prefix, name, balance, rpm, max_concurrent, created_at, revoked_at"
+
+_TASK_NAMES = [
+    "id",
+    "key_id",
+    "status",
+    "progress",
+    "spec",
+    "seed",
+    "credits",
+    "estimated_time",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "error",
+    "result_key",
+    "result_expires_at",
+    "result_deleted",
+    "attempts",
+    "lease_epoch",
+    "info",
+]
+_TASK_COLUMNS = [tasks.c[name] for name in _TASK_NAMES]
 
 
-def _sql(placeholder: str) -> dict[str, str]:
-    """The statements, with the driver's parameter marker (``?`` or ``%s``)."""
-    p = placeholder
-    deleted = f"EXISTS (SELECT 1 FROM {video_deletions.name} d WHERE d.task_id = {tasks.name}.id)"
-    videos = f"SELECT {TASK_COLUMNS} FROM {tasks.name} WHERE key_id = {p} AND NOT {deleted}"
+Params = dict[str, Any]
+"""A statement's parameters, by the names of its ``bindparam``."""
+
+
+def _statements() -> dict[str, sa.Select[Any]]:
+    """The reads as SQLAlchemy Core statements (parameters named as ``bindparam``)."""
+    deleted = sa.exists().where(video_deletions.c.task_id == tasks.c.id)
+    key_id = tasks.c.key_id == sa.bindparam("key_id")
+    limit = sa.bindparam("limit", type_=sa.Integer)
+    after = sa.bindparam("after", type_=sa.String)
+    mine = sa.select(*_TASK_COLUMNS).where(tasks.c.id == sa.bindparam("task_id"), key_id)
+    # ``ix_tasks_key_id`` (key_id, id) serves both the filter and the order: task ids are
+    # ULIDs, so they sort by creation time.
+    page = sa.select(*_TASK_COLUMNS).where(key_id)
+    videos = page.where(~deleted)
     return {
-        "video": f"SELECT {TASK_COLUMNS}, {deleted} FROM {tasks.name} "
-        f"WHERE id = {p} AND key_id = {p}",
-        "videos_desc": f"{videos} ORDER BY id DESC LIMIT {p}",
-        "videos_desc_after": f"{videos} AND id < {p} ORDER BY id DESC LIMIT {p}",
-        "videos_asc": f"{videos} ORDER BY id ASC LIMIT {p}",
-        "videos_asc_after": f"{videos} AND id > {p} ORDER BY id ASC LIMIT {p}",
-        "task": f"SELECT {TASK_COLUMNS} FROM {tasks.name} WHERE id = {p} AND key_id = {p}",
-        # ``ix_tasks_key_id`` (key_id, id) serves both the filter and the order: task ids
-        # are ULIDs, so they sort by creation time.
-        "page": f"SELECT {TASK_COLUMNS} FROM {tasks.name} WHERE key_id = {p} "
-        f"ORDER BY id DESC LIMIT {p}",
-        "page_after": f"SELECT {TASK_COLUMNS} FROM {tasks.name} WHERE key_id = {p} "
-        f"AND id < {p} ORDER BY id DESC LIMIT {p}",
-        "key": f"SELECT {KEY_COLUMNS} FROM {api_keys.name} "
-        f"WHERE key_hash = {p} AND revoked_at IS NULL",
+        "task": mine,
+        "video": mine.add_columns(deleted.label("deleted")),
+        "page": page.order_by(tasks.c.id.desc()).limit(limit),
+        "page_after": page.where(tasks.c.id < after).order_by(tasks.c.id.desc()).limit(limit),
+        "videos_desc": videos.order_by(tasks.c.id.desc()).limit(limit),
+        "videos_desc_after": videos.where(tasks.c.id < after)
+        .order_by(tasks.c.id.desc())
+        .limit(limit),
+        "videos_asc": videos.order_by(tasks.c.id.asc()).limit(limit),
+        "videos_asc_after": videos.where(tasks.c.id > after)
+        .order_by(tasks.c.id.asc())
+        .limit(limit),
+        "key": ACTIVE_KEY_BY_HASH,
     }
 
 
-_TASK_NAMES = tuple(c.strip() for c in TASK_COLUMNS.split(","))
-_KEY_NAMES = tuple(c.strip() for c in KEY_COLUMNS.split(","))
+STATEMENTS = _statements()
+
+
+@functools.cache
+def compiled(dialect_name: str) -> dict[str, tuple[str, Params]]:
+    """The statements as the driver's SQL text, with named parameters, compiled once per
+    dialect (``:name`` for sqlite3, ``%(name)s`` for psycopg), each with the values the
+    compiler bound itself (SQLite's ``OFFSET 0`` after a bound ``LIMIT``)."""
+    if dialect_name == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        dialect: sa.Dialect = sqlite.dialect(paramstyle="named")
+    else:
+        from sqlalchemy.dialects.postgresql import psycopg
+
+        dialect = psycopg.dialect(paramstyle="pyformat")  # type: ignore[no-untyped-call]
+    statements = {}
+    for name, stmt in STATEMENTS.items():
+        done = stmt.compile(dialect=dialect)
+        fixed = {k: v for k, v in done.params.items() if v is not None}
+        statements[name] = (str(done), fixed)
+    return statements
+
+
+def _bound(
+    statements: dict[str, tuple[str, Params]], name: str, params: Params
+) -> tuple[str, Params]:
+    """Statement ``name``'s text and its parameters, the compiler's own among them."""
+    sql, fixed = statements[name]
+    return sql, {**fixed, **params} if fixed else params
 
 
 @functools.lru_cache(maxsize=4096)
@@ -85,13 +138,7 @@ def _task(row: tuple[Any, ...]) -> TaskRow:
 
 
 def _key(row: Sequence[Any]) -> KeyInfo:
-    return KeyInfo.from_mapping(dict(zip(_KEY_NAMES, row, strict=True)))
-
-
-def _page_query(key_id: int, limit: int, after: str | None) -> tuple[str, tuple[Any, ...]]:
-    if after:
-        return "page_after", (key_id, after, limit)
-    return "page", (key_id, limit)
+    return KeyInfo.from_mapping(dict(zip(KEY_FIELDS, row, strict=True)))
 
 
 class HotReads(Protocol):
@@ -128,18 +175,20 @@ def hot_reads(store_db: Database) -> HotReads:
 class _Reads:
     """The reads, in terms of one ``_fetch`` (a statement's name and parameters: its rows)."""
 
-    async def _fetch(self, name: str, params: tuple[Any, ...]) -> list[Any]:
+    async def _fetch(self, name: str, params: Params) -> list[Any]:
         raise NotImplementedError
 
     async def task(self, task_id: str, key_id: int) -> TaskRow | None:
-        rows = await self._fetch("task", (task_id, key_id))
+        rows = await self._fetch("task", {"task_id": task_id, "key_id": key_id})
         return _task(tuple(rows[0])) if rows else None
 
     async def page(self, key_id: int, *, limit: int, after: str | None = None) -> list[TaskRow]:
-        return [_task(tuple(r)) for r in await self._fetch(*_page_query(key_id, limit, after))]
+        name = "page_after" if after else "page"
+        params = {"key_id": key_id, "after": after, "limit": limit}
+        return [_task(tuple(r)) for r in await self._fetch(name, params)]
 
     async def video(self, task_id: str, key_id: int) -> tuple[TaskRow, bool] | None:
-        rows = await self._fetch("video", (task_id, key_id))
+        rows = await self._fetch("video", {"task_id": task_id, "key_id": key_id})
         if not rows:
             return None
         *row, deleted = rows[0]
@@ -151,11 +200,11 @@ class _Reads:
         if order not in ("asc", "desc"):
             raise ValueError(f"order is asc or desc, not {order!r}")
         name = f"videos_{order}_after" if after else f"videos_{order}"
-        params = (key_id, after, limit) if after else (key_id, limit)
+        params = {"key_id": key_id, "after": after, "limit": limit}
         return [_task(tuple(r)) for r in await self._fetch(name, params)]
 
     async def key(self, key_hash: str) -> KeyInfo | None:
-        rows = await self._fetch("key", (key_hash,))
+        rows = await self._fetch("key", {"key_hash": key_hash})
         return _key(rows[0]) if rows else None
 
     async def close(self) -> None:
@@ -167,14 +216,14 @@ class ThreadReads(_Reads):
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.sql = _sql("?" if db.is_sqlite else "%s")
+        self.sql = compiled(db.engine.dialect.name)
 
-    def _run(self, name: str, params: tuple[Any, ...]) -> list[Any]:
+    def _run(self, name: str, params: Params) -> list[Any]:
         with self.db.read() as conn:
-            return list(conn.exec_driver_sql(self.sql[name], params).all())
+            return list(conn.exec_driver_sql(*_bound(self.sql, name, params)).all())
 
-    async def _fetch(self, name: str, params: tuple[Any, ...]) -> list[Any]:
-        return await run_in_threadpool(self._run, name, params)
+    async def _fetch(self, name: str, params: Params) -> list[Any]:
+        return await anyio.to_thread.run_sync(self._run, name, params)
 
 
 class SqliteReads(_Reads):
@@ -185,7 +234,7 @@ class SqliteReads(_Reads):
     def __init__(self, path: str, fallback: ThreadReads) -> None:
         self.path = path
         self.fallback = fallback
-        self.sql = _sql("?")
+        self.sql = compiled("sqlite")
         self._local = threading.local()
 
     def _conn(self) -> sqlite3.Connection:
@@ -198,16 +247,16 @@ class SqliteReads(_Reads):
             self._local.conn = conn
         return conn
 
-    def _rows(self, name: str, params: tuple[Any, ...]) -> list[Any] | None:
+    def _rows(self, name: str, params: Params) -> list[Any] | None:
         """The rows, or ``None`` when SQLite is busy and the read must wait in a thread."""
         try:
-            return self._conn().execute(self.sql[name], params).fetchall()
+            return self._conn().execute(*_bound(self.sql, name, params)).fetchall()
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 return None
             raise
 
-    async def _fetch(self, name: str, params: tuple[Any, ...]) -> list[Any]:
+    async def _fetch(self, name: str, params: Params) -> list[Any]:
         rows = self._rows(name, params)
         if rows is None:
             return await self.fallback._fetch(name, params)
@@ -229,7 +278,7 @@ class _Pool:
         self.slots = asyncio.Semaphore(size)
         self.idle: list[tuple[float, Any]] = []  # (opened at, connection)
 
-    async def run(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    async def run(self, sql: str, params: Params) -> list[Any]:
         import psycopg
 
         async with self.slots:
@@ -250,7 +299,7 @@ class _Pool:
                         await conn.close()
                     await self.close()
                     if attempt == 2:
-                        raise ServiceUnavailable("The database cannot be reached just now") from exc
+                        raise StoreUnavailable("The database cannot be reached just now") from exc
                     continue
                 except BaseException:
                     # Anything else (a parameter the driver refuses, a cancelled request)
@@ -280,7 +329,7 @@ class PostgresReads(_Reads):
         self.conninfo = db.engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
-        self.sql = _sql("%s")
+        self.sql = compiled("postgresql")
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
             weakref.WeakKeyDictionary()
         )
@@ -292,8 +341,8 @@ class PostgresReads(_Reads):
             pool = self._pools[loop] = _Pool(self.conninfo, self.POOL_SIZE, self.MAX_AGE_S)
         return pool
 
-    async def _fetch(self, name: str, params: tuple[Any, ...]) -> list[Any]:
-        return await self._pool().run(self.sql[name], params)
+    async def _fetch(self, name: str, params: Params) -> list[Any]:
+        return await self._pool().run(*_bound(self.sql, name, params))
 
     async def close(self) -> None:
         pool = self._pools.pop(asyncio.get_running_loop(), None)

@@ -53,7 +53,7 @@ api_keys = sa.Table(
     sa.Column("rate_window", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("rate_hits", sa.Integer, nullable=False, server_default="0"),
     # The key's pending and processing tasks: one more in the submit's transaction, one
-    # less in the transaction that ends a task (``TaskStore._ended``).
+    # less in the transaction that ends a task (``TaskEnds._ended``).
     sa.Column("in_flight", sa.Integer, nullable=False, server_default="0"),
 )
 V4_COLUMNS = ("rate_window", "rate_hits", "in_flight")

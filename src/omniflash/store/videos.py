@@ -1,8 +1,8 @@
-"""What the OpenAI videos dialect keeps beside the task table: deleted videos, and listing.
+"""What the OpenAI videos dialect keeps beside the task table: deleted videos.
 
 ``DELETE /v1/videos/{id}`` records the task here (and the task's files are removed); the
-dialect then answers 404 for it and leaves it out of lists.  The task row itself stays:
-its charge and ledger entries are history.
+dialect then answers 404 for it and leaves it out of lists (``store.reads``).  The task
+row itself stays: its charge and ledger entries are history.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import time
 import sqlalchemy as sa
 
 from omniflash.store.db import Database
-from omniflash.store.schema import tasks, video_deletions
-from omniflash.store.tasks import TaskRow
+from omniflash.store.schema import video_deletions
 
 __all__ = ["VideoStore"]
 
@@ -41,21 +40,3 @@ class VideoStore:
                 ).scalar_one_or_none()
                 is not None
             )
-
-    def list_for_key(
-        self, key_id: int, *, limit: int, after: str | None = None, order: str = "desc"
-    ) -> list[TaskRow]:
-        """The key's videos that are not deleted, by creation time; ``after``: the last seen."""
-        deleted = sa.select(video_deletions.c.task_id)
-        query = sa.select(tasks).where(tasks.c.key_id == key_id, tasks.c.id.not_in(deleted))
-        # Task ids are ULIDs: they sort by creation time.
-        if order == "asc":
-            if after:
-                query = query.where(tasks.c.id > after)
-            query = query.order_by(tasks.c.id.asc())
-        else:
-            if after:
-                query = query.where(tasks.c.id < after)
-            query = query.order_by(tasks.c.id.desc())
-        with self.db.read() as conn:
-            return [TaskRow.from_row(r) for r in conn.execute(query.limit(limit)).all()]

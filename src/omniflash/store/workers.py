@@ -17,7 +17,8 @@ from omniflash.errors import Conflict, NotFound
 from omniflash.ids import hash_key, new_worker_token
 from omniflash.store.db import Database, retry_disconnect, retry_repeatable
 from omniflash.store.schema import tasks, worker_tokens
-from omniflash.store.tasks import NOTIFY_CHANNEL
+from omniflash.store.task_ends import NOTIFY
+from omniflash.store.task_rows import NOTIFY_CHANNEL
 
 __all__ = ["WorkerInfo", "WorkerStore"]
 
@@ -112,6 +113,17 @@ class WorkerStore:
                 is not None
             )
 
+    def seen_since(self, since: float) -> int:
+        """The active tokens that made a request since ``since`` (as ``SEEN_EVERY_S`` allows)."""
+        with self.db.read() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(
+                        worker_tokens.c.revoked_at.is_(None), worker_tokens.c.last_seen_at > since
+                    )
+                ).scalar_one()
+            )
+
     def all(self) -> list[WorkerInfo]:
         with self.db.read() as conn:
             rows = conn.execute(sa.select(worker_tokens).order_by(worker_tokens.c.id)).all()
@@ -154,7 +166,7 @@ class WorkerStore:
             ).rowcount
             if handed_back and not self.db.is_sqlite:
                 # Wake the workers of every replica (sent at commit).
-                conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+                conn.execute(NOTIFY, {"channel": NOTIFY_CHANNEL})
             return WorkerInfo.from_row(
                 conn.execute(sa.select(worker_tokens).where(worker_tokens.c.id == row.id)).one()
             )

@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
+from omniflash.store.outbox import Delivery, Outbox, retry_delay
 from omniflash.webhooks.events import event_body, install, webhook_base_url
-from omniflash.webhooks.outbox import Delivery, Outbox, retry_delay
 from omniflash.webhooks.secret_store import ROTATION_GRACE_S, WebhookSecrets
 from omniflash.webhooks.send import DeliveryRefused, post_webhook
 from omniflash.webhooks.sender import OUTCOMES, WebhookSender, parse_delays

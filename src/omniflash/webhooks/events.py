@@ -14,9 +14,8 @@ import sqlalchemy as sa
 from omniflash.blobs import UrlSigner
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskRow, TaskStatus
-from omniflash.store.schema import tasks
+from omniflash.store.outbox import Outbox
 from omniflash.task_view import task_public
-from omniflash.webhooks.outbox import Outbox
 
 __all__ = ["event_body", "install", "webhook_base_url"]
 
@@ -42,9 +41,7 @@ def install(store: Store, settings: Settings, signer: UrlSigner) -> None:
     outbox = Outbox(store.db)
     base_url = webhook_base_url(settings)
 
-    def on_end(conn: sa.Connection, task_id: str, status: TaskStatus) -> None:
-        row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one()
-        task = TaskRow.from_row(row)
+    def on_end(conn: sa.Connection, task: TaskRow, status: TaskStatus) -> None:
         if task.spec.callback_url is None:
             return
         data = task_public(task, base_url=base_url, signer=signer, pricing=settings.pricing)

@@ -5,7 +5,9 @@ The remote side (``HttpTaskSource``, ``run_remote_workers``) lives in
 load an HTTP client it never uses.
 """
 
-from omniflash.worker.pool import Listener, Maintenance, WorkerPool
+from omniflash.worker.listener import Listener
+from omniflash.worker.maintenance import Maintenance
+from omniflash.worker.pool import WorkerPool
 from omniflash.worker.source import Lease, SourceUnavailable, StoreTaskSource, TaskSource
 from omniflash.worker.supervisor import EngineProcess, Worker
 from omniflash.worker.sweep import sweep_expired_files, sweep_orphans

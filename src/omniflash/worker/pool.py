@@ -1,16 +1,13 @@
-"""What a server process runs beside its API: workers, the reaper and file sweep, the listener.
+"""A server process's in-process workers: ``WorkerPool`` runs N workers over one
+``TaskSource``, each with its own engine process, in this process's own scratch directory
+(``ScratchDir``).
 
-- ``WorkerPool``: N workers over one ``TaskSource``, each with its own engine process,
-  and this process's own scratch directory.
-- ``Maintenance``: requeues tasks whose lease expired and deletes expired and orphaned
-  files (``omniflash.worker.sweep``).  Every API replica runs it; two replicas reaping
-  or sweeping at once is safe (see ``TaskStore.reap``).
-- ``Listener``: on PostgreSQL, turns ``NOTIFY`` from any process into ``Waker.notify``.
+Beside them a server runs the reaper and the file sweeps (``worker.maintenance``) and, on
+PostgreSQL, the listener that wakes them (``worker.listener``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -18,25 +15,16 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from omniflash.blobs import Storage
 from omniflash.settings import Settings
-from omniflash.store import Store
-from omniflash.store.tasks import NOTIFY_CHANNEL
 from omniflash.worker.source import TaskSource
 from omniflash.worker.supervisor import Worker
-from omniflash.worker.sweep import orphan_age_s, sweep_expired_files, sweep_orphans
-from omniflash.worker.wake import Waker
 
-__all__ = ["Listener", "Maintenance", "ScratchDir", "WorkerPool"]
+__all__ = ["ScratchDir", "WorkerPool"]
 
 log = logging.getLogger(__name__)
-REAP_INTERVAL_S = 2.0
-ORPHAN_SWEEP_EVERY = 12
-"""The orphan sweep lists the whole bucket: once every this many sweeps (an hour by default)."""
 
 
 class ScratchDir:
@@ -123,86 +111,3 @@ class WorkerPool:
         for worker in self.workers:
             worker.join(timeout)
         self.scratch.close()
-
-
-class Maintenance(threading.Thread):
-    """The reaper and the file sweeps, every couple of seconds.
-
-    Each job runs on its own: a reap that fails does not skip the sweep, and within a
-    job one poisoned task is logged, counted and skipped (see ``TaskStore.reap`` and
-    ``omniflash.worker.sweep``).
-    """
-
-    def __init__(self, settings: Settings, store: Store, storage: Storage, waker: Waker) -> None:
-        super().__init__(name="maintenance", daemon=True)
-        self.settings = settings
-        self.store = store
-        self.storage = storage
-        self.waker = waker
-        self.stop_event = threading.Event()
-        self.sweeps = 0
-        self._orphans_at: float | None = None
-
-    def run(self) -> None:
-        last_sweep = 0.0
-        while not self.stop_event.wait(REAP_INTERVAL_S):
-            self._job("reap", self.reap)
-            if time.monotonic() - last_sweep >= self.settings.sweep_interval_s:
-                last_sweep = time.monotonic()
-                self._job("sweep", self.sweep)
-
-    def _job(self, job: str, run: Callable[[], object]) -> None:
-        try:
-            run()
-        except Exception:
-            log.exception("%s pass failed; trying again shortly", job)
-            self.store.tasks.report_error(job, "-")
-
-    def reap(self) -> None:
-        if self.store.tasks.reap(self.settings.max_attempts):
-            self.waker.notify()
-
-    def sweep(self) -> None:
-        s = self.settings
-        swept = sweep_expired_files(self.store, self.storage, s.result_ttl_s)
-        if swept:
-            log.info("deleted the expired files of %d tasks", swept)
-        if self.sweeps % ORPHAN_SWEEP_EVERY == 0:
-            # The first pass after a start judges every file; later ones what came of age
-            # since the previous pass, with an hour's overlap.
-            now, age = time.time(), orphan_age_s(s)
-            since = None if self._orphans_at is None else self._orphans_at - age - 3600
-            sweep_orphans(
-                self.store,
-                self.storage,
-                older_than_s=age,
-                upload_ttl_s=s.upload_ttl_s,
-                temp_dir=s.data_dir / "uploads",
-                now=now,
-                since=since,
-            )
-            self._orphans_at = now
-        self.sweeps += 1
-
-    def close(self, timeout: float = 15.0) -> None:
-        self.stop_event.set()
-        with contextlib.suppress(RuntimeError):
-            self.join(timeout)
-
-
-class Listener(threading.Thread):
-    """PostgreSQL: wake this process's waiters on every task queued anywhere."""
-
-    def __init__(self, store: Store, waker: Waker) -> None:
-        super().__init__(name="listener", daemon=True)
-        self.store = store
-        self.waker = waker
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        self.store.db.listen(NOTIFY_CHANNEL, self.waker.notify, self.stop_event)
-
-    def close(self, timeout: float = 5.0) -> None:
-        self.stop_event.set()
-        with contextlib.suppress(RuntimeError):
-            self.join(timeout)

@@ -5,9 +5,9 @@ key.  A lease belongs to the token that claimed it: every call on a task checks 
 calling token against the task's lease holder and answers another token exactly as if
 the task did not exist (404).  Every call after the claim names the lease ``epoch`` it
 holds; a stale epoch changes nothing and answers ``{"held": false}``.  The worker's
-numbers never decide money: ``complete`` checks the uploaded file and prices what the
-file holds.  The task logic is the in-process workers' own: these routes call
-``StoreTaskSource`` and the store.
+numbers never decide money: ``complete`` checks the uploaded file and the store prices
+what the file holds.  The task logic is the in-process workers' own: these routes call
+the store, and ``worker.results`` for a result.
 
 ==========================================  =======================================
 ``GET  /worker/v1/config``                  the protocol version, lease and timeouts
@@ -56,7 +56,8 @@ from omniflash.input_blobs import blob_inputs
 from omniflash.media.mp4check import ResultRejected
 from omniflash.store import TaskRow, TaskStatus, WorkerInfo
 from omniflash.text import bearer_token, is_task_id, shown
-from omniflash.worker.source import PROTOCOL_VERSION, Lease, StoreTaskSource, result_key
+from omniflash.worker.results import ResultIntake, result_key
+from omniflash.worker.source import PROTOCOL_VERSION, Lease
 
 __all__ = ["MAX_CLAIM_WAIT_S", "router"]
 
@@ -87,8 +88,8 @@ def authenticate_worker(request: Request) -> WorkerInfo:
 WorkerDep = Annotated[WorkerInfo, Depends(authenticate_worker)]
 
 
-def _source(services: Services) -> StoreTaskSource:
-    return StoreTaskSource(services.settings, services.store, services.storage, services.waker)
+def _results(services: Services) -> ResultIntake:
+    return ResultIntake(services.settings, services.store, services.storage, services.waker)
 
 
 def _task(services: Services, task_id: str, worker: WorkerInfo) -> TaskRow:
@@ -188,7 +189,7 @@ async def _claim_once(services: Services, owner: str, worker: WorkerInfo) -> Lea
 
 
 def _give_back(services: Services, lease: Lease, worker: WorkerInfo) -> None:
-    if _source(services).release(lease, worker_id=worker.id):
+    if services.store.tasks.release(lease.task_id, lease.epoch, worker_id=worker.id):
         services.waker.notify()
 
 
@@ -308,7 +309,7 @@ def complete(
     if _holds(task, body.epoch) and not services.storage.exists(result_key(lease)):
         raise InvalidRequest(f"No result was uploaded for task {task_id} epoch {body.epoch}")
     try:
-        return _held(_source(services).record_result(lease, report, worker_id=worker.id))
+        return _held(_results(services).record(lease, report, worker_id=worker.id))
     except ResultRejected as exc:
         raise InvalidRequest(
             f"The result of task {task_id} was refused, and this attempt has failed: {exc}"
@@ -320,9 +321,14 @@ def fail(
     task_id: str, body: FailRequest, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
     """End this attempt: queued again if ``retry`` and attempts remain, else failed (refunded)."""
-    task = _task(services, task_id, worker)
-    held = _source(services).fail(
-        _lease(task, body.epoch), body.message, retry=body.retry, worker_id=worker.id
+    _task(services, task_id, worker)
+    held = services.store.tasks.fail(
+        task_id,
+        body.epoch,
+        body.message,
+        retry=body.retry,
+        max_attempts=services.settings.max_attempts,
+        worker_id=worker.id,
     )
     if held and body.retry:
         services.waker.notify()  # it may be pending again: wake the idle workers here
@@ -334,8 +340,8 @@ def release(
     task_id: str, body: LeaseRequest, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
     """Hand the task back untried (the worker is stopping); no attempt is used."""
-    task = _task(services, task_id, worker)
-    held = _source(services).release(_lease(task, body.epoch), worker_id=worker.id)
+    _task(services, task_id, worker)
+    held = services.store.tasks.release(task_id, body.epoch, worker_id=worker.id)
     if held:
         services.waker.notify()
     return _held(held)

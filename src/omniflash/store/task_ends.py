@@ -1,0 +1,183 @@
+"""How a task leaves a lease or ends: the steps the submit side and the lease queue share.
+
+A transaction that ends a task locks the task row first (``FOR UPDATE`` on PostgreSQL),
+then touches the key row: the refund or settlement (``_credit``) and one task fewer in
+flight (``_ended``).  Every update here matches the epoch (and, to end, an active status)
+the locked row had and must change exactly one row (``_one``), so a task is ended, and
+refunded, at most once.  End hooks (a webhook's outbox row, a metric) run in that same
+transaction, each in a savepoint of its own, and see the task as it ended.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from omniflash.store.db import Database
+from omniflash.store.schema import api_keys, ledger, tasks
+from omniflash.store.task_rows import (
+    ACTIVE,
+    NOTIFY_CHANNEL,
+    EndHook,
+    ErrorHook,
+    TaskRow,
+    TaskStatus,
+)
+
+__all__ = ["NOTIFY", "TASK_BY_ID", "TaskEnds"]
+
+log = logging.getLogger(__name__)
+
+TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("task_id"))
+"""One task by id (parameter ``task_id``); built once: building costs more than running."""
+NOTIFY = sa.select(sa.func.pg_notify(sa.bindparam("channel"), ""))
+"""PostgreSQL: wake the listeners of ``channel`` when the transaction commits."""
+
+
+class TaskEnds:
+    """The task store's hooks and the steps that requeue or end a task (under its lock)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.end_hooks: list[EndHook] = []
+        """Work that must commit or roll back with a task's end (a webhook's outbox row)."""
+        self.submit_hooks: list[Callable[[TaskRow], None]] = []
+        """Called after a submit made a new task (not for a replay), outside its transaction."""
+        self.error_hooks: list[ErrorHook] = []
+        """Told of each step skipped for one poisoned row: ``reap``, ``sweep``, ``webhook``,
+        ``end_hook`` (the metrics count them)."""
+
+    def report_error(self, job: str, item_id: str) -> None:
+        """One row's step failed and the machinery moved on: tell the error hooks."""
+        for hook in self.error_hooks:
+            try:
+                hook(job, item_id)
+            except Exception:
+                log.exception("error hook failed for %s of %s", job, item_id)
+
+    def _clock(self, now: float | None) -> sa.ColumnElement[float]:
+        return self.db.clock() if now is None else sa.literal(now, sa.Float)
+
+    @staticmethod
+    def _one(result: sa.CursorResult[Any], what: str, task_id: str) -> None:
+        # The row is locked (or its key's row, for a key's counters) in this transaction.
+        if result.rowcount != 1:
+            raise RuntimeError(f"{what} of {task_id} changed {result.rowcount} rows")
+
+    def _requeue(
+        self, conn: sa.Connection, row: sa.Row[Any], *, count_attempt: bool = True
+    ) -> None:
+        m = row._mapping
+        values: dict[str, Any] = {
+            "status": TaskStatus.PENDING.value,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        if not count_attempt:
+            values["attempts"] = tasks.c.attempts - 1
+        self._one(
+            conn.execute(
+                tasks.update()
+                .where(tasks.c.id == m["id"], tasks.c.lease_epoch == m["lease_epoch"])
+                .values(**values)
+            ),
+            "requeue",
+            m["id"],
+        )
+        self._announce(conn)
+
+    def _announce(self, conn: sa.Connection) -> None:
+        """PostgreSQL: wake workers in other processes (sent when the transaction commits)."""
+        if not self.db.is_sqlite:
+            conn.execute(NOTIFY, {"channel": NOTIFY_CHANNEL})
+
+    def _credit(
+        self, conn: sa.Connection, row: sa.Row[Any], amount: int, reason: str, now: float
+    ) -> None:
+        m = row._mapping
+        conn.execute(
+            api_keys.update()
+            .where(api_keys.c.id == m["key_id"])
+            .values(balance=api_keys.c.balance + amount)
+        )
+        conn.execute(
+            ledger.insert().values(
+                key_id=m["key_id"], task_id=m["id"], delta=amount, reason=reason, created_at=now
+            )
+        )
+
+    def _end(
+        self, conn: sa.Connection, row: sa.Row[Any], status: TaskStatus, now: float, *, error: str
+    ) -> None:
+        """Fail or cancel a task ``row`` (locked by the caller) and refund what it was charged.
+
+        The update matches the epoch and an active status it had when locked, and must
+        change exactly that row: the refund below can then happen only once.
+        """
+        m = row._mapping
+        self._one(
+            conn.execute(
+                tasks.update()
+                .where(
+                    tasks.c.id == m["id"],
+                    tasks.c.lease_epoch == m["lease_epoch"],
+                    tasks.c.status.in_(ACTIVE),
+                )
+                .values(
+                    status=status.value,
+                    progress=100,
+                    completed_at=now,
+                    error=error,
+                    credits=0,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    lease_epoch=tasks.c.lease_epoch + 1,
+                )
+            ),
+            status.value,
+            m["id"],
+        )
+        if int(m["credits"]):
+            self._credit(conn, row, int(m["credits"]), "refund", now)
+        self._ended(conn, row, status)
+
+    def _ended(self, conn: sa.Connection, row: sa.Row[Any], status: TaskStatus) -> None:
+        """In the transaction that moved ``row`` (locked) out of pending or processing."""
+        m = row._mapping
+        self._one(
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == m["key_id"])
+                .values(in_flight=api_keys.c.in_flight - 1)
+            ),
+            "in-flight count",
+            m["id"],
+        )
+        if not self.end_hooks:
+            return
+        try:
+            task = TaskRow.from_row(conn.execute(TASK_BY_ID, {"task_id": m["id"]}).one())
+        except sa.exc.DBAPIError:
+            raise
+        except Exception:  # a row that does not parse: no hook can use it
+            log.exception("task %s cannot be read; it ends without its end hooks", m["id"])
+            for _hook in self.end_hooks:
+                self.report_error("end_hook", m["id"])
+            return
+        for hook in self.end_hooks:
+            # A hook that fails (an outbox row the database refuses) is undone alone, in its
+            # savepoint: the task still ends, and is refunded, in this transaction.
+            try:
+                with conn.begin_nested():
+                    hook(conn, task, status)
+            except sa.exc.DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise  # not the hook's fault: the whole transaction is gone
+                log.exception("an end hook of %s failed; the task ends without it", m["id"])
+                self.report_error("end_hook", m["id"])
+            except Exception:
+                log.exception("an end hook of %s failed; the task ends without it", m["id"])
+                self.report_error("end_hook", m["id"])
