@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.house import PACKAGE, SRC, House, import_graph, modules, survey
+from tests.house import PACKAGE, SRC, House, _type_checking, import_graph, modules, survey
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,9 +24,14 @@ def house() -> House:
 
 
 def _third_party(path: Path) -> set[str]:
-    """Top-level names of what a module imports from outside the package."""
+    """Top-level names of what a module imports from outside the package (an import for
+    annotations only, under ``if TYPE_CHECKING:``, names a type, not a use)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _type_checking(node):
+            node.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and not node.level and node.module:

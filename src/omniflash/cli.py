@@ -282,7 +282,8 @@ def worker_command(
     Stops on SIGTERM or Ctrl-C, handing a running task back to the queue untried.
     """
     from omniflash.logs import configure_logging
-    from omniflash.worker.remote import ProtocolError, WorkerRejected, run_remote_workers
+    from omniflash.worker.http_source import ProtocolError, WorkerRejected
+    from omniflash.worker.remote import run_remote_workers
 
     settings = _checked_engine(
         build_settings(

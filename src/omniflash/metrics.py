@@ -16,9 +16,8 @@ import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import (
@@ -38,6 +37,9 @@ from omniflash.settings import Settings
 from omniflash.store import Store, TaskRow, TaskStatus
 from omniflash.text import bearer_token
 from omniflash.webhooks import OUTCOMES
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 __all__ = ["Metrics", "RequestMiddleware", "router"]
 

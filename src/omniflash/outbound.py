@@ -1,7 +1,7 @@
 """Outbound HTTP under the address rules: the one way omniflash reaches a URL it was given.
 
 Both the input fetcher (``omniflash.media.fetch``) and the webhook sender
-(``omniflash.webhooks.send``) go through here, so both follow one set of rules:
+(``omniflash.webhooks.delivery``) go through here, so both follow one set of rules:
 
 - the host is resolved once (``resolve``), within the deadline;
 - every address it resolved to is checked (``refuse_private``): no private, loopback,

@@ -20,6 +20,7 @@ from omniflash.api.app import create_app
 from omniflash.api.deps import Services
 from omniflash.settings import Settings
 from omniflash.store import Store
+from tests.plain_reads import key_of
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,7 +42,7 @@ class Api:
         return services
 
     def balance(self) -> int:
-        key = self.store.keys.authenticate(self.key)
+        key = key_of(self.store, self.key)
         assert key is not None
         return key.balance
 

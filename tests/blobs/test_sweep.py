@@ -27,8 +27,8 @@ from omniflash.ids import ulid
 from omniflash.settings import Settings
 from omniflash.store import Store
 from omniflash.worker.sweep import sweep_expired_files, sweep_orphans
+from tests.plain_reads import tasks_of
 from tests.store.test_races import assert_money
-from tests.task_lists import tasks_of
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from tests.conftest import LiveServer, running_server, wait_for_task
 from tests.integrations.conftest import METRICS_TOKEN
+from tests.plain_reads import key_of
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -284,7 +285,7 @@ def test_a_prompt_stored_before_the_rules_is_served_everywhere(
     server = pg_server
     store = Store(postgres_url, migrate=False)
     try:
-        key = store.keys.authenticate(server.api_key)
+        key = key_of(store, server.api_key)
         assert key is not None
         spec = parse_generation_request({"model": "Omni-Flash-Ext", "prompt": "x", "duration": 4})
         spec = dataclasses.replace(spec, prompt="a \ud800 cat")

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from omniflash.store import Store
 from tests.conftest import running_server
+from tests.plain_reads import tasks_of
 from tests.store.test_races import assert_money
-from tests.task_lists import tasks_of
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 

@@ -36,7 +36,7 @@ from omniflash.store.videos import VideoStore
 from omniflash.webhooks import WebhookSecrets, WebhookSender, install
 from tests.conftest import running_server
 from tests.integrations.conftest import Receiver, start_receiver
-from tests.task_lists import tasks_of
+from tests.plain_reads import tasks_of
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 

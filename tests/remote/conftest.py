@@ -22,6 +22,7 @@ from omniflash.api.app import create_app
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskRow
 from tests.conftest import LiveServer, make_live_server, omniflash_cmd
+from tests.plain_reads import key_of
 
 
 @dataclasses.dataclass
@@ -50,7 +51,7 @@ class Api:
         return self.store.tasks.get(task_id)
 
     def balance(self) -> int:
-        key = self.store.keys.authenticate(self.key)
+        key = key_of(self.store, self.key)
         assert key is not None
         return key.balance
 

@@ -21,7 +21,7 @@ from omniflash.api.app import create_app
 from omniflash.api.workers.routes import _claim_once
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskStatus
-from omniflash.worker.remote import ProtocolError
+from omniflash.worker.http_source import ProtocolError
 from omniflash.worker.source import PROTOCOL_VERSION
 from tests.conftest import omniflash_cmd
 from tests.remote.conftest import Api

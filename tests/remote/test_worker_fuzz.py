@@ -24,9 +24,9 @@ from omniflash.api.app import create_app
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskStatus
 from tests.conftest import _truncate
+from tests.plain_reads import tasks_of
 from tests.remote.conftest import Api
 from tests.store.test_races import assert_money
-from tests.task_lists import tasks_of
 
 EXAMPLES = int(os.environ.get("OMNIFLASH_FUZZ_EXAMPLES", "150"))
 

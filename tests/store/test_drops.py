@@ -22,8 +22,8 @@ from omniflash.contract import parse_generation_request
 from omniflash.pricing import Pricing
 from omniflash.store import Store
 from omniflash.store.db import OutcomeUnknown, retry_disconnect, retry_repeatable
+from tests.plain_reads import tasks_of
 from tests.store.test_races import assert_money
-from tests.task_lists import tasks_of
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -25,7 +25,7 @@ from omniflash.pricing import Pricing
 from omniflash.store import IdempotencyRequest, Store, TaskStatus
 from omniflash.store.schema import MIGRATIONS, api_keys
 from tests.money import assert_money
-from tests.task_lists import tasks_of
+from tests.plain_reads import key_of, tasks_of
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -398,5 +398,5 @@ def test_reads_survive_a_database_restart(pg: Store) -> None:
     admin.dispose()
     assert killed >= 1
     assert pg.tasks.get(task.id).id == task.id
-    assert pg.keys.authenticate("of_not_a_key") is None
+    assert key_of(pg, "of_not_a_key") is None
     assert len(tasks_of(pg, key.id)) == 1

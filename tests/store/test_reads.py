@@ -16,7 +16,7 @@ from omniflash.ids import hash_key
 from omniflash.store import Store, StoreUnavailable, TaskStatus
 from omniflash.store.reads import HotReads, PostgresReads, SqliteReads, ThreadReads, hot_reads
 from omniflash.store.videos import VideoStore
-from tests.task_lists import tasks_of, videos_of
+from tests.plain_reads import key_of, tasks_of, videos_of
 
 SPEC = parse_generation_request({"model": "Omni-Flash-Ext", "prompt": "a harbour", "duration": 4})
 
@@ -70,7 +70,7 @@ def test_hot_reads_answer_what_the_store_answers(store: Store) -> None:
                 assert got == videos_of(store, key.id, limit=limit, after=after, order=order)
                 assert ids[3] not in [t.id for t in got]
         assert len(await reads.videos(key.id, limit=100)) == len(ids) - 1
-        assert await reads.key(hash_key(token)) == store.keys.authenticate(token)
+        assert await reads.key(hash_key(token)) == key_of(store, token)
         assert await reads.key(hash_key(other_token)) is None  # revoked
         assert await reads.key(hash_key("of_nothing")) is None
         await reads.close()

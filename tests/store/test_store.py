@@ -19,7 +19,7 @@ from omniflash.errors import (
 )
 from omniflash.pricing import Pricing
 from omniflash.store import IdempotencyRequest, KeyInfo, Store, TaskStatus
-from tests.task_lists import tasks_of
+from tests.plain_reads import key_of, tasks_of
 
 P = Pricing()
 
@@ -47,13 +47,13 @@ def balanced(store: Store, key: KeyInfo) -> int:
 
 def test_keys_are_hashed_and_authenticate(store: Store) -> None:
     plain, info = store.keys.create("k", 5000, 60, 4)
-    assert store.keys.authenticate(plain) == info
-    assert store.keys.authenticate(plain + "x") is None
+    assert key_of(store, plain) == info
+    assert key_of(store, plain + "x") is None
     with store.db.read() as conn:
         stored = [tuple(r) for r in conn.exec_driver_sql("SELECT * FROM api_keys").all()]
     assert all(plain not in str(row) for row in stored)
     store.keys.revoke(info.prefix)
-    assert store.keys.authenticate(plain) is None
+    assert key_of(store, plain) is None
 
 
 def test_topup_and_unknown_key(store: Store) -> None:

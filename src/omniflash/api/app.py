@@ -15,7 +15,6 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
@@ -51,7 +50,7 @@ from omniflash.errors import (
 from omniflash.metrics import Metrics, RequestMiddleware
 from omniflash.metrics import router as metrics_router
 from omniflash.settings import Settings
-from omniflash.store import Store, StoreUnavailable
+from omniflash.store import OUTAGES, Store
 from omniflash.store.reads import hot_reads
 from omniflash.worker import Listener, Maintenance, StoreTaskSource, WorkerPool
 from omniflash.worker.wake import Waker
@@ -181,13 +180,13 @@ def create_app(
         log.error("blob storage unavailable: %s", exc)
         return seed_error(ServiceUnavailable())
 
-    @app.exception_handler(StoreUnavailable)
-    @app.exception_handler(sa.exc.OperationalError)
-    @app.exception_handler(sa.exc.InterfaceError)
     async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
         # Still failing after the store's own retry on a fresh connection: an outage.
         log.error("database unavailable: %s", str(exc).splitlines()[0])
         return seed_error(ServiceUnavailable("The database cannot be reached just now; try again"))
+
+    for outage in OUTAGES:
+        app.add_exception_handler(outage, _database_down)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -19,8 +19,9 @@ for: DDL in the migrations, SQLite's ``PRAGMA`` and ``BEGIN IMMEDIATE``, Postgre
 The modules, by what they own:
 
 - ``db``: the engine, transactions, retries on a dropped connection, migrations,
-  ``StoreUnavailable`` (the database cannot be reached; the API answers 503 to it: the
-  store knows nothing of HTTP).
+  ``StoreUnavailable`` and ``OUTAGES`` (the database cannot be reached: what callers
+  catch, by the store's names, without knowing the driver's; the API answers 503 to them:
+  the store knows nothing of HTTP).
 - ``schema``: the tables and their migrations.
 - ``keys``: API keys, balances, the ledger's grants and top-ups, request rates.
 - ``tasks``: ``TaskStore``, the one object the rest asks about tasks, composed of
@@ -38,7 +39,7 @@ The modules, by what they own:
 
 from __future__ import annotations
 
-from omniflash.store.db import Database, StoreUnavailable
+from omniflash.store.db import OUTAGES, Database, StoreUnavailable
 from omniflash.store.files import FileStore
 from omniflash.store.keys import KeyInfo, KeyStore
 from omniflash.store.meta import MetaStore
@@ -55,6 +56,7 @@ from omniflash.store.workers import WorkerInfo, WorkerStore
 
 __all__ = [
     "NOTIFY_CHANNEL",
+    "OUTAGES",
     "Claim",
     "Database",
     "FileStore",

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from omniflash.store.schema import MIGRATIONS, schema_version
 
 __all__ = [
+    "OUTAGES",
     "Database",
     "OutcomeUnknown",
     "StoreUnavailable",
@@ -40,6 +41,15 @@ class StoreUnavailable(Exception):
 
     The API answers it with a 503 (``api/app.py``); the store itself knows nothing of HTTP.
     """
+
+
+OUTAGES: tuple[type[Exception], ...] = (
+    StoreUnavailable,
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+)
+"""What a store call raises when the database is out of reach (after its own retry on a
+fresh connection): callers catch these by this name and need not know the driver's."""
 
 
 class OutcomeUnknown(sa.exc.OperationalError):

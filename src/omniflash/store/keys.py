@@ -63,8 +63,7 @@ ACTIVE_KEY_BY_HASH = sa.select(*(api_keys.c[name] for name in KEY_FIELDS)).where
     api_keys.c.key_hash == sa.bindparam("key_hash"), api_keys.c.revoked_at.is_(None)
 )
 """The active key with this hash (parameter ``key_hash``, ``ids.hash_key``): the one
-statement that authenticates a key, whether through the engine (``KeyStore.authenticate``)
-or the API's hot reads (``store.reads``)."""
+statement that authenticates a key, run by the API's hot reads (``store.reads``)."""
 
 _HIT = COUNT_REQUEST.returning(api_keys.c.rate_hits, api_keys.c.rpm)
 _RATE = sa.select(api_keys.c.rate_window, api_keys.c.rate_hits, api_keys.c.rpm).where(
@@ -170,13 +169,6 @@ class KeyStore:
             )
         row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
         return key, KeyInfo.from_row(row)
-
-    @retry_disconnect
-    def authenticate(self, key: str) -> KeyInfo | None:
-        """The active key whose plaintext is ``key``, or ``None``."""
-        with self.db.read() as conn:
-            row = conn.execute(ACTIVE_KEY_BY_HASH, {"key_hash": hash_key(key)}).one_or_none()
-        return None if row is None else KeyInfo.from_row(row)
 
     def all(self) -> list[KeyInfo]:
         with self.db.read() as conn:

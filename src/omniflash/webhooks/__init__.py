@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 from omniflash.store.outbox import Delivery, Outbox, retry_delay
+from omniflash.webhooks.delivery import DeliveryRefused, post_webhook
 from omniflash.webhooks.events import event_body, install, webhook_base_url
 from omniflash.webhooks.secret_store import ROTATION_GRACE_S, WebhookSecrets
-from omniflash.webhooks.send import DeliveryRefused, post_webhook
 from omniflash.webhooks.sender import OUTCOMES, WebhookSender, parse_delays
 from omniflash.webhooks.signing import SECRET_PREFIX, new_secret, signature_header
 

@@ -7,15 +7,16 @@ every process that can end tasks (API replicas and their in-process workers).
 from __future__ import annotations
 
 import datetime
-from typing import Any
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any
 
 from omniflash.blobs import UrlSigner
 from omniflash.settings import Settings
 from omniflash.store import Store, TaskRow, TaskStatus
 from omniflash.store.outbox import Outbox
 from omniflash.task_view import task_public
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 __all__ = ["event_body", "install", "webhook_base_url"]
 

@@ -1,6 +1,6 @@
 """The sender: a thread in every API replica that claims due webhooks and POSTs them.
 
-Replicas share the work through the outbox's leases (see ``omniflash.webhooks.outbox``);
+Replicas share the work through the outbox's leases (see ``omniflash.store.outbox``);
 each claims a few attempts at a time and sends them in parallel.
 """
 
@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from omniflash.logs import task_context
 from omniflash.settings import Settings
 from omniflash.store import Store
-from omniflash.webhooks.outbox import Delivery, Outbox
+from omniflash.store.outbox import Delivery, Outbox
+from omniflash.webhooks.delivery import DeliveryRefused, post_webhook
 from omniflash.webhooks.secret_store import WebhookSecrets
-from omniflash.webhooks.send import DeliveryRefused, post_webhook
 from omniflash.webhooks.signing import signature_header
 
 __all__ = ["OUTCOMES", "WebhookSender", "parse_delays"]

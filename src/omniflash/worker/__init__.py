@@ -1,8 +1,9 @@
 """Workers: the claim loop, heartbeats, cancellation, timeouts, engine processes.
 
-The remote side (``HttpTaskSource``, ``run_remote_workers``) lives in
-``omniflash.worker.remote``; it is not imported here, so that an API process does not
-load an HTTP client it never uses.
+The remote side lives in ``omniflash.worker.http_source`` (``HttpTaskSource``, the
+worker protocol's client) and ``omniflash.worker.remote`` (``run_remote_workers``, its
+loop); neither is imported here, so that an API process does not load an HTTP client it
+never uses.
 """
 
 from omniflash.worker.listener import Listener

@@ -25,7 +25,7 @@ from omniflash.worker.pool import WorkerPool
 from omniflash.worker.source import SourceUnavailable
 
 # The two errors are what ``run_remote_workers`` raises, so callers catch them from here.
-__all__ = ["ProtocolError", "WorkerRejected", "run_remote_workers"]
+__all__ = ["run_remote_workers"]
 
 log = logging.getLogger(__name__)
 

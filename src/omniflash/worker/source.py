@@ -2,7 +2,7 @@
 
 The worker loop (``omniflash.worker.supervisor.Worker``) is written once against
 ``TaskSource``; ``StoreTaskSource`` talks to the database and the blob storage directly,
-``omniflash.worker.remote.HttpTaskSource`` to an API server over ``/worker/v1/``.  Every
+``omniflash.worker.http_source.HttpTaskSource`` to an API server over ``/worker/v1/``.  Every
 write names the lease's ``epoch``: a worker that lost its lease (reaped, cancelled) gets
 ``False`` back and changes nothing.
 
@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import sqlalchemy as sa
-
 from omniflash.blobs import Storage, StorageUnavailable
 from omniflash.contract import GenerationSpec
 from omniflash.input_blobs import blob_inputs
@@ -29,7 +27,7 @@ from omniflash.media.mp4check import (
     ResultRejected,
 )
 from omniflash.settings import Settings
-from omniflash.store import Store
+from omniflash.store import OUTAGES, Store
 from omniflash.worker.results import ResultIntake, result_key
 from omniflash.worker.wake import Waker
 
@@ -178,10 +176,13 @@ class StoreTaskSource:
             return self.store.tasks.release(lease.task_id, lease.epoch, worker_id=worker_id)
 
 
+_OUTAGES: tuple[type[Exception], ...] = (*OUTAGES, StorageUnavailable)
+
+
 @contextlib.contextmanager
 def _unavailable() -> Iterator[None]:
     """Database and storage outages become ``SourceUnavailable``: the loop backs off, retries."""
     try:
         yield
-    except (sa.exc.OperationalError, sa.exc.InterfaceError, StorageUnavailable) as exc:
+    except _OUTAGES as exc:
         raise SourceUnavailable(str(exc).splitlines()[0]) from exc

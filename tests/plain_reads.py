@@ -1,18 +1,27 @@
-"""A key's tasks as plain SQLAlchemy reads them: what the tests compare the store against.
+"""Keys and tasks as plain SQLAlchemy reads them: what the tests compare the store against.
 
-The API lists tasks through the hot reads (``omniflash.store.reads``); these are the
-same lists written the obvious way, so that a test can look at the table without the
-API's fast path, and check that path against them.
+The API reads keys and lists tasks through the hot reads (``omniflash.store.reads``),
+on the event loop; these are the same reads from a test's thread, so that a test can
+look at the tables without the API's fast path, and check that path against them.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from omniflash.store import Store, TaskRow
+from omniflash.ids import hash_key
+from omniflash.store import KeyInfo, Store, TaskRow
+from omniflash.store.keys import ACTIVE_KEY_BY_HASH
 from omniflash.store.schema import tasks, video_deletions
 
-__all__ = ["tasks_of", "videos_of"]
+__all__ = ["key_of", "tasks_of", "videos_of"]
+
+
+def key_of(store: Store, plaintext: str) -> KeyInfo | None:
+    """The active key whose plaintext is ``plaintext``, or ``None``: the hot read's statement."""
+    with store.db.read() as conn:
+        row = conn.execute(ACTIVE_KEY_BY_HASH, {"key_hash": hash_key(plaintext)}).one_or_none()
+    return None if row is None else KeyInfo.from_row(row)
 
 
 def tasks_of(
