@@ -91,7 +91,7 @@ def record(
 
 def event_statements() -> dict[str, sa.Select[Any]]:
     """The streams' reads (for ``store.reads``): a key's events after an id, all of them
-    or one task's, oldest first; and the newest event id of one task."""
+    or one task's, oldest first; and the newest event id of the key, or of one task."""
     columns = (
         task_events.c.id,
         task_events.c.task_id,
@@ -111,6 +111,9 @@ def event_statements() -> dict[str, sa.Select[Any]]:
         .where(mine, one_task)
         .order_by(task_events.c.id)
         .limit(limit),
+        "last_key_event": sa.select(sa.func.coalesce(sa.func.max(task_events.c.id), 0)).where(
+            task_events.c.key_id == sa.bindparam("key_id", type_=sa.Integer)
+        ),
         "last_event": sa.select(sa.func.coalesce(sa.func.max(task_events.c.id), 0)).where(
             task_events.c.key_id == sa.bindparam("key_id", type_=sa.Integer), one_task
         ),

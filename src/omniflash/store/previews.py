@@ -20,9 +20,9 @@ __all__ = ["PREVIEWS_PREFIX", "LeasePreviews", "preview_key"]
 PREVIEWS_PREFIX = "previews/"
 
 
-def preview_key(task_id: str, index: int) -> str:
+def preview_key(task_id: str, index: int, ext: str = "webp") -> str:
     """The blob key of a task's ``index``-th preview frame."""
-    return f"{PREVIEWS_PREFIX}{task_id}/{index}.webp"
+    return f"{PREVIEWS_PREFIX}{task_id}/{index}.{ext}"
 
 
 class LeasePreviews(LeaseQueue):

@@ -169,6 +169,9 @@ class HotReads(Protocol):
     async def last_event_id(self, key_id: int, task_id: str) -> int:
         """The newest event id of the key's task ``task_id``; 0 when it has none."""
 
+    async def last_key_event_id(self, key_id: int) -> int:
+        """The newest event id of the key's tasks; 0 when they have none."""
+
     async def close(self) -> None:
         """Close this event loop's connections."""
 
@@ -228,6 +231,10 @@ class _Reads:
 
     async def last_event_id(self, key_id: int, task_id: str) -> int:
         rows = await self._fetch("last_event", {"key_id": key_id, "task_id": task_id})
+        return int(rows[0][0]) if rows else 0
+
+    async def last_key_event_id(self, key_id: int) -> int:
+        rows = await self._fetch("last_key_event", {"key_id": key_id})
         return int(rows[0][0]) if rows else 0
 
     async def close(self) -> None:

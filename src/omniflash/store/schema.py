@@ -199,7 +199,7 @@ task_events = sa.Table(
         sa.Identity(),
         primary_key=True,
     ),
-    sa.Column("task_id", sa.String(40), nullable=False),
+    sa.Column("task_id", sa.String(40), sa.ForeignKey("tasks.id"), nullable=False),
     sa.Column("key_id", sa.Integer, nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("data", sa.Text, nullable=False),

@@ -90,7 +90,8 @@ class TaskEnds:
             "requeue",
             m["id"],
         )
-        record(conn, task_id=m["id"], key_id=m["key_id"], kind="status", data={"status": "pending"})
+        data = {"status": TaskStatus.PENDING.value, "progress": int(m["progress"])}
+        record(conn, task_id=m["id"], key_id=m["key_id"], kind="status", data=data)
         self._announce(conn)
 
     def _announce(self, conn: sa.Connection) -> None:

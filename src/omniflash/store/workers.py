@@ -164,12 +164,11 @@ class WorkerStore:
                     lease_expires_at=None,
                     attempts=tasks.c.attempts - 1,
                 )
-                .returning(tasks.c.id, tasks.c.key_id)
+                .returning(tasks.c.id, tasks.c.key_id, tasks.c.progress)
             ).all()
-            for task_id, key_id in handed:
-                record(
-                    conn, task_id=task_id, key_id=key_id, kind="status", data={"status": "pending"}
-                )
+            for task_id, key_id, progress in handed:
+                data = {"status": "pending", "progress": int(progress)}
+                record(conn, task_id=task_id, key_id=key_id, kind="status", data=data)
             handed_back = len(handed)
             if handed_back and not self.db.is_sqlite:
                 # Wake the workers of every replica (sent at commit).
