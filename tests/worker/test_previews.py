@@ -75,10 +75,14 @@ class Previewing(Recording):
 
 
 def run_worker(tmp_path: Path, source: Recording, interval_s: float) -> Worker:
-    settings = Settings(data_dir=tmp_path / "data", x264_preset="ultrafast", engine="preview")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        x264_preset="ultrafast",
+        engine="preview",
+        preview_interval_s=interval_s,
+    )
     stop = threading.Event()
     worker = Worker(settings, source, tmp_path / "scratch", stop, claim_wait_s=0.05)
-    worker.preview_interval_s = interval_s
     worker.start()
     try:
         assert source.done.wait(60)
@@ -140,6 +144,13 @@ def test_a_source_that_cannot_store_previews_still_completes_the_task(tmp_path: 
 def test_a_source_without_previews_is_not_sent_any(tmp_path: Path) -> None:
     worker = run_worker(tmp_path, Recording(tmp_path), 0.0)
     assert worker.completed == 1 and worker.previews_sent == worker.preview_errors == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_negative_interval_turns_previews_off(tmp_path: Path) -> None:
+    source = Previewing(tmp_path)
+    worker = run_worker(tmp_path, source, -1.0)
+    assert worker.completed == 1 and source.previews == []
 
 
 def test_previews_are_held_one_at_a_time_and_never_queued() -> None:

@@ -1,7 +1,8 @@
 """One task's previews on their way from the engine process to the task source.
 
 The engine shows a preview every few frames or steps; the source (the store, or the API
-server of a remote worker) takes at most one per ``preview_interval_s``.
+server of a remote worker) takes at most one per ``Settings.preview_interval_s``
+(``OMNIFLASH_PREVIEW_INTERVAL_S``); a negative one turns previews off.
 """
 
 from __future__ import annotations
@@ -9,11 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-__all__ = ["PREVIEW_INTERVAL_S", "Preview", "Previews"]
+__all__ = ["Preview", "Previews"]
 
 log = logging.getLogger(__name__)
-
-PREVIEW_INTERVAL_S = 2.0
 
 Preview = tuple[bytes, int, int]
 """A WebP preview from the engine process: (bytes, width, height)."""

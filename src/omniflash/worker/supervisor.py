@@ -28,7 +28,7 @@ from typing import Any
 from omniflash.logs import task_context
 from omniflash.settings import Settings
 from omniflash.worker.child import child_main
-from omniflash.worker.previews import PREVIEW_INTERVAL_S, Previews
+from omniflash.worker.previews import Previews
 from omniflash.worker.source import Lease, SourceUnavailable, TaskSource
 
 __all__ = ["EngineProcess", "Worker", "duration_text"]
@@ -136,8 +136,7 @@ class Worker(threading.Thread):
         self.engine = EngineProcess(dataclasses.replace(settings, worker_index=index), self.name)
         self.completed = self.failed = self.cancelled = self.released = self.source_errors = 0
         self.previews_sent = self.preview_errors = 0
-        # The lead replaces this getattr when the setting lands in Settings.
-        self.preview_interval_s = float(getattr(settings, "preview_interval_s", PREVIEW_INTERVAL_S))
+        self.preview_interval_s = settings.preview_interval_s
 
     def __repr__(self) -> str:
         return (
@@ -242,7 +241,7 @@ class Worker(threading.Thread):
 
     def _previews(self, lease: Lease) -> Previews:
         # A source without ``preview`` (one written before previews) gets none, and the
-        # engine is told not to make them.
+        # engine is told not to make them; so does a negative interval.
         method = getattr(self.source, "preview", None)
         if method is None or self.preview_interval_s < 0:
             return Previews(None, self.preview_interval_s)
