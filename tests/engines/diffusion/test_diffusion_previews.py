@@ -122,3 +122,29 @@ def test_a_failing_preview_does_not_fail_the_task(engine: DiffusersEngine, tmp_p
     assert result.frames == job.spec.fps and job.output_path.stat().st_size > 0
     # Every call of the task showed its previews, each refused, none fatal.
     assert len(calls) >= 2
+
+
+def test_a_preview_shows_the_clean_estimate_not_the_noise() -> None:
+    """On a straight flow path (``x = (1 - σ) x₀ + σ ε``, what an Euler step follows), the
+    preview after every step but the first is the clean frame's, whatever the noise."""
+    import torch
+
+    sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+    pipe = type("WanPipeline", (), {"scheduler": type("S", (), {"sigmas": sigmas})()})()
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randn((1, 16, 3, 6, 8), generator=generator)
+    noise = torch.randn((1, 16, 3, 6, 8), generator=generator) * 3
+    seen: list[Image.Image] = []
+    previewer = LatentPreviewer(seen.append, 4, (64, 48, 9))
+    for step in range(4):
+        sigma = float(sigmas[step + 1])
+        previewer.step(pipe, step, (1 - sigma) * clean + sigma * noise)
+    previewer.finish()
+    truth: list[Image.Image] = []
+    direct = LatentPreviewer(truth.append, 1, (64, 48, 9))
+    direct.step(pipe, 0, clean)
+    direct.finish()
+    expected = numpy.asarray(truth[0], dtype=int)
+    gaps = [int(numpy.abs(numpy.asarray(p, dtype=int) - expected).max()) for p in seen]
+    assert max(gaps[1:]) <= 1, gaps
+    assert gaps[0] > 10, "the first step has no step before it: the noisy sample"

@@ -8,10 +8,15 @@ colours to its latent channels), as ComfyUI's latent previewers use them: the ta
 below are those of ComfyUI's ``comfy/latent_formats.py`` (classes ``Wan21``, ``Wan22``
 and ``LTXV``, https://github.com/comfyanonymous/ComfyUI/blob/master/comfy/latent_formats.py).
 
-The picture is of the latents as they stand after the step (the noisy sample, not the
-model's estimate of the clean one): early steps look like coloured noise, and the
-picture settles as the steps go on.  The projection reads the latents and never writes
-them, nor touches a random generator: the video is the same with previews or without.
+The picture is of the model's estimate of the clean video, not of the noisy sample: with
+a flow-matching scheduler (Wan's and LTX's) the sample after a step is
+``x = (1 - σ) x₀ + σ ε``, so the latents before and after a step give the velocity
+``(x_after - x_before) / (σ_after - σ_before)`` and the estimate
+``x₀ = x_after - σ_after · velocity`` (exact for an Euler step, close for a multistep
+solver).  The frame before a preview step is kept for that (one latent frame, cloned);
+the first step has no "before" and shows the sample as it is.  The projection reads the
+latents and never writes them, nor touches a random generator: the video is the same
+with previews or without.
 On a GPU the copy to the host is asynchronous (pinned memory and a CUDA event), and a
 picture is handed over at a later step, once its copy is done, so the denoising loop
 never waits for it.
@@ -218,17 +223,22 @@ class LatentPreviewer:
         """(host tensor, CUDA event or None): a picture whose copy may still be running."""
         self.shown = 0
         self.family: str | None = None
+        self.before: tuple[int, Any] | None = None
+        """(step, the latent frame after it) when the next step shows a preview."""
 
     def step(self, pipe: Any, step: int, latents: Any) -> None:
         """After a denoising step: hand over a finished picture, start a new one if due."""
         if self.pending is not None and (self.pending[1] is None or self.pending[1].query()):
             self._hand_over()
-        if step in self.wanted and self.pending is None:
-            try:
-                self._start(pipe, latents)
-            except Exception:  # a preview never stops the video
-                log.warning("task %s: no latent preview", self.task_id, exc_info=True)
-                self.wanted = frozenset()
+        try:
+            if step in self.wanted and self.pending is None:
+                self._start(pipe, step, latents)
+            self.before = None
+            if step + 1 in self.wanted:
+                self.before = (step, self._frame(pipe, latents).detach().clone())
+        except Exception:  # a preview never stops the video
+            log.warning("task %s: no latent preview", self.task_id, exc_info=True)
+            self.wanted, self.before = frozenset(), None
 
     def finish(self) -> None:
         """After the call: wait for the last copy, if one runs, and hand it over."""
@@ -253,10 +263,23 @@ class LatentPreviewer:
             return latents[0, middle : middle + rows * cols].reshape(rows, cols, -1)
         raise ValueError(f"latents of shape {tuple(latents.shape)} are not a video")
 
-    def _start(self, pipe: Any, latents: Any) -> None:
+    def _clean(self, pipe: Any, step: int, frame: Any) -> Any:
+        """The flow-matching estimate of the clean frame (the module doc), or ``frame``."""
+        sigmas = getattr(getattr(pipe, "scheduler", None), "sigmas", None)
+        if self.before is None or self.before[0] != step - 1 or sigmas is None:
+            return frame
+        if len(sigmas) < step + 2:
+            return frame
+        sigma_before, sigma_after = float(sigmas[step]), float(sigmas[step + 1])
+        if abs(sigma_after - sigma_before) < 1e-6:
+            return frame
+        velocity = (frame.float() - self.before[1].float()) / (sigma_after - sigma_before)
+        return frame.float() - sigma_after * velocity
+
+    def _start(self, pipe: Any, step: int, latents: Any) -> None:
         import torch
 
-        frame = self._frame(pipe, latents)
+        frame = self._clean(pipe, step, self._frame(pipe, latents))
         if self.matrix is None:
             channels = int(frame.shape[-1])
             self.family = family_of(pipe, channels)
