@@ -59,6 +59,8 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "max_result_bytes": "OMNIFLASH_MAX_RESULT_BYTES",
     "header_timeout_s": "OMNIFLASH_HEADER_TIMEOUT",
     "body_timeout_s": "OMNIFLASH_BODY_TIMEOUT",
+    "events_keepalive_s": "OMNIFLASH_EVENTS_KEEPALIVE_S",
+    "preview_interval_s": "OMNIFLASH_PREVIEW_INTERVAL_S",
 }
 PRICE_VARS: Final[Mapping[str, str]] = {
     "720p": "OMNIFLASH_PRICE_720P",
@@ -144,6 +146,10 @@ class Settings:
     """A connection that has not sent a whole request head in this long is closed."""
     body_timeout_s: float = 30.0
     """A request body that sends nothing for this long is answered 408 and closed."""
+    events_keepalive_s: float = 15.0
+    """An event stream with nothing to say sends a ``: keep-alive`` comment this often."""
+    preview_interval_s: float = 2.0
+    """A worker passes on at most one preview frame of a task this often; the others drop."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:

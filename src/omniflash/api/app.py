@@ -26,6 +26,8 @@ from omniflash.api.bodies import MCP_PATH, BodyLimit
 from omniflash.api.deps import Services
 from omniflash.api.docs import models as discovery
 from omniflash.api.docs.swagger import install_docs
+from omniflash.api.events import routes as event_routes
+from omniflash.api.events.hub import EventHub
 from omniflash.api.files import downloads as files
 from omniflash.api.files import uploads
 from omniflash.api.limits import KeyCache, ReadLimiter
@@ -36,6 +38,7 @@ from omniflash.api.omni.routes import router
 from omniflash.api.openai import videos as openai_videos
 from omniflash.api.openai.shapes import is_openai_path, openai_error
 from omniflash.api.responses import JSONResponse
+from omniflash.api.workers import previews as worker_previews
 from omniflash.api.workers import routes as worker_routes
 from omniflash.blobs import Storage, StorageUnavailable, UrlSigner, create_storage
 from omniflash.blobs.health import StorageHealth
@@ -127,16 +130,20 @@ def create_app(
     )
     webhooks.install(store, settings, services.signer)
     mcp = McpEndpoint(services)
+    # The event streams' one source of news in this process (one LISTEN on PostgreSQL).
+    event_hub = EventHub(store)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         for thread in background:
             thread.start()
+        event_hub.start()
         if pool is not None:
             pool.start()
         try:
             yield
         finally:
+            event_hub.close()
             await mcp.close()
             await reads.close()
             if pool is not None:
@@ -156,13 +163,16 @@ def create_app(
         default_response_class=JSONResponse,
     )
     app.state.services = services
+    app.state.event_hub = event_hub
     app.state.metrics = metrics
     # Inside the request middleware, so that a refused body's answer has its request id.
     app.add_middleware(BodyLimit, settings=settings, render=dialect_error)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     app.include_router(router)
+    app.include_router(event_routes.router)
     app.include_router(files.router)
     app.include_router(worker_routes.router)
+    app.include_router(worker_previews.router)
     app.include_router(openai_videos.router)
     app.include_router(webhook_secret.router)
     app.include_router(metrics_router)

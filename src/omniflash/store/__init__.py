@@ -33,6 +33,8 @@ The modules, by what they own:
 - ``reads``: the API's hot reads, awaited on the event loop.
 - ``workers``, ``files``, ``videos``, ``meta``: worker tokens, what the orphan sweep
   asks before it deletes a file, deleted videos, values a deployment shares.
+- ``events``: task events (status, progress, preview, end), written with the change they
+  report, for the event streams; ``previews``: the preview frames a lease holder adds.
 - ``outbox``, ``webhook_secrets``: the webhooks' rows (``omniflash.webhooks`` holds the
   policy and the sending).
 """
@@ -40,9 +42,11 @@ The modules, by what they own:
 from __future__ import annotations
 
 from omniflash.store.db import OUTAGES, Database, StoreUnavailable
+from omniflash.store.events import EVENTS_CHANNEL, EventStore, TaskEvent
 from omniflash.store.files import FileStore
 from omniflash.store.keys import KeyInfo, KeyStore
 from omniflash.store.meta import MetaStore
+from omniflash.store.previews import PREVIEWS_PREFIX, preview_key
 from omniflash.store.task_rows import (
     NOTIFY_CHANNEL,
     Claim,
@@ -55,10 +59,13 @@ from omniflash.store.tasks import TaskStore
 from omniflash.store.workers import WorkerInfo, WorkerStore
 
 __all__ = [
+    "EVENTS_CHANNEL",
     "NOTIFY_CHANNEL",
     "OUTAGES",
+    "PREVIEWS_PREFIX",
     "Claim",
     "Database",
+    "EventStore",
     "FileStore",
     "IdempotencyRequest",
     "KeyInfo",
@@ -67,11 +74,13 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "Submission",
+    "TaskEvent",
     "TaskRow",
     "TaskStatus",
     "TaskStore",
     "WorkerInfo",
     "WorkerStore",
+    "preview_key",
 ]
 
 
@@ -87,6 +96,7 @@ class Store:
         self.meta = MetaStore(self.db)
         self.workers = WorkerStore(self.db)
         self.files = FileStore(self.db)
+        self.events = EventStore(self.db)
 
     def close(self) -> None:
         self.db.dispose()

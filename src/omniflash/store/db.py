@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from omniflash.store.schema import MIGRATIONS, schema_version
 
 __all__ = [
+    "EVENT_KEYS",
     "OUTAGES",
     "Database",
     "OutcomeUnknown",
@@ -34,6 +36,9 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 MIGRATION_LOCK = 0x6F6D6E69  # any constant no other application of the database uses
+EVENT_KEYS = "omniflash_event_keys"
+"""SQLite: where a transaction's connection collects the key ids of the task events it
+wrote (``store.events.record``), for ``Database.event_hooks`` after the commit."""
 
 
 class StoreUnavailable(Exception):
@@ -132,6 +137,9 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.event_hooks: list[Callable[[set[int]], None]] = []
+        """SQLite: called after each commit that wrote task events, with their key ids
+        (PostgreSQL announces them with ``NOTIFY`` instead, to every process)."""
         if self.is_sqlite:
             path = url.split("///", 1)[1] if "///" in url else ""
             if path and path != ":memory:":
@@ -187,6 +195,7 @@ class Database:
         """
         with self._writers, self.engine.connect() as conn:
             conn.execution_options(omniflash_write=True)
+            conn.info.pop(EVENT_KEYS, None)
             committing = False
             try:
                 with conn.begin():
@@ -196,6 +205,18 @@ class Database:
                 if committing and _dropped(exc):
                     raise OutcomeUnknown.of(exc) from exc
                 raise
+            finally:
+                announced: set[int] | None = conn.info.pop(EVENT_KEYS, None)
+        if announced and committing:
+            self._announce(announced)
+
+    def _announce(self, key_ids: set[int]) -> None:
+        for hook in self.event_hooks:
+            try:
+                hook(key_ids)
+            except Exception:
+                # A stream that is told late still finds the event by its next read.
+                logging.getLogger(__name__).exception("an event hook failed")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
@@ -267,6 +288,14 @@ class Database:
 
     def listen(self, channel: str, on_notify: Callable[[], None], stop: threading.Event) -> None:
         """PostgreSQL only: call ``on_notify`` for each NOTIFY on ``channel`` until ``stop``."""
+        self.listen_payloads(channel, lambda _payload: on_notify(), stop)
+
+    def listen_payloads(
+        self, channel: str, on_notify: Callable[[str | None], None], stop: threading.Event
+    ) -> None:
+        """PostgreSQL only: call ``on_notify`` with each NOTIFY's payload on ``channel``
+        until ``stop``, and with ``None`` each time the connection is made (what was sent
+        while it was not listening is unknown: look at everything once)."""
         import psycopg
 
         url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -275,10 +304,10 @@ class Database:
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute(f'LISTEN "{channel}"')
                     # Tasks queued while this was not listening: look once now.
-                    on_notify()
+                    on_notify(None)
                     while not stop.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            on_notify()
+                        for notify in conn.notifies(timeout=1.0, stop_after=1):
+                            on_notify(notify.payload)
             except psycopg.Error:
                 # The workers still poll; listening is only what makes them prompt.
                 stop.wait(5.0)

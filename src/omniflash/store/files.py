@@ -57,6 +57,22 @@ class FileStore:
         return used
 
     @retry_disconnect
+    def tasks_with_files(self, task_ids: list[str]) -> set[str]:
+        """Which of ``task_ids`` are tasks whose files are not yet deleted."""
+        found: set[str] = set()
+        with self.db.read() as conn:
+            for start in range(0, len(task_ids), 500):
+                found.update(
+                    conn.execute(
+                        sa.select(tasks.c.id).where(
+                            tasks.c.id.in_(task_ids[start : start + 500]),
+                            tasks.c.result_deleted.is_(False),
+                        )
+                    ).scalars()
+                )
+        return found
+
+    @retry_disconnect
     def inputs_in_use(self, prefix: str, made_at: float, window_s: float) -> bool:
         """Whether a task whose files are not yet deleted names a blob under ``prefix``
         (``inputs/<ulid>``, written at ``made_at``).  Its task was submitted within

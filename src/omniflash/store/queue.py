@@ -24,7 +24,8 @@ import sqlalchemy as sa
 from omniflash.errors import AuthenticationFailed
 from omniflash.pricing import Pricing
 from omniflash.store.db import OutcomeUnknown, retry_disconnect, retry_repeatable
-from omniflash.store.schema import tasks, worker_tokens
+from omniflash.store.events import record
+from omniflash.store.schema import task_events, tasks, worker_tokens
 from omniflash.store.task_ends import TaskEnds
 from omniflash.store.task_rows import TERMINAL, Claim, TaskRow, TaskStatus
 
@@ -114,6 +115,14 @@ class LeaseQueue(TaskEnds):
                 )
                 .returning(*tasks.c)
             ).one_or_none()
+            if found is not None:
+                record(
+                    conn,
+                    task_id=found.id,
+                    key_id=found.key_id,
+                    kind="status",
+                    data={"status": TaskStatus.PROCESSING.value, "progress": found.progress},
+                )
         if found is None:
             return None
         row = TaskRow.from_row(found)
@@ -166,17 +175,28 @@ class LeaseQueue(TaskEnds):
         held = self._held(task_id, epoch, worker_id)
         if max_run_s is not None:
             held = sa.and_(held, tasks.c.claimed_at + max_run_s > self._clock(now))
+        renew = tasks.update().values(lease_expires_at=self._clock(now) + lease_s)
         with self.db.write() as conn:
-            result = conn.execute(
-                tasks.update()
-                .where(held)
-                .values(
-                    lease_expires_at=self._clock(now) + lease_s,
-                    progress=sa.case(
-                        (tasks.c.progress < progress, progress), else_=tasks.c.progress
-                    ),
+            # Progress that rises is news: the update that records it returns what its
+            # event needs, in the same transaction.  Otherwise the lease is only renewed.
+            rose = conn.execute(
+                renew.where(held, tasks.c.progress < progress)
+                .values(progress=progress)
+                .returning(
+                    tasks.c.key_id,
+                    (self._clock(now) - tasks.c.claimed_at).label("elapsed"),
                 )
-            )
+            ).one_or_none()
+            if rose is not None:
+                record(
+                    conn,
+                    task_id=task_id,
+                    key_id=rose.key_id,
+                    kind="progress",
+                    data={"progress": progress, "eta_s": _eta(progress, rose.elapsed)},
+                )
+                return True
+            result = conn.execute(renew.where(held))
         return result.rowcount == 1
 
     @retry_repeatable
@@ -363,5 +383,14 @@ class LeaseQueue(TaskEnds):
 
     @retry_repeatable
     def mark_result_deleted(self, task_id: str) -> None:
+        """The task's files are gone: its events go with them."""
         with self.db.write() as conn:
             conn.execute(tasks.update().where(tasks.c.id == task_id).values(result_deleted=True))
+            conn.execute(task_events.delete().where(task_events.c.task_id == task_id))
+
+
+def _eta(progress: int, elapsed: float | None) -> int | None:
+    """Seconds left at this pace: the time so far, scaled by what remains of the work."""
+    if elapsed is None or progress <= 0:
+        return None
+    return max(0, round(float(elapsed) * (100 - progress) / progress))

@@ -34,6 +34,7 @@ import anyio.to_thread
 import sqlalchemy as sa
 
 from omniflash.store.db import Database, StoreUnavailable
+from omniflash.store.events import TaskEvent, event_statements
 from omniflash.store.keys import ACTIVE_KEY_BY_HASH, KEY_FIELDS, KeyInfo
 from omniflash.store.schema import tasks, video_deletions
 from omniflash.store.task_rows import TaskRow
@@ -95,6 +96,7 @@ def _statements() -> dict[str, sa.Select[Any]]:
         .order_by(tasks.c.id.asc())
         .limit(limit),
         "key": ACTIVE_KEY_BY_HASH,
+        **event_statements(),
     }
 
 
@@ -159,6 +161,17 @@ class HotReads(Protocol):
     async def key(self, key_hash: str) -> KeyInfo | None:
         """The active key with this hash (``ids.hash_key``), or ``None``."""
 
+    async def events(
+        self, key_id: int, after: int, task_id: str | None = None, limit: int = 500
+    ) -> list[TaskEvent]:
+        """The key's task events after id ``after``, oldest first (one task's with ``task_id``)."""
+
+    async def last_event_id(self, key_id: int, task_id: str) -> int:
+        """The newest event id of the key's task ``task_id``; 0 when it has none."""
+
+    async def last_key_event_id(self, key_id: int) -> int:
+        """The newest event id of the key's tasks; 0 when they have none."""
+
     async def close(self) -> None:
         """Close this event loop's connections."""
 
@@ -206,6 +219,23 @@ class _Reads:
     async def key(self, key_hash: str) -> KeyInfo | None:
         rows = await self._fetch("key", {"key_hash": key_hash})
         return _key(rows[0]) if rows else None
+
+    async def events(
+        self, key_id: int, after: int, task_id: str | None = None, limit: int = 500
+    ) -> list[TaskEvent]:
+        params: Params = {"key_id": key_id, "after": after, "limit": limit}
+        if task_id is not None:
+            params["task_id"] = task_id
+        rows = await self._fetch("events" if task_id is None else "task_events", params)
+        return [TaskEvent.from_row(tuple(r)) for r in rows]
+
+    async def last_event_id(self, key_id: int, task_id: str) -> int:
+        rows = await self._fetch("last_event", {"key_id": key_id, "task_id": task_id})
+        return int(rows[0][0]) if rows else 0
+
+    async def last_key_event_id(self, key_id: int) -> int:
+        rows = await self._fetch("last_key_event", {"key_id": key_id})
+        return int(rows[0][0]) if rows else 0
 
     async def close(self) -> None:
         return None

@@ -20,6 +20,7 @@ __all__ = [
     "ledger",
     "meta",
     "metadata",
+    "task_events",
     "tasks",
     "video_deletions",
     "webhook_outbox",
@@ -187,6 +188,30 @@ video_deletions = sa.Table(
 )
 """Tasks whose video the owner deleted (OpenAI ``DELETE /v1/videos/{id}``)."""
 
+task_events = sa.Table(
+    "task_events",
+    metadata,
+    # The stream's event id: increasing in commit order closely enough for a resume, as
+    # each row is written under its task's lock (one task's events never interleave).
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        sa.Identity(),
+        primary_key=True,
+    ),
+    sa.Column("task_id", sa.String(40), sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("key_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_task_events_task", "task_id", "id"),
+    sa.Index("ix_task_events_key", "key_id", "id"),
+    # SQLite: never hand out an id again after the newest row is deleted.
+    sqlite_autoincrement=True,
+)
+"""What happened to a task, in order (status, progress, preview, end): the event streams
+replay it from an id, and read what a notification announced."""
+
 
 def _v1(conn: sa.Connection) -> None:
     # api_keys and tasks as version 1 had them: migrations 4 and 5 add columns.
@@ -247,10 +272,15 @@ def _v5(conn: sa.Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE tasks ADD COLUMN claimed_at FLOAT")
 
 
+def _v6(conn: sa.Connection) -> None:
+    task_events.create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "keys, ledger, tasks, idempotency, rate windows", _v1),
     (2, "worker tokens, shared meta values, lease and in-flight indexes", _v2),
     (3, "webhook outbox and secrets, deleted videos", _v3),
     (4, "submit rate and tasks in flight counted on the key row, key-and-id index", _v4),
     (5, "a task's lease names the worker token that holds it and when it was claimed", _v5),
+    (6, "task events: what the event streams send and replay", _v6),
 ]

@@ -5,7 +5,9 @@ then touches the key row: the refund or settlement (``_credit``) and one task fe
 flight (``_ended``).  Every update here matches the epoch (and, to end, an active status)
 the locked row had and must change exactly one row (``_one``), so a task is ended, and
 refunded, at most once.  End hooks (a webhook's outbox row, a metric) run in that same
-transaction, each in a savepoint of its own, and see the task as it ended.
+transaction, each in a savepoint of its own, and see the task as it ended.  Each step
+writes its task event (``store.events``) in the same transaction: a requeue's ``status``,
+an end's ``end``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from omniflash.store.db import Database
+from omniflash.store.events import record
 from omniflash.store.schema import api_keys, ledger, tasks
 from omniflash.store.task_rows import (
     ACTIVE,
@@ -87,6 +90,8 @@ class TaskEnds:
             "requeue",
             m["id"],
         )
+        data = {"status": TaskStatus.PENDING.value, "progress": int(m["progress"])}
+        record(conn, task_id=m["id"], key_id=m["key_id"], kind="status", data=data)
         self._announce(conn)
 
     def _announce(self, conn: sa.Connection) -> None:
@@ -156,6 +161,7 @@ class TaskEnds:
             "in-flight count",
             m["id"],
         )
+        record(conn, task_id=m["id"], key_id=m["key_id"], kind="end", data={"status": status.value})
         if not self.end_hooks:
             return
         try:

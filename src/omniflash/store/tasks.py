@@ -6,7 +6,8 @@ It composes the task store's two jobs, each in a module of its own:
   idempotency key, queue the task; cancel), with its statements in
   ``store.submit_statements``;
 - ``store.queue``: the lease queue (claim, heartbeat, complete, fail, release, reap,
-  and the sweep's reads of ended tasks);
+  and the sweep's reads of ended tasks), with ``store.previews`` (a lease holder's
+  preview frames);
 
 over what both share: the rows (``store.task_rows``) and the steps that requeue or end a
 task under its lock, refund it and run the end hooks (``store.task_ends``).
@@ -22,11 +23,12 @@ deadlock nor double-refund.
 
 from __future__ import annotations
 
-from omniflash.store.queue import LeaseQueue
+from omniflash.store.previews import LeasePreviews
 from omniflash.store.submit import Submissions
 
 __all__ = ["TaskStore"]
 
 
-class TaskStore(Submissions, LeaseQueue):
-    """Submit, cancel and read tasks; lease them to workers; reap the leases that ran out."""
+class TaskStore(Submissions, LeasePreviews):
+    """Submit, cancel and read tasks; lease them to workers (and take their preview frames);
+    reap the leases that ran out."""

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from omniflash.errors import Conflict, NotFound
 from omniflash.ids import hash_key, new_worker_token
 from omniflash.store.db import Database, retry_disconnect, retry_repeatable
+from omniflash.store.events import record
 from omniflash.store.schema import tasks, worker_tokens
 from omniflash.store.task_ends import NOTIFY
 from omniflash.store.task_rows import NOTIFY_CHANNEL
@@ -154,7 +155,7 @@ class WorkerStore:
                 .where(worker_tokens.c.id == row.id)
                 .values(revoked_at=time.time(), name=f"{name}#revoked-{row.id}")
             )
-            handed_back = conn.execute(
+            handed = conn.execute(
                 tasks.update()
                 .where(tasks.c.status == "processing", tasks.c.lease_worker == row.id)
                 .values(
@@ -163,7 +164,12 @@ class WorkerStore:
                     lease_expires_at=None,
                     attempts=tasks.c.attempts - 1,
                 )
-            ).rowcount
+                .returning(tasks.c.id, tasks.c.key_id, tasks.c.progress)
+            ).all()
+            for task_id, key_id, progress in handed:
+                data = {"status": "pending", "progress": int(progress)}
+                record(conn, task_id=task_id, key_id=key_id, kind="status", data=data)
+            handed_back = len(handed)
             if handed_back and not self.db.is_sqlite:
                 # Wake the workers of every replica (sent at commit).
                 conn.execute(NOTIFY, {"channel": NOTIFY_CHANNEL})

@@ -247,6 +247,19 @@ class HttpTaskSource:
     def release(self, lease: Lease) -> bool:
         return self._write(lease, "release", {})
 
+    def preview(self, lease: Lease, data: bytes, width: int, height: int) -> None:
+        """``POST /worker/v1/tasks/{id}/previews?epoch=E`` with the WebP bytes; the server
+        reads the size from the image itself (``width`` and ``height`` go unsent)."""
+        response = self._send(
+            "POST",
+            f"/worker/v1/tasks/{lease.task_id}/previews",
+            params={"epoch": lease.epoch},
+            content=data,
+            headers={"Content-Type": "image/webp"},
+        )
+        if response.status_code != 404:  # 404: the task is not this worker's any more
+            self._json(response)
+
     # -- HTTP -----------------------------------------------------------------------------------
 
     def _write(

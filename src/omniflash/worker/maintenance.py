@@ -1,8 +1,8 @@
 """The reaper and the file sweeps, every couple of seconds, in every API replica.
 
-``Maintenance`` requeues tasks whose lease expired and deletes expired and orphaned files
-(``omniflash.worker.sweep``).  Two replicas reaping or sweeping at once is safe (see
-``LeaseQueue.reap``).
+``Maintenance`` requeues tasks whose lease expired, deletes expired and orphaned files
+(``omniflash.worker.sweep``) and task events past their age (``EventStore.sweep``).
+Two replicas reaping or sweeping at once is safe (see ``LeaseQueue.reap``).
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ class Maintenance(threading.Thread):
         swept = sweep_expired_files(self.store, self.storage, s.result_ttl_s)
         if swept:
             log.info("deleted the expired files of %d tasks", swept)
+        old_events = self.store.events.sweep()
+        if old_events:
+            log.info("deleted %d task events past their age", old_events)
         if self.sweeps % ORPHAN_SWEEP_EVERY == 0:
             # The first pass after a start judges every file; later ones what came of age
             # since the previous pass, with an hour's overlap.

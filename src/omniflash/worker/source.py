@@ -27,16 +27,18 @@ from omniflash.media.mp4check import (
     ResultRejected,
 )
 from omniflash.settings import Settings
-from omniflash.store import OUTAGES, Store
+from omniflash.store import OUTAGES, Store, preview_key
 from omniflash.worker.results import ResultIntake, result_key
 from omniflash.worker.wake import Waker
 
 __all__ = [
+    "PREVIEW_TYPES",
     "PROTOCOL_VERSION",
     "Lease",
     "SourceUnavailable",
     "StoreTaskSource",
     "TaskSource",
+    "store_preview",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,39 @@ class TaskSource(Protocol):
 
     def release(self, lease: Lease) -> bool:
         """Hand the task back to the queue untried (a graceful stop); no attempt is used."""
+
+    def preview(self, lease: Lease, data: bytes, width: int, height: int) -> None:
+        """Store one preview frame (a small WebP image) as the task's next ``preview``
+        event; nothing happens once the task is not ours."""
+
+
+PREVIEW_TYPES = {"WEBP": ("webp", "image/webp"), "JPEG": ("jpg", "image/jpeg")}
+"""The image formats a preview frame may have: PIL's name -> extension, media type."""
+
+
+def store_preview(
+    store: Store,
+    storage: Storage,
+    lease: Lease,
+    data: bytes,
+    *,
+    width: int,
+    height: int,
+    image_format: str = "WEBP",
+    worker_id: int | None = None,
+) -> bool:
+    """Store a preview frame's bytes as the task's next preview blob, then its event;
+    False (and the blob deleted again) when the lease is not held.  The blob comes first,
+    so that no client is ever sent a preview whose image is not there yet."""
+    ext, media_type = PREVIEW_TYPES[image_format]
+    key = preview_key(lease.task_id, store.tasks.preview_count(lease.task_id), ext)
+    storage.put_bytes(key, data, media_type)
+    held = store.tasks.add_preview(
+        lease.task_id, lease.epoch, blob=key, width=width, height=height, worker_id=worker_id
+    )
+    if not held:
+        storage.delete(key)
+    return held
 
 
 class StoreTaskSource:
@@ -174,6 +209,10 @@ class StoreTaskSource:
     def release(self, lease: Lease, *, worker_id: int | None = None) -> bool:
         with _unavailable():
             return self.store.tasks.release(lease.task_id, lease.epoch, worker_id=worker_id)
+
+    def preview(self, lease: Lease, data: bytes, width: int, height: int) -> None:
+        with _unavailable():
+            store_preview(self.store, self.storage, lease, data, width=width, height=height)
 
 
 _OUTAGES: tuple[type[Exception], ...] = (*OUTAGES, StorageUnavailable)

@@ -1,6 +1,8 @@
 """The file sweeps: the expired files of ended tasks, and files no task will ever own.
 
-``sweep_expired_files`` deletes a task's result and inputs when its time is up.
+``sweep_expired_files`` deletes a task's result, inputs and preview frames
+(``previews/<task>/``, ``delete_previews``) when its time is up; the task's events go
+with them (``mark_result_deleted``).
 ``sweep_orphans`` finds, by age, what nothing else would delete: per-attempt results of
 workers that died after uploading (``results/{task}.{epoch}.mp4`` that are no task's
 result), inputs of submits that made no task (``inputs/<ulid>/…``), uploads whose URLs
@@ -23,9 +25,15 @@ from omniflash.blobs import Storage, StorageUnavailable
 from omniflash.ids import ulid_time
 from omniflash.input_blobs import blob_inputs
 from omniflash.settings import Settings
-from omniflash.store import Store
+from omniflash.store import PREVIEWS_PREFIX, Store
 
-__all__ = ["SUBMIT_WINDOW_S", "orphan_age_s", "sweep_expired_files", "sweep_orphans"]
+__all__ = [
+    "SUBMIT_WINDOW_S",
+    "delete_previews",
+    "orphan_age_s",
+    "sweep_expired_files",
+    "sweep_orphans",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +48,24 @@ def orphan_age_s(settings: Settings) -> float:
     return settings.task_timeout_s + settings.lease_s + SUBMIT_WINDOW_S
 
 
+def delete_previews(storage: Storage, task_id: str) -> int:
+    """Delete every preview frame of ``task_id`` (``previews/<task_id>/``); returns how many."""
+    keys = list(storage.keys_older(f"{PREVIEWS_PREFIX}{task_id}/", time.time() + 86400))
+    for key in keys:
+        storage.delete(key)
+    return len(keys)
+
+
 def sweep_expired_files(store: Store, storage: Storage, ttl_s: float) -> int:
-    """Delete the files (result, inputs) of ended tasks whose time is up; returns how many."""
+    """Delete the files (result, inputs, previews) of ended tasks whose time is up;
+    returns how many tasks."""
     count = 0
     for task in store.tasks.expired(ttl_s):
         try:
             for key in [task.result_key, *blob_inputs(task.spec).values()]:
                 if key:
                     storage.delete(key)
+            delete_previews(storage, task.id)
         except StorageUnavailable:
             raise  # the bucket is down: every task would fail alike; the pass is counted
         except Exception:
@@ -99,6 +117,8 @@ def sweep_orphans(
         if key.endswith(".part") or (_RESULT.fullmatch(key) and key not in keep):
             deleted += _delete(store, storage, key)
 
+    deleted += _sweep_previews(store, storage, before, since)
+
     judged: dict[str, bool] = {}
     for key in storage.keys_older("inputs/", before, since):
         prefix = "/".join(key.split("/", 2)[:2])
@@ -120,6 +140,28 @@ def sweep_orphans(
     if deleted:
         log.info("deleted %d files that no task owns", deleted)
     return deleted
+
+
+def _sweep_previews(store: Store, storage: Storage, before: float, since: float | None) -> int:
+    """Preview frames whose task's files are deleted, or whose task does not exist."""
+    frames: dict[str, list[str]] = {}
+    for key in storage.keys_older(PREVIEWS_PREFIX, before, since):
+        task_id = key.removeprefix(PREVIEWS_PREFIX).split("/", 1)[0]
+        frames.setdefault(task_id, []).append(key)
+    if not frames:
+        return 0
+    try:
+        live = store.files.tasks_with_files(list(frames))
+    except Exception:
+        log.exception("could not tell which previews are in use; keeping them")
+        store.tasks.report_error("sweep", PREVIEWS_PREFIX)
+        return 0
+    return sum(
+        _delete(store, storage, key)
+        for task_id, keys in frames.items()
+        if task_id not in live
+        for key in keys
+    )
 
 
 def _delete(store: Store, storage: Storage, key: str) -> int:
