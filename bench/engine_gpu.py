@@ -24,8 +24,11 @@ against the GPU's dense bf16 peak.
         [--quantize fp8] [--cache first_block:0.05] [--offload group] [--text-encoder-offload]
     python bench/engine_gpu.py --tiny        # a CPU smoke run of the same code, tiny models
 
-Prints a Markdown table, and how far (b)'s and (c)'s frames are from (a)'s.  Needs the
-[gpu] extra (and torchao for ``--quantize``).
+Prints a Markdown table, and how far (b)'s and (c)'s frames are from (a)'s.  Then the
+cost of the latent previews (``latent_previews``): (b) run again with a preview every few
+steps (its step time against (b)'s own), and the projection alone on latents of the
+model's shape (the time it holds the denoising loop, and the whole of one preview: the
+copy to the host and the picture).  Needs the [gpu] extra (and torchao for ``--quantize``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import torch
 
 from omniflash.engines.diffusion import DiffusersEngine
 from omniflash.engines.diffusion.adapters import Inputs
+from omniflash.engines.diffusion.latent_previews import LatentPreviewer, preview_steps
 from omniflash.settings import Settings
 
 PROMPT = "a red fox runs through fresh snow at dawn, cinematic, detailed fur"
@@ -321,15 +325,40 @@ def stock_call(pipe: Any, arch: Arch, steps: int, device: str) -> Callable[[Cloc
 
 
 def engine_call(
-    engine: Any, recipe: Any, arch: Arch, steps: int
+    engine: Any, recipe: Any, arch: Arch, steps: int, previews: list[Any] | None = None
 ) -> Callable[[Clock], numpy.ndarray]:
     def call(clock: Clock) -> numpy.ndarray:
         frames = engine.run_pipeline(
-            recipe, PROMPT, (*arch.size, arch.frames), Inputs(), 42, steps, clock.step
-        )
+            recipe, PROMPT, (*arch.size, arch.frames), Inputs(), 42, steps, clock.step,
+            preview=None if previews is None else previews.append,
+        )  # fmt: skip
         return numpy.stack(frames)
 
     return call
+
+
+def projection_cost(
+    pipe: Any, arch: Arch, device: str, dtype: torch.dtype, repeat: int = 50
+) -> tuple[float, float]:
+    """Milliseconds of one latent preview: on the loop's thread, and until the picture.
+
+    The first is what a step pays (the matmul and the copy launched); the second adds the
+    wait for the copy, the resize and the hand-over, which the loop does not wait for.
+    """
+    w, h = arch.size
+    shape = (1, arch.channels, (arch.frames - 1) // 4 + 1, h // arch.spatial, w // arch.spatial)
+    latents = torch.randn(shape, device=device, dtype=dtype)
+    previewer = LatentPreviewer(lambda _picture: None, repeat, (w, h, arch.frames))
+    clock = Clock(device)
+    launch = 0.0
+    whole_started = clock.now()
+    for step in range(repeat):
+        started = time.perf_counter()
+        previewer.step(pipe, step, latents)
+        launch += time.perf_counter() - started
+        previewer.finish()
+    whole = clock.now() - whole_started
+    return launch / repeat * 1e3, whole / repeat * 1e3
 
 
 def psnr(a: numpy.ndarray, b: numpy.ndarray) -> float:
@@ -403,13 +432,19 @@ def main() -> int:
             warmups.append(time.perf_counter() - warm_started)
             runs.append(timed_run(pipe, device, ours))
         b, c = runs
+        engine.loader.adopt(recipes["loop"], pipe)
+        shown: list[Any] = []
+        b_previews = timed_run(
+            pipe, device, engine_call(engine, recipes["loop"], arch, args.steps, shown)
+        )
+    launch_ms, whole_ms = projection_cost(pipe, arch, device, dtype)
 
     flops = forward_flops(arch) * 2  # two forwards a step: with and without the prompt
-    shown = ", ".join(f"{k} {v}" for k, v in options.items()) or "none"
+    named = ", ".join(f"{k} {v}" for k, v in options.items()) or "none"
     print(
         f"\n{name} on {gpu}: {arch.size[0]}×{arch.size[1]}, {arch.frames} frames, "
         f"{tokens(arch)} tokens, {flops / 1e15:.2f} PFLOP a step; built in {built:.1f} s; "
-        f"(c) options: {shown}; warm-up (b) {warmups[0]:.1f} s, (c) {warmups[1]:.1f} s\n"
+        f"(c) options: {named}; warm-up (b) {warmups[0]:.1f} s, (c) {warmups[1]:.1f} s\n"
     )
     print("(a) stock diffusers: two guidance passes a step, the prompt encoded every call;")
     print("(b) the engine's loop: one batched guidance pass, the prompt encoded once a task;")
@@ -445,6 +480,24 @@ def main() -> int:
             f"frames {label} against (a): PSNR {psnr(a.frames, run.frames):.1f} dB, "
             f"largest difference {largest} of 255"
         )
+    step_b = float(numpy.median(b.steps))
+    step_shown = float(numpy.median(b_previews.steps))
+    every = preview_steps(arch.full_steps)
+    print(
+        f"\nlatent previews ({len(shown)} shown in {args.steps} steps; a {arch.full_steps}-step "
+        f"call shows {len(every)}):\n"
+    )
+    print("| | ms | of (b)'s step |")
+    print("|---|---|---|")
+    print(f"| (b)'s denoising step (median) | {step_b * 1e3:.1f} | 100 % |")
+    print(
+        f"| (b) with {len(shown)} previews in {args.steps} steps (median) | {step_shown * 1e3:.1f} "
+        f"| {step_shown / step_b * 100:.1f} % |"
+    )
+    for label, ms in (("on the loop's thread", launch_ms), ("until the picture", whole_ms)):
+        print(f"| one projection, {label} | {ms:.2f} | {ms / (step_b * 1e3) * 100:.2f} % |")
+    largest = int(numpy.abs(b.frames.astype(int) - b_previews.frames).max())
+    print(f"\nframes of (b) with previews against (b): largest difference {largest} of 255")
     return 0
 
 

@@ -36,14 +36,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "PREVIEW_WIDTH",
     "CancelCheck",
     "Engine",
     "EngineFactory",
     "GenerationResult",
     "Job",
+    "PreviewCallback",
     "ProgressCallback",
     "available_engines",
     "create_engine",
+    "preview_size",
     "register_engine",
 ]
 
@@ -51,6 +54,18 @@ ProgressCallback = Callable[[float], None]
 """Called with the fraction done, 0.0–1.0; values never go back."""
 CancelCheck = Callable[[], bool]
 """Returns True once the task was cancelled; engines check it between steps."""
+PreviewCallback = Callable[["Image.Image"], None]
+"""Called with a small RGB picture of the video so far (at most ``PREVIEW_WIDTH`` wide)."""
+PREVIEW_WIDTH = 320
+"""The widest preview an engine hands its job; wider ones are scaled down by the worker."""
+PREVIEW_HEIGHT = 2 * PREVIEW_WIDTH
+"""The tallest: a 9:16 preview is taller than it is wide."""
+
+
+def preview_size(width: int, height: int) -> tuple[int, int]:
+    """``width`` × ``height`` scaled down (never up) to fit a preview, the aspect kept."""
+    scale = min(1.0, PREVIEW_WIDTH / max(1, width), PREVIEW_HEIGHT / max(1, height))
+    return max(2, round(width * scale) // 2 * 2), max(2, round(height * scale) // 2 * 2)
 
 
 @dataclasses.dataclass
@@ -65,6 +80,10 @@ class Job:
     """Decoded RGB images, in ``image_urls`` order."""
     video: VideoClip | None
     output_path: Path
+    preview: PreviewCallback | None = None
+    """Where the engine shows what it has made so far, every few frames or steps; None:
+    no previews wanted.  A preview is a look, not a result: an engine never lets one
+    change its output, and an exception from this callback never fails the task."""
 
 
 @dataclasses.dataclass(frozen=True)

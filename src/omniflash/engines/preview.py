@@ -29,7 +29,13 @@ from PIL import Image, ImageFont
 
 from omniflash.contract import GenerationSpec, Mode
 from omniflash.engines import preview_drawing as drawing
-from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
+from omniflash.engines.base import (
+    CancelCheck,
+    GenerationResult,
+    Job,
+    ProgressCallback,
+    preview_size,
+)
 from omniflash.engines.estimates import preview_seconds
 from omniflash.errors import BadInput, TaskCancelled
 from omniflash.media.encode import Mp4Writer, YuvFrame
@@ -48,6 +54,8 @@ PUSH_IN = 1.10
 """How far the camera zooms into a first frame by the end of the video."""
 _ZOOM_STEP = 8
 """Crop widths are multiples of this: swscale rebuilds its context only when they change."""
+PREVIEWS_PER_TASK = 8
+"""About how many previews a task shows, evenly spread, the last frame always among them."""
 
 FrameSource = Callable[[int], YuvFrame]
 
@@ -170,6 +178,22 @@ def _ahead(frames: Iterator[YuvFrame], depth: int = 3) -> Iterator[YuvFrame]:
         thread.join()
 
 
+def preview_every(frames: int) -> int:
+    """Every how many frames a preview is shown (and always at the last one)."""
+    return max(1, frames // PREVIEWS_PER_TASK)
+
+
+def _show(job: Job, frame: YuvFrame) -> None:
+    """The frame just rendered, scaled down by swscale, as the job's preview."""
+    assert job.preview is not None
+    width, height = preview_size(frame.y.shape[1], frame.y.shape[0])
+    small = frame.frame.reformat(width=width, height=height, format="rgb24")
+    try:
+        job.preview(small.to_image())
+    except Exception:  # a preview is a look, never a reason to fail the video
+        log.warning("task %s: a preview could not be shown", job.task_id, exc_info=True)
+
+
 def _rng(job: Job) -> numpy.random.Generator:
     digest = hashlib.sha256(job.spec.prompt.encode()).digest()
     return numpy.random.default_rng([int.from_bytes(digest[:8], "big"), job.seed])
@@ -204,12 +228,15 @@ class PreviewEngine:
         if frames is None:
             raise ValueError("the job's spec has no duration")
         progress(0.0)
+        every = preview_every(frames)
         with Mp4Writer(
             job.output_path, width, height, fps=spec.fps, preset=self.settings.x264_preset
         ) as writer:
             for index, frame in enumerate(_ahead(self.frames(job)), start=1):
                 if cancelled():
                     raise TaskCancelled("cancelled")
+                if job.preview is not None and (index % every == 0 or index == frames):
+                    _show(job, frame)
                 writer.write_frame(frame)
                 progress(index / frames)
         return GenerationResult(

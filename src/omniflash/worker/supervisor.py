@@ -3,9 +3,10 @@
 The engine runs in a long-lived child process so that a model stays loaded between
 tasks, and so that a cancel or the per-task timeout can always stop a generation: the
 child is asked first (between steps) and killed if it does not stop in time; a fresh
-one is then started.  The loop outlives every error of its source (a database restart,
-a lost server): it backs off and tries again, and it never finishes a task twice,
-since every write names the lease's epoch.
+one is then started.  Previews the engine shows on the way are passed to the source at
+most one per ``preview_interval_s`` (``worker.previews``).  The loop outlives every
+error of its source (a database restart, a lost server): it backs off and tries again,
+and it never finishes a task twice, since every write names the lease's epoch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from omniflash.logs import task_context
 from omniflash.settings import Settings
 from omniflash.worker.child import child_main
+from omniflash.worker.previews import Previews
 from omniflash.worker.source import Lease, SourceUnavailable, TaskSource
 
 __all__ = ["EngineProcess", "Worker", "duration_text"]
@@ -133,6 +135,8 @@ class Worker(threading.Thread):
         self.owner = f"{self.name}-{uuid.uuid4().hex[:8]}"
         self.engine = EngineProcess(dataclasses.replace(settings, worker_index=index), self.name)
         self.completed = self.failed = self.cancelled = self.released = self.source_errors = 0
+        self.previews_sent = self.preview_errors = 0
+        self.preview_interval_s = settings.preview_interval_s
 
     def __repr__(self) -> str:
         return (
@@ -235,7 +239,27 @@ class Worker(threading.Thread):
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    def _previews(self, lease: Lease) -> Previews:
+        # A source without ``preview`` (one written before previews) gets none, and the
+        # engine is told not to make them; so does a negative interval.
+        method = getattr(self.source, "preview", None)
+        if method is None or self.preview_interval_s < 0:
+            return Previews(None, self.preview_interval_s)
+
+        def send(data: bytes, width: int, height: int) -> None:
+            method(lease, data, width, height)
+
+        return Previews(send, self.preview_interval_s)
+
     def _attempt(self, lease: Lease, scratch: Path, output: Path) -> None:
+        previews = self._previews(lease)
+        try:
+            self._attempt_with(lease, scratch, output, previews)
+        finally:
+            self.previews_sent += previews.sent
+            self.preview_errors += previews.errors
+
+    def _attempt_with(self, lease: Lease, scratch: Path, output: Path, previews: Previews) -> None:
         s = self.settings
         try:
             inputs = self.source.fetch_inputs(lease, scratch / "inputs")
@@ -256,6 +280,7 @@ class Worker(threading.Thread):
                     "workdir": str(scratch),
                     "output_path": str(output),
                     "inputs": {label: str(path) for label, path in inputs.items()},
+                    "previews": previews.wanted,
                 },
             )
         )
@@ -308,15 +333,22 @@ class Worker(threading.Thread):
                     self._fail(lease, "the engine process crashed", retry=True)
                 return
             if message is None:
+                if cancel_sent_at is None:
+                    previews.tick(time.monotonic())
                 continue
             if message[0] == "progress":
                 # The last percent is the upload and bookkeeping after the engine is done.
                 progress = max(progress, min(99, int(float(message[1]) * 99)))
+            elif message[0] == "preview":
+                if cancel_sent_at is None:
+                    previews.offer((message[1], int(message[2]), int(message[3])), now)
             else:
                 outcome = message
         if cancel_sent_at is not None:
             self.cancelled += 1
             return
+        if outcome[0] == "done":
+            previews.flush(time.monotonic())
         self._finish(lease, outcome, output)
 
     def _finish(self, lease: Lease, outcome: tuple[Any, ...], output: Path) -> None:

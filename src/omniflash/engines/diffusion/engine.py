@@ -9,6 +9,7 @@ more such calls (``RecipeBook.plan``), in the order ``generation.generate_clip``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import logging
 import sys
@@ -18,12 +19,19 @@ from typing import TYPE_CHECKING, Any
 import numpy
 
 from omniflash.contract import GenerationSpec
-from omniflash.engines.base import CancelCheck, GenerationResult, Job, ProgressCallback
+from omniflash.engines.base import (
+    CancelCheck,
+    GenerationResult,
+    Job,
+    PreviewCallback,
+    ProgressCallback,
+)
 from omniflash.engines.diffusion.adapters import Inputs
 from omniflash.engines.diffusion.control import control_frames
 from omniflash.engines.diffusion.devices import pin_gpus
 from omniflash.engines.diffusion.generation import Progress, StepCallback, generate_clip
 from omniflash.engines.diffusion.guidance import PromptCache, call_pipeline
+from omniflash.engines.diffusion.latent_previews import LatentPreviewer
 from omniflash.engines.diffusion.loader import PipelineLoader, device_lost, free_device_memory
 from omniflash.engines.diffusion.ranks import RankGroup, agree_stop
 from omniflash.engines.diffusion.recipe_file import load_recipes
@@ -189,8 +197,11 @@ class DiffusersEngine:
         tracker = Progress(progress, steps + max(1, steps // 10))
         head = segments[0].recipe
         try:
+            run = self.run_pipeline
+            if job.preview is not None:
+                run = functools.partial(self.run_pipeline, preview=job.preview)
             return generate_clip(
-                self.run_pipeline, job, segments, stretched, tracker, cancelled,
+                run, job, segments, stretched, tracker, cancelled,
                 preset=self.settings.x264_preset,
                 engine={"engine": self.name, "device": self.device},
             )  # fmt: skip
@@ -223,17 +234,22 @@ class DiffusersEngine:
         prompts: PromptCache | None = None,
         *,
         decode: bool = True,
+        preview: PreviewCallback | None = None,
     ) -> list[numpy.ndarray]:
         """One pipeline call; RGB ``uint8`` frames at the call's native size.
 
         ``prompts`` holds the task's text embeddings: calls that share a text encoder
         encode the prompt once.  ``decode=False`` stops at the latents (a warm-up of
-        the compiled transformer needs no VAE) and returns no frames.
+        the compiled transformer needs no VAE) and returns no frames.  ``preview`` is
+        shown the latents every few steps (``latent_previews``), on rank 0 only.
         """
         import torch
 
         pipe = self.loader.get(recipe)
         generator = torch.Generator(device=self.device).manual_seed(seed % 2**63)
+        previewer = (
+            None if preview is None else LatentPreviewer(preview, steps or recipe.steps, shape)
+        )
 
         def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             stop = False
@@ -247,6 +263,8 @@ class DiffusersEngine:
                 stop = agree_stop(stop, self.device)
             if stop:
                 raise TaskCancelled("the task was cancelled")
+            if previewer is not None and "latents" in kwargs:
+                previewer.step(_pipe, step, kwargs["latents"])
             return kwargs
 
         # Rank 0 makes the control video once; the other ranks are sent it.
@@ -277,6 +295,8 @@ class DiffusersEngine:
                     f"({type(exc).__name__}: {exc}); the ranks start again"
                 ) from exc
             raise
+        if previewer is not None:
+            previewer.finish()
         if self.group is not None:
             problems = self.group.collect()
             if problems:
