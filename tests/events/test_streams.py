@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, running_server
-from tests.events.sse import HandWorker, events_of, read_until, submit, webp
+from tests.events.sse import Event, HandWorker, events_of, read_until, submit, webp
 
 LONG_LEASE = {"OMNIFLASH_LEASE_SECONDS": "120", "OMNIFLASH_EVENTS_KEEPALIVE_S": "1"}
 
@@ -103,11 +103,9 @@ def test_a_resume_misses_nothing(server: LiveServer, hand: HandWorker) -> None:
     assert [e.kind for e in missed] == ["progress", "preview", "progress", "progress", "end"]
     assert [e.id for e in missed] == sorted({e.id for e in missed})
 
-    # The same events, ids and contents (a preview's URL is signed per send: compare the rest).
-    def same(e: object) -> object:
-        assert hasattr(e, "data")
-        data = {k: v for k, v in e.data.items() if k not in ("url", "expires_at")}  # type: ignore[attr-defined]
-        return (e.id, e.kind, data)  # type: ignore[attr-defined]
+    # The same events, ids and contents (a preview's URL is signed per send: the rest).
+    def same(e: Event) -> tuple[int, str, dict[str, object]]:
+        return e.id, e.kind, {k: v for k, v in e.data.items() if k not in ("url", "expires_at")}
 
     assert [same(e) for e in missed] == [same(e) for e in steady_events[1:]]
     assert steady_events[0].id == seen[-1].id

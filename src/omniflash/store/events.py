@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from omniflash.store.db import EVENT_KEYS, Database, retry_disconnect
 from omniflash.store.schema import task_events
+from omniflash.text import is_task_id
 
 __all__ = [
     "EVENTS_CHANNEL",
@@ -132,7 +133,10 @@ class EventStore:
     def since(
         self, key_id: int, after_id: int, task_id: str | None = None, limit: int = 500
     ) -> list[TaskEvent]:
-        """The key's events after ``after_id``, oldest first (one task's with ``task_id``)."""
+        """The key's events after ``after_id``, oldest first (one task's with ``task_id``;
+        none for a ``task_id`` that cannot name a task, which is never sent to the database)."""
+        if task_id is not None and not is_task_id(task_id):
+            return []
         params: dict[str, Any] = {"key_id": key_id, "after": after_id, "limit": limit}
         name = "events"
         if task_id is not None:
@@ -145,6 +149,8 @@ class EventStore:
     @retry_disconnect
     def last_id(self, key_id: int, task_id: str) -> int:
         """The newest event id of the key's task ``task_id``; 0 when it has none."""
+        if not is_task_id(task_id):
+            return 0
         with self.db.read() as conn:
             found = conn.execute(
                 self._sql["last_event"], {"key_id": key_id, "task_id": task_id}

@@ -157,7 +157,9 @@ class Stream:
                         return
                 resumed = False
                 floor = _advance(floor, sent)
-                if not await sub.wait(keepalive_s):
+                # Only news makes a stream read again (a late commit sends its own): an idle
+                # stream costs the database nothing, only a comment now and then.
+                while not await sub.wait(keepalive_s):
                     yield KEEP_ALIVE
 
 
