@@ -222,7 +222,10 @@ def save_video(client: Client, done: Task, output: Path | None) -> None:
 
 
 def wait_with_progress(client: Client, task_id: str, timeout: float) -> Task:
-    """``tasks.wait`` with a rich progress bar on stderr: status, percent, elapsed time."""
+    """``tasks.wait`` with a rich progress bar on stderr: status, percent, elapsed time.
+
+    The bar moves with the task's events (``GET /v1/tasks/{id}/events``) as they happen;
+    against a server without them, ``wait`` polls (after 1 s, then every 2 s)."""
     console = Console(stderr=True)
     columns = (
         SpinnerColumn(),

@@ -219,3 +219,14 @@ def test_ctrl_c_asks_whether_to_cancel(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_the_progress_bar_follows_the_task_events(server: LiveServer, tmp_path: Path) -> None:
+    out = str(tmp_path / "followed.mp4")
+    result = omniflash("generate", "followed", "--duration", "4", "-o", out, env=cli_env(server))
+    assert result.returncode == 0, result.stderr
+    task_id = TASK_ID.search(result.stderr)
+    assert task_id is not None and "100%" in result.stderr
+    log = server.log()
+    assert f"GET /v1/tasks/{task_id.group()}/events" in log, "the bar followed the events"
+    assert f"GET /v1/tasks/{task_id.group()} HTTP" not in log, "and never polled"

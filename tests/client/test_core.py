@@ -88,7 +88,9 @@ def test_retries_end_with_the_sdk_error() -> None:
 
 def test_wait_reports_progress_and_raises_for_a_failed_task() -> None:
     seen: list[Task] = []
-    flow = core().wait("task_A", on_progress=seen.append)
+    polling = core()
+    polling.streams.unsupported = True  # a server without events: wait() polls
+    flow = polling.wait("task_A", on_progress=seen.append)
     assert step(flow) == Sleep(0)
     assert isinstance(step(flow), Send)
     report = step(flow, answer(200, task_body("task_A", "processing", 40)))

@@ -187,3 +187,25 @@ def test_malformed_multipart_gets_the_openai_envelope(server: LiveServer) -> Non
         )
     assert response.status_code == 400, response.text
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_progress_moves_with_the_task_events(client: openai.OpenAI, server: LiveServer) -> None:
+    """Each event is written with the change it reports: when a progress event arrives,
+    the OpenAI video already shows that progress (or more), in the mapped status."""
+    from omniflash.client import Client
+
+    video = client.videos.create(prompt="a kite, followed", seconds="8", size="1920x1080")
+    checked: list[tuple[int, int]] = []
+    with Client(server.url, server.api_key) as sdk:
+        for event in sdk.tasks.events(video.id):
+            if event.kind not in ("status", "progress") or event.progress is None:
+                continue
+            seen = client.videos.retrieve(video.id)
+            assert seen.progress >= event.progress, (seen.progress, event.progress)
+            assert seen.status in ("queued", "in_progress", "completed")
+            checked.append((event.progress, seen.progress))
+    assert event.kind == "end" and event.task is not None
+    done = client.videos.retrieve(video.id)
+    assert (done.status, done.progress) == ("completed", 100)
+    assert [p for p, _ in checked] == sorted(p for p, _ in checked)
+    assert any(p > 0 for p, _ in checked), "a progress event came before the end"

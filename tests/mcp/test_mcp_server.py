@@ -29,6 +29,7 @@ TOOLS = {
     "upload_image",
     "generate_video",
     "get_task",
+    "wait_for_task",
     "cancel_task",
 }
 

@@ -11,7 +11,8 @@ without I/O.  A ``Task`` is plain data.  The exceptions form one tree under
 """
 
 from omniflash.client.async_client import AsyncClient
-from omniflash.client.core import ClientOptions, RequestOptions
+from omniflash.client.base import ClientOptions
+from omniflash.client.core import RequestOptions
 from omniflash.client.errors import (
     APIConnectionError,
     APIStatusError,
@@ -30,6 +31,7 @@ from omniflash.client.errors import (
     TaskCancelledError,
     TaskFailedError,
 )
+from omniflash.client.following import EventsUnavailable
 from omniflash.client.generation import (
     GenerateAndWaitOptions,
     GenerateOptions,
@@ -49,6 +51,7 @@ from omniflash.client.models import (
 )
 from omniflash.client.policies import RetryPolicy, WaitPolicy
 from omniflash.client.sync_client import Client
+from omniflash.client.task_events import TaskEvent
 
 __all__ = [
     "APIConnectionError",
@@ -61,6 +64,7 @@ __all__ = [
     "Client",
     "ClientOptions",
     "ConflictError",
+    "EventsUnavailable",
     "GenerateAndWaitOptions",
     "GenerateOptions",
     "GenerationRequest",
@@ -78,6 +82,7 @@ __all__ = [
     "Task",
     "TaskCancelledError",
     "TaskError",
+    "TaskEvent",
     "TaskFailedError",
     "TaskInfo",
     "TaskPage",

@@ -11,6 +11,7 @@ the documentation of each call is on ``Client``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 from collections.abc import AsyncIterator
@@ -19,15 +20,16 @@ from typing import Any, TypeVar, Unpack
 
 import httpx
 
-from omniflash.client import core, effects
+from omniflash.client import base, core, effects
 from omniflash.client.models import Account, Task, TaskPage, Upload
+from omniflash.client.task_events import TaskEvent
 
 __all__ = ["AsyncClient"]
 
 T = TypeVar("T")
 
 
-class AsyncClient(core.BaseClient[httpx.AsyncBaseTransport]):
+class AsyncClient(base.BaseClient[httpx.AsyncBaseTransport]):
     """``Client`` for asyncio: use it as an async context manager, or ``await close()``.
 
     ``on_progress`` callbacks may be plain functions or coroutine functions.
@@ -51,15 +53,49 @@ class AsyncClient(core.BaseClient[httpx.AsyncBaseTransport]):
 
     async def _run(self, flow: effects.Flow[T]) -> T:
         with effects.Run(flow) as run:
-            while (effect := run.next()) is not None:
-                try:
-                    run.send(await self._carry_out(effect))
-                except httpx.TransportError as exc:
-                    run.throw(exc)
+            async for _ in self._steps(run):
+                pass
             return run.result
 
-    async def _carry_out(self, effect: effects.Effect) -> Any:
+    async def _steps(self, run: effects.Run[Any]) -> AsyncIterator[TaskEvent]:
+        """``Client._steps``, awaited."""
+        async with contextlib.AsyncExitStack() as streams:
+            while (effect := run.next()) is not None:
+                if isinstance(effect, effects.Emit):
+                    yield effect.event
+                    run.send(None)
+                    continue
+                try:
+                    run.send(await self._carry_out(effect, streams))
+                except httpx.TransportError as exc:
+                    run.throw(exc)
+
+    async def _carry_out(self, effect: effects.Effect, streams: contextlib.AsyncExitStack) -> Any:
         match effect:
+            case effects.Open(url, headers, read_timeout):
+                timeout = self._http.timeout
+                request = self._http.build_request(
+                    "GET",
+                    url,
+                    headers=headers,
+                    timeout=httpx.Timeout(
+                        connect=timeout.connect,
+                        read=read_timeout,
+                        write=timeout.write,
+                        pool=timeout.pool,
+                    ),
+                )
+                response = await self._http.send(request, stream=True)
+                streams.push_async_callback(response.aclose)
+                if response.is_error:
+                    await response.aread()
+                return effects.Opened(response, response.aiter_raw())
+            case effects.Read(opened):
+                return await anext(opened.handle, b"")
+            case effects.Close(opened):
+                with contextlib.suppress(httpx.HTTPError):
+                    await opened.response.aclose()
+                return None
             case effects.Send(method, url, headers, json, params, files):
                 request = self._http.build_request(
                     method, url, json=json, params=params, headers=headers, files=files
@@ -70,9 +106,11 @@ class AsyncClient(core.BaseClient[httpx.AsyncBaseTransport]):
             case effects.Report(callback, task):
                 outcome = callback(task)
                 return await outcome if inspect.isawaitable(outcome) else outcome
-            case _:
-                await asyncio.sleep(effect.seconds)
+            case effects.Sleep(seconds):
+                await asyncio.sleep(seconds)
                 return None
+            case _:
+                raise TypeError(f"not an effect to carry out here: {effect!r}")
 
     async def _fetch(self, fetch: effects.Fetch) -> effects.Fetched:
         async with self._http.stream("GET", fetch.url, headers=fetch.headers) as response:
@@ -135,6 +173,7 @@ class AsyncTasks:
     def __init__(self, client: AsyncClient) -> None:
         self._run = client._run
         self._core = client._core
+        self._steps = client._steps
 
     async def get(self, task_id: str) -> Task:
         return await self._run(self._core.get_task(task_id))
@@ -148,11 +187,19 @@ class AsyncTasks:
             page = await self.list(limit=page_size, after=after)
             for task in page:
                 yield task
-            if (after := core.next_page(page)) is None:
+            if (after := base.next_page(page)) is None:
                 return
 
     async def cancel(self, task_id: str) -> Task:
         return await self._run(self._core.cancel(task_id))
+
+    async def events(
+        self, task_id: str, *, last_event_id: str | None = None
+    ) -> AsyncIterator[TaskEvent]:
+        """``Client.tasks.events``, as an async iterator."""
+        with effects.Run(self._core.events(task_id, last_event_id=last_event_id)) as run:
+            async for event in self._steps(run):
+                yield event
 
     async def wait(self, task_id: str, **options: Unpack[core.WaitOptions]) -> Task:
         return await self._run(self._core.wait(task_id, **options))

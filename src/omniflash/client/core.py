@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
 
-from omniflash.client.effects import Fetch, Fetched, Flow, Report, Send, Sleep
+from omniflash.client.effects import Emit, Fetch, Fetched, Flow, Report, Send, Sleep
 from omniflash.client.errors import (
     APIConnectionError,
     APIStatusError,
@@ -38,6 +38,7 @@ from omniflash.client.errors import (
     TaskFailedError,
     error_from_response,
 )
+from omniflash.client.following import EventStreams, EventsUnavailable
 from omniflash.client.generation import (
     GenerateAndWaitOptions,
     GenerateOptions,
@@ -46,6 +47,7 @@ from omniflash.client.generation import (
 from omniflash.client.images import upload_content
 from omniflash.client.models import (
     Account,
+    ProgressCallback,
     Task,
     TaskActions,
     TaskPage,
@@ -63,26 +65,22 @@ from omniflash.client.protocol import (
     parse_submit,
     parse_task,
     payload,
-    resolve_settings,
     result_url,
     same_origin,
     temp_path_for,
     transport_error,
 )
+from omniflash.client.task_events import END, TaskEvent
 
 __all__ = [
-    "BaseClient",
     "ClientCore",
-    "ClientOptions",
     "GenerateAndWaitOptions",
     "GenerateOptions",
     "RequestOptions",
     "WaitOptions",
-    "next_page",
 ]
 
 T = TypeVar("T")
-TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
 RetryMode = Literal["read", "submit"]
 
 
@@ -122,6 +120,7 @@ class ClientCore:
         self.retry = retry or RetryPolicy()
         self.wait_policy = wait or WaitPolicy()
         self.actions: TaskActions | None = None
+        self.streams = EventStreams(base_url, api_key, self.retry)
 
     def request(
         self, method: str, path: str, **options: Unpack[RequestOptions]
@@ -224,7 +223,12 @@ class ClientCore:
             raise conflict
         return parse_task(response, self.actions)
 
+    def events(self, task_id: str, *, last_event_id: str | None = None) -> Flow[TaskEvent | None]:
+        """A task's events, each handed out by an ``Emit``, until its ``end``."""
+        return self.streams.follow(task_id, Emit, last_event_id=last_event_id)
+
     def wait(self, task_id: str, **options: Unpack[WaitOptions]) -> Flow[Task]:
+        """Follow the task's events when the server has them, else poll; one deadline."""
         policy = self.wait_policy
         timeout = options.get("timeout")
         interval = options.get("poll_interval")
@@ -234,6 +238,10 @@ class ClientCore:
         on_progress = options.get("on_progress")
         deadline = time.monotonic() + (policy.timeout if timeout is None else timeout)
         last: Task | None = None
+        if not self.streams.unsupported:
+            last = yield from self._wait_by_events(task_id, deadline, on_progress)
+            if last is not None and last.finished:
+                return _finish(last, options.get("raise_on_failure", True))
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -257,6 +265,37 @@ class ClientCore:
                 yield Report(on_progress, last)
             if last.finished:
                 return _finish(last, options.get("raise_on_failure", True))
+
+    def _wait_by_events(
+        self, task_id: str, deadline: float, on_progress: ProgressCallback | None
+    ) -> Flow[Task | None]:
+        """The task as its events last showed it (finished at its end), or ``None`` when
+        the server has no events; polling goes on from there until the deadline."""
+        last: Task | None = None
+
+        def seen(event: TaskEvent) -> Report | None:
+            nonlocal last
+            raw: dict[str, Any] = dict(last.raw) if last else {"id": task_id}
+            raw["status"] = event.status or raw.get("status") or ""
+            raw["progress"] = raw.get("progress", 0) if event.progress is None else event.progress
+            end = event.data.get("task") if event.kind == END else None
+            last = Task.from_data(end if isinstance(end, dict) else raw, self.actions)
+            return None if on_progress is None else Report(on_progress, last)
+
+        try:
+            yield from self.streams.follow(task_id, seen, deadline=deadline)
+        except NotFoundError:
+            # An unknown task raises NotFoundError again here; a known one means a server
+            # without events, and this look counts as the wait's first.
+            last = yield from self.get_task(task_id)
+            if on_progress is not None:
+                yield Report(on_progress, last)
+            self.streams.unsupported = True
+        except EventsUnavailable:
+            self.streams.unsupported = True
+        except (APIConnectionError, APITimeoutError, InternalServerError, RateLimitError):
+            pass  # the stream failed for now: polling takes over, the deadline stays
+        return last
 
     def download(
         self, task: Task | str, path: str | os.PathLike[str], *, index: int = 0
@@ -322,60 +361,3 @@ def _finish(task: Task, raise_on_failure: bool) -> Task:
     if raise_on_failure and task.status == TaskStatus.FAILED:
         raise TaskFailedError(task)
     return task
-
-
-class ClientOptions(TypedDict, total=False):
-    """The keyword arguments of ``Client`` and ``AsyncClient`` besides ``transport``."""
-
-    timeout: float | httpx.Timeout
-    """Seconds for each HTTP request (60 when left out)."""
-    max_retries: int
-    """Retries of a failed call, when ``retry`` is not given (3 when left out)."""
-    retry: RetryPolicy | None
-    wait: WaitPolicy | None
-    """How ``tasks.wait()`` polls (``WaitPolicy()`` when left out)."""
-
-
-class BaseClient(Generic[TransportT]):
-    """What ``Client`` and ``AsyncClient`` share besides the core: how they are made, and
-    their settings.  A shell opens its HTTP connection pool in ``_connect``."""
-
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        transport: TransportT | None = None,
-        **options: Unpack[ClientOptions],
-    ) -> None:
-        server, key = resolve_settings(base_url, api_key)
-        retry = options.get("retry") or RetryPolicy(max_retries=options.get("max_retries", 3))
-        self._core = ClientCore(server, key, retry=retry, wait=options.get("wait"))
-        self._connect(transport, options.get("timeout", 60.0))
-
-    def _connect(self, transport: TransportT | None, timeout: float | httpx.Timeout) -> None:
-        raise NotImplementedError
-
-    @property
-    def base_url(self) -> str:
-        return self._core.base_url
-
-    @property
-    def api_key(self) -> str:
-        return self._core.api_key
-
-    @property
-    def retry(self) -> RetryPolicy:
-        return self._core.retry
-
-    @property
-    def wait_policy(self) -> WaitPolicy:
-        return self._core.wait_policy
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.base_url!r})"
-
-
-def next_page(page: TaskPage[Task]) -> str | None:
-    """The ``after`` cursor of the page after ``page``, or ``None`` when it was the last."""
-    return page.next_after if page.has_more and page.next_after else None

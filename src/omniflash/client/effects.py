@@ -2,7 +2,7 @@
 
 A flow is a generator: it yields an effect and receives the outcome (``send``) or the
 ``httpx.TransportError`` that carrying it out raised (``throw``).  ``Client`` and
-``AsyncClient`` differ only in how they carry the four effects out.
+``AsyncClient`` differ only in how they carry the effects out.
 """
 
 from __future__ import annotations
@@ -16,13 +16,19 @@ from typing import IO, Any, Generic, TypeAlias, TypeVar
 import httpx
 
 from omniflash.client.models import ProgressCallback, Task
+from omniflash.client.task_events import TaskEvent
 
 __all__ = [
     "CHUNK_BYTES",
+    "Close",
     "Effect",
+    "Emit",
     "Fetch",
     "Fetched",
     "Flow",
+    "Open",
+    "Opened",
+    "Read",
     "Report",
     "Run",
     "Send",
@@ -96,7 +102,48 @@ class Report:
     task: Task
 
 
-Effect: TypeAlias = Send | Sleep | Fetch | Report
+@dataclasses.dataclass(frozen=True)
+class Open:
+    """GET ``url`` as a stream; the flow gets an ``Opened`` back.
+
+    ``read_timeout`` bounds each wait for the next bytes.  An error status's body is read
+    at once (the flow raises from it); the shell closes every stream a flow opened when
+    the flow ends, however it ends.
+    """
+
+    url: str
+    headers: dict[str, str] = dataclasses.field(repr=False)
+    read_timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Opened:
+    response: httpx.Response
+    """The status and headers; a success's body is not read yet."""
+    handle: Any = dataclasses.field(default=None, repr=False, compare=False)
+    """The shell's reader of the body."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Read:
+    """The next bytes of an opened stream (``b""`` at its end)."""
+
+    stream: Opened
+
+
+@dataclasses.dataclass(frozen=True)
+class Close:
+    stream: Opened
+
+
+@dataclasses.dataclass(frozen=True)
+class Emit:
+    """Hand ``event`` to the caller iterating ``client.tasks.events(...)``."""
+
+    event: TaskEvent
+
+
+Effect: TypeAlias = Send | Sleep | Fetch | Report | Open | Read | Close | Emit
 Flow: TypeAlias = Generator[Effect, Any, T]
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -15,15 +16,16 @@ from typing import Any, TypeVar, Unpack
 
 import httpx
 
-from omniflash.client import core, effects
+from omniflash.client import base, core, effects
 from omniflash.client.models import Account, Task, TaskPage, Upload
+from omniflash.client.task_events import TaskEvent
 
 __all__ = ["Client"]
 
 T = TypeVar("T")
 
 
-class Client(core.BaseClient[httpx.BaseTransport]):
+class Client(base.BaseClient[httpx.BaseTransport]):
     """A connection to an Omni-Flash-Ext server.
 
     ``base_url`` and ``api_key`` default to ``OMNIFLASH_SERVER`` and ``OMNIFLASH_API_KEY``;
@@ -50,15 +52,50 @@ class Client(core.BaseClient[httpx.BaseTransport]):
     def _run(self, flow: effects.Flow[T]) -> T:
         """Carry out a flow of the core, blocking, and return its result."""
         with effects.Run(flow) as run:
-            while (effect := run.next()) is not None:
-                try:
-                    run.send(self._carry_out(effect))
-                except httpx.TransportError as exc:
-                    run.throw(exc)
+            for _ in self._steps(run):
+                pass
             return run.result
 
-    def _carry_out(self, effect: effects.Effect) -> Any:
+    def _steps(self, run: effects.Run[Any]) -> Iterator[TaskEvent]:
+        """Carry out a flow's effects, handing out what it emits; the streams it opened
+        are closed when it ends, or when the caller stops iterating."""
+        with contextlib.ExitStack() as streams:
+            while (effect := run.next()) is not None:
+                if isinstance(effect, effects.Emit):
+                    yield effect.event
+                    run.send(None)
+                    continue
+                try:
+                    run.send(self._carry_out(effect, streams))
+                except httpx.TransportError as exc:
+                    run.throw(exc)
+
+    def _carry_out(self, effect: effects.Effect, streams: contextlib.ExitStack) -> Any:
         match effect:
+            case effects.Open(url, headers, read_timeout):
+                timeout = self._http.timeout
+                request = self._http.build_request(
+                    "GET",
+                    url,
+                    headers=headers,
+                    timeout=httpx.Timeout(
+                        connect=timeout.connect,
+                        read=read_timeout,
+                        write=timeout.write,
+                        pool=timeout.pool,
+                    ),
+                )
+                response = self._http.send(request, stream=True)
+                streams.callback(response.close)
+                if response.is_error:
+                    response.read()
+                return effects.Opened(response, response.iter_raw())
+            case effects.Read(opened):
+                return next(opened.handle, b"")
+            case effects.Close(opened):
+                with contextlib.suppress(httpx.HTTPError):
+                    opened.response.close()
+                return None
             case effects.Send(method, url, headers, json, params, files):
                 request = self._http.build_request(
                     method, url, json=json, params=params, headers=headers, files=files
@@ -68,9 +105,11 @@ class Client(core.BaseClient[httpx.BaseTransport]):
                 return self._fetch(effect)
             case effects.Report(callback, task):
                 return callback(task)
-            case _:
-                time.sleep(effect.seconds)
+            case effects.Sleep(seconds):
+                time.sleep(seconds)
                 return None
+            case _:
+                raise TypeError(f"not an effect to carry out here: {effect!r}")
 
     def _fetch(self, fetch: effects.Fetch) -> effects.Fetched:
         with self._http.stream("GET", fetch.url, headers=fetch.headers) as response:
@@ -149,6 +188,7 @@ class Tasks:
     def __init__(self, client: Client) -> None:
         self._run = client._run
         self._core = client._core
+        self._steps = client._steps
 
     def get(self, task_id: str) -> Task:
         """The task as the server shows it now."""
@@ -164,7 +204,7 @@ class Tasks:
         while True:
             page = self.list(limit=page_size, after=after)
             yield from page.data
-            if (after := core.next_page(page)) is None:
+            if (after := base.next_page(page)) is None:
                 return
 
     def cancel(self, task_id: str) -> Task:
@@ -172,13 +212,26 @@ class Tasks:
         or failed.  Cancelling a cancelled task returns it, so a retried cancel is harmless."""
         return self._run(self._core.cancel(task_id))
 
-    def wait(self, task_id: str, **options: Unpack[core.WaitOptions]) -> Task:
-        """Poll until the task finishes; returns it (``TaskFailedError`` if it did not complete).
+    def events(self, task_id: str, *, last_event_id: str | None = None) -> Iterator[TaskEvent]:
+        """The task's events as they happen (``status``, ``progress``, ``preview``), ending
+        with its ``end`` event, whose ``.task`` is the finished task.
 
-        ``options``: ``timeout``, ``poll_interval``, ``first_delay``, ``on_progress``,
-        ``raise_on_failure`` (``WaitOptions``).  ``on_progress(task)`` is called after every
-        look.  Past ``timeout`` seconds it raises ``APITimeoutError`` whose ``task_id`` lets
-        you look again later.
+        A dropped connection is opened again with ``Last-Event-ID``: no event is missed or
+        repeated.  Pass an event's ``id`` as ``last_event_id`` to resume later.  A 404 is
+        ``NotFoundError`` (no such task, or a server without events); a 405 is
+        ``EventsUnavailable``.
+        """
+        with effects.Run(self._core.events(task_id, last_event_id=last_event_id)) as run:
+            yield from self._steps(run)
+
+    def wait(self, task_id: str, **options: Unpack[core.WaitOptions]) -> Task:
+        """Wait until the task finishes; returns it (``TaskFailedError`` if it did not complete).
+
+        It follows the task's events when the server has them, and polls when it has not
+        (learnt once per client).  ``options``: ``timeout``, ``poll_interval``,
+        ``first_delay``, ``on_progress``, ``raise_on_failure`` (``WaitOptions``).
+        ``on_progress(task)`` is called after every event or look.  Past ``timeout``
+        seconds it raises ``APITimeoutError`` whose ``task_id`` lets you look again later.
         """
         return self._run(self._core.wait(task_id, **options))
 

@@ -4,15 +4,21 @@
 MCP request that passes the key check; an API process that never serves an agent stays
 small.  A request without a valid key gets the seed's error envelope (HTTP 401) before
 any MCP message is read.
+
+Answers are JSON, except for a message that asks for progress (``_meta.progressToken``,
+as ``wait_for_task``'s callers send): its answer is a server-sent event stream, the one
+way a stateless server can send progress notifications before the result.  Two session
+managers of the SDK serve the two kinds; the body is read first to choose.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from omniflash.api.bodies import MCP_PATH, mcp_body_limit
 from omniflash.api.deps import Services, authenticate_read_limited
@@ -33,35 +39,38 @@ class McpEndpoint:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._manager: Any = None
+        self._managers: dict[bool, Any] = {}
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
 
-    async def _started(self) -> Any:
+    async def _started(self, streaming: bool) -> Any:
         async with self._lock:
             if self._runner is None:
                 from omniflash.api.mcp.server import build_server
 
-                server = build_server(self.services)
-                # Builds the SDK's session manager (stateless, JSON answers); its own
-                # Starlette app is not used: this endpoint sits behind the API's middleware.
-                # Its body limit is the app's (``BodyLimit``), not the SDK's 4 MiB default:
-                # upload_image takes an image of ``max_upload_bytes`` in base64.
-                server.streamable_http_app(
-                    json_response=True,
-                    stateless_http=True,
-                    host="0.0.0.0",
-                    max_request_body_size=mcp_body_limit(self.services.settings),
-                )
-                self._manager = server.session_manager
+                for stream in (False, True):
+                    server = build_server(self.services)
+                    # Builds the SDK's session manager (stateless; JSON answers, or a
+                    # stream for calls that asked for progress); its own Starlette app
+                    # is not used: this endpoint sits behind the API's middleware.  Its
+                    # body limit is the app's (``BodyLimit``), not the SDK's 4 MiB
+                    # default: upload_image takes an image of ``max_upload_bytes`` in
+                    # base64.
+                    server.streamable_http_app(
+                        json_response=not stream,
+                        stateless_http=True,
+                        host="0.0.0.0",
+                        max_request_body_size=mcp_body_limit(self.services.settings),
+                    )
+                    self._managers[stream] = server.session_manager
                 self._runner = asyncio.create_task(self._run(), name="mcp-sessions")
         await self._ready.wait()
-        return self._manager
+        return self._managers[streaming]
 
     async def _run(self) -> None:
-        async with self._manager.run():
+        async with self._managers[False].run(), self._managers[True].run():
             self._ready.set()
             await self._stop.wait()
 
@@ -79,5 +88,54 @@ class McpEndpoint:
             await seed_error(exc, headers=headers)(scope, receive, send)
             return
         scope.setdefault("state", {})["omniflash_key"] = key
-        manager = await self._started()
+        streaming = False
+        if scope.get("method") == "POST":
+            body = await _whole_body(receive)
+            streaming = _asks_for_progress(body)
+            receive = _replayed(body, receive)
+        manager = await self._started(streaming)
         await manager.handle_request(scope, receive, send)
+
+
+async def _whole_body(receive: Receive) -> bytes:
+    """The request's body (``BodyLimit`` has bounded it), read before the SDK reads it."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replayed(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the SDK the body read already, then the client's news."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _asks_for_progress(body: bytes) -> bool:
+    """Whether a JSON-RPC message (or a batch) carries ``params._meta.progressToken``."""
+    if b"progressToken" not in body:
+        return False  # most bodies, an upload's megabytes included, are not parsed twice
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    messages = parsed if isinstance(parsed, list) else [parsed]
+    for message in messages:
+        params = message.get("params") if isinstance(message, dict) else None
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if isinstance(meta, dict) and meta.get("progressToken") is not None:
+            return True
+    return False

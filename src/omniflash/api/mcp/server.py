@@ -1,22 +1,26 @@
 """The MCP tools for agents: APIMart's tools, served over streamable HTTP at ``/mcp``.
 
-Stateless, JSON responses, built on the official ``mcp`` SDK; ``endpoint`` mounts it in
-the API app and checks the caller's Bearer key before any MCP message is read.  Each
-tool is a thin dialect: it calls the same functions as the HTTP routes (``contract`` to
-parse, ``submit_spec`` to charge and queue, ``task_data`` to show a task), so every
-rule is the HTTP API's.
+Stateless, built on the official ``mcp`` SDK; ``endpoint`` mounts it in the API app and
+checks the caller's Bearer key before any MCP message is read (and answers a call that
+asked for progress as a stream, any other as JSON).  Each tool is a thin dialect: it
+calls the same functions as the HTTP routes (``contract`` to parse, ``submit_spec`` to
+charge and queue, ``task_data`` to show a task), so every rule is the HTTP API's.
 
 Tools: ``list_models``, ``get_model_docs``, ``get_model_schema``, ``upload_image``,
-``generate_video``, ``get_task`` and ``cancel_task``.  Each answers structured content
-(a JSON object) and the same object as text; an API error is a tool error (``isError``)
-whose structured content is ``{"error": {"code", "type", "message"}}``.
+``generate_video``, ``get_task``, ``wait_for_task`` (MCP progress notifications while
+the task runs, woken by the task events of the caller's key) and ``cancel_task``.  Each
+answers structured content (a JSON object) and the same object as text; an API error is
+a tool error (``isError``) whose structured content is ``{"error": {"code", "type",
+"message"}}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -35,21 +39,33 @@ from omniflash.api.omni.apimart import parse_language, task_data
 from omniflash.api.submission import counted_if_refused, idempotency_request, submit_spec
 from omniflash.contract import MODEL_NAME, parse_generation_request
 from omniflash.data_uris import is_data_uri
-from omniflash.errors import AuthenticationFailed, InvalidRequest, OmniflashError, UploadTooLarge
+from omniflash.errors import (
+    AuthenticationFailed,
+    InvalidParam,
+    InvalidRequest,
+    NotFound,
+    OmniflashError,
+    UploadTooLarge,
+)
 from omniflash.store import KeyInfo, TaskRow
-from omniflash.text import check_text, scrub
+from omniflash.text import check_text, scrub, shown
 from omniflash.text import task_id as checked_task_id
 
-__all__ = ["POLL_AFTER_S", "build_server", "tool_error"]
+__all__ = ["MAX_WAIT_S", "POLL_AFTER_S", "build_server", "tool_error"]
 
 POLL_AFTER_S = 5
 """What ``next_poll_after_seconds`` says while a task runs."""
+MAX_WAIT_S = 600.0
+"""The longest ``timeout_s`` of ``wait_for_task``: one tool call holds one request."""
+LOOK_AGAIN_S = 5.0
+"""How long ``wait_for_task`` waits for news before it looks at the task anyway."""
 
 _INSTRUCTIONS = (
     "Generate videos with Omni-Flash-Ext. Read get_model_schema for the input; upload local "
     "images with upload_image and pass the URL in input.image_urls; call generate_video with "
-    "an idempotency_key (retrying with the same key never charges twice); then get_task every "
-    "few seconds until terminal is true. A completed task links its mp4."
+    "an idempotency_key (retrying with the same key never charges twice); then wait_for_task "
+    "(progress notifications while it runs), or get_task every few seconds, until terminal "
+    "is true. A completed task links its mp4."
 )
 
 
@@ -282,6 +298,58 @@ class _Tools:
 
         return await self._run(ctx, work)
 
+    async def wait_for_task(
+        self,
+        ctx: Context,
+        task_id: Annotated[str, Field(description="The id generate_video answered")],
+        timeout_s: Annotated[
+            float, Field(description="Seconds to wait at most: more than 0, at most 600")
+        ] = 300.0,
+        language: Annotated[str | None, Field(description="zh, en, ko or ja")] = None,
+    ) -> CallToolResult:
+        """Wait until a task ends, sending progress notifications as it runs; returns the
+        task as get_task does (terminal false when timeout_s passed first)."""
+
+        async def work(key: KeyInfo, base_url: str) -> CallToolResult:
+            _texts(language=language)
+            lang = parse_language(language)
+            wanted = checked_task_id(task_id)
+            if not (isinstance(timeout_s, int | float) and 0 < timeout_s <= MAX_WAIT_S):
+                raise InvalidParam(
+                    f"`timeout_s` must be more than 0 and at most {MAX_WAIT_S:g}", "timeout_s"
+                )
+            deadline = time.monotonic() + float(timeout_s)
+            request = ctx.request_context.request
+            app = request.app if isinstance(request, Request) else None
+            hub = getattr(app.state, "event_hub", None) if app is not None else None
+            news = hub.subscribe(key.id) if hub is not None else None
+            reported: tuple[str, int] | None = None
+            try:
+                while True:
+                    task = await self.services.reads.task(wanted, key.id)
+                    if task is None:
+                        raise NotFound(f"No task {shown(task_id)} for this API key")
+                    seen = (task.status.value, task.progress)
+                    if seen != reported:
+                        reported = seen
+                        message = f"{task.status.value} {task.progress}%"
+                        await ctx.report_progress(task.progress, 100, message)
+                    remaining = deadline - time.monotonic()
+                    if task.status.terminal or remaining <= 0:
+                        return _result(*self._task(task, base_url, lang))
+                    # The key's news wakes this at once; a look every few seconds anyway
+                    # covers a server whose notifications are down.
+                    pause = min(remaining, LOOK_AGAIN_S)
+                    if news is not None:
+                        await news.wait(pause)
+                    else:
+                        await asyncio.sleep(pause)
+            finally:
+                if news is not None:
+                    news.close()
+
+        return await self._run(ctx, work)
+
     async def cancel_task(
         self,
         ctx: Context,
@@ -310,6 +378,7 @@ def build_server(services: Services) -> MCPServer:
         "upload_image",
         "generate_video",
         "get_task",
+        "wait_for_task",
         "cancel_task",
     ):
         server.add_tool(getattr(tools, name), name=name, structured_output=False)

@@ -8,6 +8,10 @@ Pure helpers, no I/O; ``routes`` and ``errors`` call them.
       >>> response_version("2026-08-01"), response_version(None), response_version("2025-01-01")
       ('2026-07-27', None, None)
 
+  and shows a cancelled task as ``status: "failed"`` with ``error.code:
+  "task_cancelled"`` (``task_data``): the clients of that version stop at ``completed``
+  or ``failed`` only, and would poll a ``cancelled`` task for ever;
+
 - every body carries the request's id (``X-Request-Id``) as ``request_id``;
 - ``?language=zh|en|ko|ja`` on ``GET /v1/tasks/{id}`` localises the prefix of a failed
   task's ``error.message`` (and, in ``errors``, the seed's standard error messages);
@@ -126,16 +130,28 @@ _CANCELLED = {"en": "Cancelled", "zh": "已取消", "ko": "취소됨", "ja": "�
 
 
 def task_data(
-    services: Services, task: TaskRow, base_url: str, language: str | None = None
+    services: Services,
+    task: TaskRow,
+    base_url: str,
+    language: str | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
     """``GET /v1/tasks/{id}``'s ``data`` (``Services.task_view``), a failed or cancelled
-    task's ``error.message`` prefixed in ``language``; the MCP tools answer the same."""
+    task's ``error.message`` prefixed in ``language``; the MCP tools answer the same.
+
+    In response version 2026-07-27 a cancelled task reads ``status: "failed"`` (its
+    ``error.code`` stays ``task_cancelled``): that version's clients end a poll only at
+    ``completed`` or ``failed``.  Without the header it stays ``cancelled``.
+    """
     public = services.task_view(task, base_url)
     error = public.get("error")
+    cancelled = task.status is TaskStatus.CANCELLED
     if error is not None:
-        error["message"] = failure_prefix(
-            error["message"], cancelled=task.status is TaskStatus.CANCELLED, language=language
-        )
+        error["message"] = failure_prefix(error["message"], cancelled=cancelled, language=language)
+    if cancelled and version == V2026_07_27:
+        public["status"] = TaskStatus.FAILED.value
+        if error is None:
+            public["error"] = {"code": "task_cancelled", "message": "Task cancelled"}
     return public
 
 

@@ -3,6 +3,8 @@ OpenAI's) answers an error of ``omniflash.errors``' tree::
 
     {"error": {"code": 404, "message": "...", "type": "not_found_error"}, "request_id": "..."}
 
+An error that one request field is at fault for (``InvalidParam``) also names it, as the
+OpenAI envelope does: ``"param": "duration"`` beside ``code``, ``message`` and ``type``.
 ``?language=zh|en|ko|ja`` on ``GET /v1/tasks/{id}`` puts the seed's standard message for
 the error's type in that language.
 """
@@ -15,7 +17,7 @@ from starlette.requests import Request
 
 from omniflash.api.omni.apimart import LANGUAGES, with_request_id
 from omniflash.api.responses import JSONResponse
-from omniflash.errors import OmniflashError
+from omniflash.errors import InvalidParam, OmniflashError
 
 __all__ = ["localize_error", "seed_error", "task_language"]
 
@@ -26,8 +28,13 @@ def seed_error(
     """``exc`` in the seed's envelope, with its status and headers (``Retry-After``,
     ``Content-Range``) and any ``headers`` of the route's own."""
     exc = localize_error(exc, language)
+    body = exc.to_dict()
+    if isinstance(exc, InvalidParam) and exc.param:
+        error = body["error"]
+        assert isinstance(error, dict)
+        error["param"] = exc.param
     return JSONResponse(
-        with_request_id(exc.to_dict()),
+        with_request_id(body),
         status_code=exc.status,
         headers={**exc.headers, **(headers or {})} or None,
     )

@@ -82,7 +82,8 @@ def _submit(body: Any, idem_key: str | None, key: KeyInfo, services: Services) -
 def _one_task(
     task: TaskRow, request: Request, services: Services, language: str | None = None
 ) -> JSONResponse:
-    public = task_data(services, task, services.base_url(request), language)
+    version = response_version(request.headers.get(RESPONSE_VERSION_HEADER))
+    public = task_data(services, task, services.base_url(request), language, version)
     return JSONResponse(with_request_id({"code": 200, "data": public}))
 
 
@@ -99,6 +100,7 @@ async def get_task(
     ] = None,
 ) -> JSONResponse:
     lang = parse_language(language)
+    response_version(request.headers.get(RESPONSE_VERSION_HEADER))  # a bad one: 400 first
     task = await services.reads.task(checked_task_id(task_id), key.id)
     if task is None:
         raise NotFound(f"No task {shown(task_id)} for this API key")
@@ -121,6 +123,7 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="the last task id of the previous page")] = None,
 ) -> JSONResponse:
+    version = response_version(request.headers.get(RESPONSE_VERSION_HEADER))
     rows = await services.reads.page(key.id, limit=limit + 1, after=cursor(after))
     page = rows[:limit]
     base = services.base_url(request)
@@ -128,7 +131,7 @@ async def list_tasks(
         with_request_id(
             {
                 "code": 200,
-                "data": [services.task_view(t, base) for t in page],
+                "data": [task_data(services, t, base, version=version) for t in page],
                 "has_more": len(rows) > limit,
                 "next_after": page[-1].id if len(rows) > limit else None,
             }
