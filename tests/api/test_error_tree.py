@@ -64,10 +64,13 @@ def test_each_dialect_renders_every_class(cls: type[OmniflashError]) -> None:
     exc = _instance(cls)
     seed = seed_error(exc)
     assert seed.status_code == cls.status
+    # The seed's envelope, and the field at fault where one is (APIMart's clients read it).
+    param = {"param": exc.param} if isinstance(exc, InvalidParam) else {}
     assert json.loads(seed.body)["error"] == {
         "code": cls.status,
         "message": exc.message,
         "type": cls.type,
+        **param,
     }
     openai = openai_error(exc)
     assert openai.status_code == cls.status

@@ -103,7 +103,8 @@ def ext_error(response: Any, field: str, status: int = 400) -> None:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error", "request_id"}, body
-    assert set(body["error"]) == {"code", "message", "type"}
+    assert set(body["error"]) - {"param"} == {"code", "message", "type"}
+    assert isinstance(body["error"].get("param", "-"), str) and body["error"].get("param", "-")
     assert body["error"]["code"] == status
     assert field in body["error"]["message"], (field, body)
     assert len(body["error"]["message"]) < 400

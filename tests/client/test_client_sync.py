@@ -95,6 +95,36 @@ def test_generate_wait_and_download(server: LiveServer, tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.part")), "the temp file is renamed, not left behind"
 
 
+def test_a_download_to_a_pipe_writes_into_it_and_leaves_it_a_pipe(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """``-o /dev/null`` and pipes: a target that is not a file is written in place, never
+    renamed over (that would replace ``/dev/null`` with a file). A FIFO stands in for the
+    device here, so that a failure cannot touch the machine's ``/dev/null``."""
+    import os
+    import stat
+    import threading
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received = bytearray()
+
+    def drain() -> None:
+        with open(pipe, "rb") as reader:
+            while chunk := reader.read(65536):
+                received.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    with client_for(server) as client:
+        done = client.videos.generate_and_wait(prompt="a kite into a pipe", duration=4)
+        done.download(pipe)
+    reader.join(30)
+    assert stat.S_ISFIFO(pipe.stat().st_mode), "the pipe is still a pipe"
+    assert received[4:8] == b"ftyp" and len(received) > 1000
+    assert not list(tmp_path.glob(".*.part"))
+
+
 def test_image_bytes_are_sent_as_a_data_uri(server: LiveServer, tmp_path: Path) -> None:
     with client_for(server) as client:
         done = client.videos.generate_and_wait(

@@ -16,6 +16,7 @@ retry, wait and download policies live here, and the tests can drive a flow by h
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any, Literal, TypedDict, TypeVar, Unpack
@@ -335,7 +336,11 @@ class ClientCore:
         url = absolute(url, self.base_url)
         # The key goes only to the API server itself, never to a CDN holding results.
         headers = default_headers(self.api_key) if same_origin(url, self.base_url) else None
-        tmp = temp_path_for(target)
+        # A file is written beside the target and renamed over it, so a failed download
+        # leaves no half file; a target that is not a file (``/dev/null``, a pipe) is
+        # written in place: a rename would replace the device with a file.
+        in_place = _not_a_file(target)
+        tmp = target if in_place else temp_path_for(target)
         try:
             fetched: Fetched = yield Fetch(url, headers, tmp)
             if fetched.response.status_code >= 400:
@@ -343,9 +348,20 @@ class ClientCore:
             expected = fetched.response.headers.get("content-length")
             if expected is not None and expected.isdigit() and int(expected) != fetched.size:
                 raise httpx.RemoteProtocolError(f"got {fetched.size} of {expected} bytes")
-            os.replace(tmp, target)
+            if not in_place:
+                os.replace(tmp, target)
         finally:
-            tmp.unlink(missing_ok=True)
+            if not in_place:
+                tmp.unlink(missing_ok=True)
+
+
+def _not_a_file(target: Path) -> bool:
+    """Whether ``target`` exists as something other than a file or a folder."""
+    try:
+        mode = target.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _body_json(response: httpx.Response) -> Any:
