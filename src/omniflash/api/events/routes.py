@@ -74,14 +74,13 @@ async def task_events(
 ) -> StreamingResponse:
     """Server-sent events of one task: ``status``, ``progress``, ``preview``, then ``end``."""
     lang = parse_language(language)
-    response_version(request.headers.get(RESPONSE_VERSION_HEADER))  # checked as a poll's
+    version = response_version(request.headers.get(RESPONSE_VERSION_HEADER))
     last_event_id(request.headers.get("last-event-id"))  # a bad one: 400 before anything
     task = await services.reads.task(checked_task_id(task_id), key.id)
     if task is None:
         raise NotFound(f"No task {shown(task_id)} for this API key")
-    stream = Stream(
-        services, _hub(request), key.id, services.base_url(request), lang, task_id=task.id
-    )
+    base = services.base_url(request)
+    stream = Stream(services, _hub(request), key.id, base, lang, task_id=task.id, version=version)
     return _stream(request, stream)
 
 
@@ -94,7 +93,8 @@ async def key_events(
 ) -> StreamingResponse:
     """Server-sent events of every task of the key, from now on (or after ``Last-Event-ID``)."""
     lang = parse_language(language)
-    response_version(request.headers.get(RESPONSE_VERSION_HEADER))
+    version = response_version(request.headers.get(RESPONSE_VERSION_HEADER))
     last_event_id(request.headers.get("last-event-id"))
-    stream = Stream(services, _hub(request), key.id, services.base_url(request), lang)
+    base = services.base_url(request)
+    stream = Stream(services, _hub(request), key.id, base, lang, version=version)
     return _stream(request, stream)

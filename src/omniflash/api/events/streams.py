@@ -53,6 +53,8 @@ class Stream:
     language: str | None
     task_id: str | None = None
     """One task's stream; ``None``: every task of the key (``GET /v1/events``)."""
+    version: str | None = None
+    """The ``X-APIMart-Response-Version`` the stream was opened with, as a poll's."""
 
     def task_body(self, task: TaskRow) -> dict[str, Any]:
         """The ``data`` of ``GET /v1/tasks/{id}`` as this stream's caller would poll it."""
