@@ -75,6 +75,7 @@ def test_a_good_preview_is_an_event_whose_url_downloads_it(server: LiveServer) -
         download = httpx.get(event.data["url"], timeout=30)
         assert download.status_code == 200
         assert download.content == frame
+        assert download.headers["content-type"] == "image/webp"
         assert (second.data["index"], second.data["width"], second.data["height"]) == (1, 180, 320)
         assert httpx.get(second.data["url"], timeout=30).content == tall
         # A URL whose signature is not this server's downloads nothing.
@@ -124,6 +125,23 @@ def test_another_tokens_task_or_a_stale_epoch_stores_nothing(server: LiveServer)
             )
             assert response.status_code == 400, (bad_epoch, response.text)
         assert not list((server.data_dir / "blobs" / "previews").glob(f"{task_id}/*"))
+
+
+def test_a_deleted_video_takes_its_previews_with_it(server: LiveServer) -> None:
+    """``DELETE /v1/videos/{id}`` of a running task cancels it and deletes its files, the
+    preview frames among them: their signed URLs download nothing afterwards."""
+    hand = HandWorker.create(server, "deleted")
+    with server.client() as client:
+        task_id = submit(client)
+        _, epoch = hand.claim()
+        with client.stream("GET", f"/v1/tasks/{task_id}/events") as response:
+            events = events_of(response)
+            assert next(events).data["status"] == "processing"
+            assert hand.preview(task_id, epoch, webp()).json() == {"held": True}
+            url = next(events).data["url"]
+        assert httpx.get(url, timeout=30).status_code == 200
+        assert client.delete(f"/v1/videos/{task_id}").json()["deleted"] is True
+        assert httpx.get(url, timeout=30).status_code == 404
 
 
 def test_previews_go_with_their_tasks_files(tmp_path: Path) -> None:

@@ -199,6 +199,20 @@ def test_the_end_speaks_the_polls_language(server: LiveServer) -> None:
         assert poll["error"]["message"].startswith("已取消")
 
 
+def test_the_end_speaks_the_polls_response_version(server: LiveServer) -> None:
+    """Opened with ``X-APIMart-Response-Version: 2026-07-27``, a cancelled task's end reads
+    as that version's poll does (``failed``, ``task_cancelled``), so its clients stop."""
+    version = {"X-APIMart-Response-Version": "2026-07-27"}
+    with server.client() as client:
+        task_id = submit(client)
+        client.post(f"/v1/tasks/{task_id}/cancel")
+        with stream(client, f"/v1/tasks/{task_id}/events", **version) as response:
+            (end,) = list(events_of(response))
+        poll = client.get(f"/v1/tasks/{task_id}", headers=version).json()["data"]
+        assert end.data["task"] == poll
+        assert (poll["status"], poll["error"]["code"]) == ("failed", "task_cancelled")
+
+
 def test_streams_need_a_key(server: LiveServer) -> None:
     assert httpx.get(server.url + "/v1/events").status_code == 401
     assert httpx.get(server.url + "/v1/tasks/task_x/events").status_code == 401

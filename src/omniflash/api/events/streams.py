@@ -58,7 +58,7 @@ class Stream:
 
     def task_body(self, task: TaskRow) -> dict[str, Any]:
         """The ``data`` of ``GET /v1/tasks/{id}`` as this stream's caller would poll it."""
-        return task_data(self.services, task, self.base_url, self.language)
+        return task_data(self.services, task, self.base_url, self.language, self.version)
 
     async def render(self, event: TaskEvent) -> bytes | None:
         """``event`` as the wire has it; ``None`` for one that is no longer there to show

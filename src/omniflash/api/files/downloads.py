@@ -26,6 +26,7 @@ from omniflash.errors import (
     ServiceUnavailable,
 )
 from omniflash.image_types import by_extension
+from omniflash.store import PREVIEWS_PREFIX
 
 __all__ = ["NOSNIFF", "byte_range", "router"]
 
@@ -39,9 +40,9 @@ sniffs an uploaded image that is also HTML (a polyglot) into a page of this orig
 
 def _media(blob_key: str) -> tuple[str, str]:
     """The media type and download filename of a blob: uploaded images (``uploads/…``)
-    keep their type; every other blob is a video."""
+    and preview frames (``previews/…``) keep their type; every other blob is a video."""
     stem, _, ext = blob_key.rsplit("/", 1)[-1].partition(".")
-    image = by_extension(ext) if blob_key.startswith(UPLOADS) else None
+    image = by_extension(ext) if blob_key.startswith((UPLOADS, PREVIEWS_PREFIX)) else None
     if image is not None:
         return image.media_type, f"{stem}.{ext}"
     return MEDIA_TYPE, stem + ".mp4"

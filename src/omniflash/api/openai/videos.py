@@ -40,6 +40,7 @@ from omniflash.input_blobs import BLOB_SCHEME, blob_inputs
 from omniflash.store import IdempotencyRequest, KeyInfo, TaskRow, TaskStatus
 from omniflash.store.videos import VideoStore
 from omniflash.text import check_text, cursor, shown, task_id
+from omniflash.worker.sweep import delete_previews
 
 __all__ = ["router"]
 
@@ -187,6 +188,7 @@ def delete_video(video_id: str, key: Writer, services: ServicesDep) -> dict[str,
     for blob in [task.result_key, *blob_inputs(task.spec).values()]:
         if blob:
             services.storage.delete(blob)
+    delete_previews(services.storage, task.id)
     services.store.tasks.mark_result_deleted(task.id)
     return {"id": task.id, "object": "video.deleted", "deleted": True}
 
