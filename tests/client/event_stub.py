@@ -65,6 +65,10 @@ class EventServer(_Background):
         self.events: list[tuple[int, str, dict[str, Any]]] = []
         self.last_event_ids: list[str | None] = []
         self.disconnected = threading.Event()
+        self.listening = threading.Event()
+        """Set once a first connection has its opening event: what a test adds after
+        this happens while a client listens (before it, the opening could already be the
+        end)."""
         self._state: dict[str, Any] = {"id": task_id, "status": "pending", "progress": 0}
         self._cond = threading.Condition()
         self._drops: list[int] = []
@@ -111,6 +115,7 @@ class EventServer(_Background):
                     first = {"task_id": self.task_id, "task": state}
                 out.write(_block(latest, kind, first))
                 out.flush()
+                self.listening.set()
                 if kind == "end":
                     return
                 sent = latest

@@ -37,9 +37,8 @@ def events() -> Iterator[EventServer]:
 
 def script(server: EventServer) -> None:
     """The task's life, told while a client listens: progress, a drop, a preview, the end."""
-    deadline = time.monotonic() + 30
-    while not server.last_event_ids and time.monotonic() < deadline:
-        time.sleep(0.01)  # the client has connected: what follows happens while it listens
+    # The client has its opening event: what follows happens while it listens.
+    assert server.listening.wait(30)
     server.add("status", status="processing", progress=0)
     server.add("progress", progress=25, eta_s=6.0)
     server.drop_next(1)
@@ -95,7 +94,7 @@ def test_async_events_resume_after_a_drop_without_a_gap(events: EventServer) -> 
 
 
 def test_a_finished_task_sends_its_end_and_a_resume_replays(events: EventServer) -> None:
-    events.record(None)
+    events.listening.set()  # no client yet: the task ends before one connects
     script(events)
     with Client(events.url, "k", retry=FAST) as client:
         seen = list(client.tasks.events(events.task_id))

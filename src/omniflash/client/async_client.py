@@ -72,20 +72,8 @@ class AsyncClient(base.BaseClient[httpx.AsyncBaseTransport]):
 
     async def _carry_out(self, effect: effects.Effect, streams: contextlib.AsyncExitStack) -> Any:
         match effect:
-            case effects.Open(url, headers, read_timeout):
-                timeout = self._http.timeout
-                request = self._http.build_request(
-                    "GET",
-                    url,
-                    headers=headers,
-                    timeout=httpx.Timeout(
-                        connect=timeout.connect,
-                        read=read_timeout,
-                        write=timeout.write,
-                        pool=timeout.pool,
-                    ),
-                )
-                response = await self._http.send(request, stream=True)
+            case effects.Open() as opening:
+                response = await self._http.send(opening.request(self._http), stream=True)
                 streams.push_async_callback(response.aclose)
                 if response.is_error:
                     await response.aread()

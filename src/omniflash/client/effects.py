@@ -115,6 +115,21 @@ class Open:
     headers: dict[str, str] = dataclasses.field(repr=False)
     read_timeout: float
 
+    def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        """The GET, with the client's timeouts but this stream's wait for bytes."""
+        timeout = http.timeout
+        return http.build_request(
+            "GET",
+            self.url,
+            headers=self.headers,
+            timeout=httpx.Timeout(
+                connect=timeout.connect,
+                read=self.read_timeout,
+                write=timeout.write,
+                pool=timeout.pool,
+            ),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Opened:

@@ -72,20 +72,8 @@ class Client(base.BaseClient[httpx.BaseTransport]):
 
     def _carry_out(self, effect: effects.Effect, streams: contextlib.ExitStack) -> Any:
         match effect:
-            case effects.Open(url, headers, read_timeout):
-                timeout = self._http.timeout
-                request = self._http.build_request(
-                    "GET",
-                    url,
-                    headers=headers,
-                    timeout=httpx.Timeout(
-                        connect=timeout.connect,
-                        read=read_timeout,
-                        write=timeout.write,
-                        pool=timeout.pool,
-                    ),
-                )
-                response = self._http.send(request, stream=True)
+            case effects.Open() as opening:
+                response = self._http.send(opening.request(self._http), stream=True)
                 streams.callback(response.close)
                 if response.is_error:
                     response.read()
