@@ -226,24 +226,31 @@ def test_fleet_survives_sigkill_and_a_cancel_storm(fleet: Fleet) -> None:
     assert balance == to_millicredits(START_CREDITS) - spent
     assert set(charges.values()) == {1} and not refunds
 
-    # A cancel storm: cancels at random moments through either replica.
+    # A cancel storm through either replica, racing the workers: three cancels at random
+    # moments go to the first tasks (running, just finishing or done by then: 200 or 409),
+    # then nine at once to the back of the queue, from the last task forwards, which three
+    # workers cannot reach in the second that takes, however loaded the machine is (the
+    # submits, the cancels and the workers slow down together).
     rng = random.Random(7)
-    # Longer tasks, so that cancels find them queued, running, or just finishing: a few
-    # cancels go to the first tasks (running or done by then), most to the queue behind
-    # them, which three workers cannot empty while the cancels arrive, however loaded
-    # the machine is (a cancel and a worker slow down together).
-    storm = [
-        _submit(a if n % 2 else b, 100 + n, duration=10, resolution="1080p") for n in range(30)
-    ]
-    targets = rng.sample(storm[:6], 3) + rng.sample(storm[6:], 9)
-    cancelled = set()
-    for task_id in targets:
-        time.sleep(rng.uniform(0.0, 0.3))
-        with rng.choice((a, b)).client() as client:
-            answer = client.post(f"/v1/tasks/{task_id}/cancel")
-        assert answer.status_code in (200, 409), answer.text
-        if answer.status_code == 200:
-            cancelled.add(task_id)
+    with a.client() as on_a, b.client() as on_b:
+        storm = []
+        for n in range(30):
+            answer = (on_a if n % 2 else on_b).post(
+                "/v1/videos/generations",
+                json={**BODY, "seed": 100 + n, "duration": 10, "resolution": "1080p"},
+            )
+            assert answer.status_code == 200, answer.text
+            storm.append(str(answer.json()["data"][0]["task_id"]))
+        front = rng.sample(storm[:6], 3)
+        back = storm[:-10:-1]
+        cancelled = set()
+        for task_id in [*front, *back]:
+            if task_id in front:
+                time.sleep(rng.uniform(0.0, 0.1))
+            answer = rng.choice((on_a, on_b)).post(f"/v1/tasks/{task_id}/cancel")
+            assert answer.status_code in (200, 409), answer.text
+            if answer.status_code == 200:
+                cancelled.add(task_id)
     ended = _wait_all_ended(fleet, storm)
     assert len(cancelled) >= 6, "most cancels found their task still going"
     assert {t for t, d in ended.items() if d["status"] == "cancelled"} == cancelled
