@@ -67,14 +67,14 @@ def wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], url: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        args,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+def process(
+    args: list[str], env: dict[str, str], url: str, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server started from ``args``, up once ``url`` answers; its output to ``log``."""
+    with open(log or os.devnull, "wb") as out:
+        proc = subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         wait_up(url, proc)
         yield proc

@@ -21,8 +21,6 @@ import argparse
 import asyncio
 import os
 import queue
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,14 +35,14 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.api import process  # noqa: E402  (needs ROOT on the path)
+from bench.fleet import free_port  # noqa: E402
+
 OMNIFLASH = (sys.executable, "-m", "omniflash")
 BODY = {"model": "Omni-Flash-Ext", "prompt": "a lighthouse at dusk", "duration": 4}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cli(env: dict[str, str], data_dir: Path, *args: str) -> str:
@@ -60,43 +58,12 @@ def cli(env: dict[str, str], data_dir: Path, *args: str) -> str:
 
 @contextmanager
 def replica(env: dict[str, str], data_dir: Path, log: Path) -> Iterator[tuple[str, int]]:
+    """One ``omniflash serve --workers 0``: its URL and pid while it runs."""
     port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                *OMNIFLASH,
-                "serve",
-                "--workers",
-                "0",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not start: see {log}")
-            time.sleep(0.1)
+    args = [*OMNIFLASH, "serve", "--workers", "0", "--port", str(port), "--data-dir", str(data_dir)]
+    with process(args, env, url + "/healthz", log) as proc:
         yield url, proc.pid
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def rss_mib(pid: int) -> float:
