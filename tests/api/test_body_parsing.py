@@ -82,6 +82,7 @@ def test_limits_by_route() -> None:
     assert body_limit(s, "POST", "/v1/uploads/images", "multipart/form-data").size < 2 * MIB
     assert body_limit(s, "PUT", "/worker/v1/tasks/t/result", "").size == 9 * MIB
     assert body_limit(s, "POST", "/worker/v1/claim", "application/json").size == MIB
+    assert body_limit(s, "POST", "/worker/v1/tasks/t/previews", "image/webp").size == 256 * 1024
     assert body_limit(s, "POST", "/mcp", "application/json").size > MIB * 4 // 3
 
 

@@ -55,6 +55,8 @@ MULTIPART_ENVELOPE = 64 * 1024
 """Room for a multipart body's boundaries, part headers and small fields around its file."""
 WORKER_JSON_BYTES = 1024 * 1024
 """A worker's JSON calls (claim, heartbeat, complete, fail) are small."""
+PREVIEW_BYTES = 256 * 1024
+"""A worker's preview frame (``POST /worker/v1/tasks/{id}/previews``): a small image."""
 OFF_LOOP_BYTES = 64 * 1024
 """From this size on, JSON parsing, hashing and base64 run in a thread: a 64 KiB body
 parses in about 0.1 ms, a thread hop costs about as much."""
@@ -104,6 +106,8 @@ def body_limit(settings: Settings, method: str, path: str, content_type: str) ->
         if method == "PUT" and path.endswith("/result"):
             size = settings.max_result_bytes
             return Limit(size, f"The result file is larger than {mb(size)} MB")
+        if method == "POST" and path.endswith("/previews"):
+            return Limit(PREVIEW_BYTES, f"The preview is larger than {PREVIEW_BYTES // 1024} KiB")
         return Limit(
             WORKER_JSON_BYTES, f"The request body is larger than {mb(WORKER_JSON_BYTES)} MB"
         )

@@ -17,10 +17,11 @@ from fastapi import APIRouter, Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from omniflash.api.bodies import PREVIEW_BYTES
 from omniflash.api.deps import Services, ServicesDep
 from omniflash.api.workers.bodies import EpochQuery
 from omniflash.api.workers.routes import WorkerDep, _held, _holds, _lease, _task
-from omniflash.errors import InvalidRequest, PayloadTooLarge
+from omniflash.errors import InvalidRequest
 from omniflash.store import WorkerInfo
 from omniflash.worker.source import PREVIEW_TYPES, store_preview
 
@@ -34,7 +35,7 @@ __all__ = [
 
 router = APIRouter(prefix="/worker/v1", include_in_schema=False)
 
-MAX_PREVIEW_BYTES = 256 * 1024
+MAX_PREVIEW_BYTES = PREVIEW_BYTES
 MAX_PREVIEW_WIDTH = 320
 MAX_PREVIEW_HEIGHT = 640
 
@@ -66,19 +67,6 @@ def preview_image(data: bytes) -> tuple[str, int, int]:
     return image_format, width, height
 
 
-async def _body(request: Request) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``MAX_PREVIEW_BYTES``."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_PREVIEW_BYTES:
-        raise PayloadTooLarge(f"The preview is larger than {MAX_PREVIEW_BYTES // 1024} KiB")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_PREVIEW_BYTES:
-            raise PayloadTooLarge(f"The preview is larger than {MAX_PREVIEW_BYTES // 1024} KiB")
-    return bytes(body)
-
-
 def _store(services: Services, task_id: str, epoch: int, data: bytes, worker: WorkerInfo) -> bool:
     task = _task(services, task_id, worker)
     image_format, width, height = preview_image(data)
@@ -102,5 +90,5 @@ async def add_preview(
 ) -> dict[str, bool]:
     """Store a preview frame of the task under this lease: ``held``."""
     await run_in_threadpool(_task, services, task_id, worker)  # another's task: 404 first
-    data = await _body(request)
+    data = await request.body()  # BodyLimit bounds it to MAX_PREVIEW_BYTES as it streams
     return _held(await run_in_threadpool(_store, services, task_id, epoch, data, worker))
