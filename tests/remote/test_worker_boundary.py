@@ -20,6 +20,7 @@ import pytest
 
 from omniflash.store import Store, TaskStatus
 from tests.conftest import LiveServer, _truncate, make_live_server
+from tests.events.sse import webp
 from tests.remote.conftest import png_data_uri, worker_token
 from tests.remote.videos import mp4_bytes, png_bytes
 from tests.store.test_races import assert_money
@@ -126,6 +127,7 @@ def test_another_token_cannot_touch_a_lease(door: Door) -> None:
         ("POST", "/complete", {"json": {"epoch": epoch, "result": GOOD}}),
         ("POST", "/fail", {"json": {"epoch": epoch, "message": "no", "retry": False}}),
         ("POST", "/release", {"json": {"epoch": epoch}}),
+        ("POST", "/previews", {"params": {"epoch": epoch}, "content": webp()}),
     ]
     for method, path, kwargs in calls:
         # B, with A's epoch and with guesses around it: as if the task did not exist.
@@ -300,9 +302,23 @@ def test_hostile_text_and_ids_answer_4xx(door: Door) -> None:
     for owner in ("w\u0000", "\udfff"):
         claim = _post(door.a, "/worker/v1/claim", {"owner": owner, "wait_s": 0})
         assert claim.status_code == 400
-    for bad_id in ("task_x%00", "%00", "task_01ARZ3NDEKTSV4RRFFQ69G5FA%00", "x" * 5000):
+    for bad_id in (
+        "task_x%00",
+        "%00",
+        "task_01ARZ3NDEKTSV4RRFFQ69G5FA%00",
+        "x" * 5000,
+        "%ED%A0%80",
+    ):
         answer = door.a.post(f"/worker/v1/tasks/{bad_id}/heartbeat", json={"epoch": 1})
         assert answer.status_code == 404, (bad_id, answer.text)
+        frame = door.a.post(
+            f"/worker/v1/tasks/{bad_id}/previews", params={"epoch": 1}, content=webp()
+        )
+        assert frame.status_code == 404, (bad_id, frame.text)
+    for bad_epoch in ("", "x", "\x00", "9" * 400, "-1"):
+        frame = door.a.post(tasks + "/previews", params={"epoch": bad_epoch}, content=webp())
+        assert frame.status_code in (200, 400), (bad_epoch, frame.text)
+        assert frame.status_code == 400 or frame.json() == {"held": False}
     door.a.put(tasks + "/result", params={"epoch": epoch}, content=mp4_bytes())
     for note in ("a\u0000b", "\ud800", {"deep": ["\x1b[31m"]}):
         info = {**GOOD, "note": note}
