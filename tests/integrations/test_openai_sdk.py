@@ -12,6 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
+from omniflash.client import Client
 from tests.conftest import LiveServer, wait_for_task
 
 # The SDK marks its video methods deprecated (a notice about OpenAI's own hosted service);
@@ -189,23 +190,31 @@ def test_malformed_multipart_gets_the_openai_envelope(server: LiveServer) -> Non
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
-def test_progress_moves_with_the_task_events(client: openai.OpenAI, server: LiveServer) -> None:
-    """Each event is written with the change it reports: when a progress event arrives,
-    the OpenAI video already shows that progress (or more), in the mapped status."""
-    from omniflash.client import Client
-
+def _follow_checked(client: openai.OpenAI, sdk: Client) -> list[tuple[int, int]]:
+    """One video followed by its events: (event progress, polled progress) per event."""
     video = client.videos.create(prompt="a kite, followed", seconds="8", size="1920x1080")
     checked: list[tuple[int, int]] = []
-    with Client(server.url, server.api_key) as sdk:
-        for event in sdk.tasks.events(video.id):
-            if event.kind not in ("status", "progress") or event.progress is None:
-                continue
-            seen = client.videos.retrieve(video.id)
-            assert seen.progress >= event.progress, (seen.progress, event.progress)
-            assert seen.status in ("queued", "in_progress", "completed")
-            checked.append((event.progress, seen.progress))
+    for event in sdk.tasks.events(video.id):
+        if event.kind not in ("status", "progress") or event.progress is None:
+            continue
+        seen = client.videos.retrieve(video.id)
+        assert seen.progress >= event.progress, (seen.progress, event.progress)
+        assert seen.status in ("queued", "in_progress", "completed")
+        checked.append((event.progress, seen.progress))
     assert event.kind == "end" and event.task is not None
     done = client.videos.retrieve(video.id)
     assert (done.status, done.progress) == ("completed", 100)
     assert [p for p, _ in checked] == sorted(p for p, _ in checked)
-    assert any(p > 0 for p, _ in checked), "a progress event came before the end"
+    return checked
+
+
+def test_progress_moves_with_the_task_events(client: openai.OpenAI, server: LiveServer) -> None:
+    """Each event is written with the change it reports: when a progress event arrives,
+    the OpenAI video already shows that progress (or more), in the mapped status."""
+    with Client(server.url, server.api_key) as sdk:
+        # Progress is written at most every half second: a machine that renders the
+        # video quicker than that reports none, so a few videos are tried.
+        tries = [_follow_checked(client, sdk)]
+        while not any(p > 0 for p, _ in tries[-1]) and len(tries) < 4:
+            tries.append(_follow_checked(client, sdk))
+    assert any(p > 0 for p, _ in tries[-1]), ("a progress event came before the end", tries)
