@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -17,7 +18,8 @@ class LocalStorage:
     """Blobs as files under ``root``; keys are relative paths like ``results/task_….mp4``.
 
     A blob is written to a ``.part`` file beside its place, synced, then renamed over it,
-    so a reader sees the old file or the new one, never half of one.
+    so a reader sees the old file or the new one, never half of one; a whole file on the
+    same disk (``put``) is synced and renamed into place without a copy.
     """
 
     def __init__(self, root: Path) -> None:
@@ -39,13 +41,18 @@ class LocalStorage:
     def put(self, key: str, source: Path) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._part(dest)
+        # ``source`` is a whole file already: on the same disk it is synced and renamed into
+        # place (one rename, no copy); from another disk it is copied through a part file.
+        _sync(source)
         try:
-            os.replace(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+            os.replace(source, dest)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        tmp = self._part(dest)
+        shutil.copyfile(source, tmp)
+        _sync(tmp)
         os.replace(tmp, dest)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
@@ -118,3 +125,12 @@ class LocalStorage:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _sync(path: Path) -> None:
+    """The file's data on disk before a database row names it (a result, an input)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -101,8 +101,8 @@ def _run_job(
     from omniflash.media.task_inputs import clip_seconds, fetch_inputs
 
     spec = GenerationSpec.from_json(payload["spec"])
-    workdir = Path(payload["workdir"])
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(payload["workdir"])  # made by ``fetch_inputs`` when an input needs it
+    Path(payload["output_path"]).parent.mkdir(parents=True, exist_ok=True)
     last = [0.0, -1.0]
 
     def progress(fraction: float) -> None:
