@@ -105,7 +105,7 @@ class LeaseQueue(LeaseSteps):
         }
         if worker_id is None:
             try:
-                with self.db.statement() as conn:
+                with self.db.statement(durable=False) as conn:
                     return conn.execute(CLAIM, params).one_or_none()
             except sa.exc.DBAPIError as exc:
                 # It commits by itself: a drop leaves open whether it took a task.
@@ -147,7 +147,7 @@ class LeaseQueue(LeaseSteps):
                 "p_at": now,
                 "p_now": time.time() if now is None else now,
             }
-            with self.db.statement() as conn:
+            with self.db.statement(durable=False) as conn:
                 return conn.execute(HEARTBEAT, params).one_or_none() is not None
         return self._heartbeat_in_steps(
             task_id, epoch, progress, lease_s, now, worker_id, max_run_s
