@@ -25,13 +25,16 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = self.root.resolve()
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
 
     def _path(self, key: str) -> Path:
-        path = (self.root / check_key(key)).resolve()
-        if self.root.resolve() not in path.parents:
+        # The key has no ``..`` part (``check_key``): only a link could lead out, which
+        # resolving the path finds.
+        path = (self._real_root / check_key(key)).resolve()
+        if self._real_root not in path.parents:
             raise ValueError(f"blob key escapes the storage root: {key!r}")
         return path
 

@@ -162,6 +162,8 @@ def _run_job(
         log.error("task %s: engine error\n%s", payload["task_id"], traceback.format_exc())
         # The user sees the error, not this machine's directories.
         detail = str(exc)
-        for prefix in {str(workdir.resolve()), str(workdir)}:
-            detail = detail.replace(prefix + "/", "").replace(prefix, "")
+        scratch = Path(payload["output_path"]).parent  # the result is written beside workdir
+        for place in (workdir, scratch):
+            for prefix in sorted({str(place.resolve()), str(place)}, key=len, reverse=True):
+                detail = detail.replace(prefix + "/", "").replace(prefix, "")
         return ("error", "engine", f"generation failed: {type(exc).__name__}: {detail}")
