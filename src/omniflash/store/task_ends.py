@@ -13,6 +13,7 @@ an end's ``end``.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -35,8 +36,11 @@ __all__ = ["NOTIFY", "TASK_BY_ID", "TaskEnds"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_SKIPPED_HOOKS = "omniflash_skipped_end_hooks"
-"""Where ``TaskEnds._ending`` tells its transaction's hooks which of them failed before."""
+_SKIPPED_HOOKS: contextvars.ContextVar[tuple[list[EndHook], list[str]] | None] = (
+    contextvars.ContextVar("omniflash_skipped_end_hooks", default=None)
+)
+"""Where ``TaskEnds._ending`` tells its transaction's hooks which of them failed before
+(and hears which it left out): not on the connection, which a drop makes unusable."""
 
 TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("task_id"))
 """One task by id (parameter ``task_id``); built once: building costs more than running."""
@@ -180,12 +184,12 @@ class TaskEnds:
         while True:
             left_out: list[str] = []  # a task id for each hook left out of this run
             try:
-                with self.db.write() as conn:
-                    conn.info[_SKIPPED_HOOKS] = (skipped, left_out)
-                    try:
+                token = _SKIPPED_HOOKS.set((skipped, left_out))
+                try:
+                    with self.db.write() as conn:
                         done = body(conn)
-                    finally:
-                        conn.info.pop(_SKIPPED_HOOKS, None)
+                finally:
+                    _SKIPPED_HOOKS.reset(token)
             except _HookFailed as failed:
                 skipped.append(failed.hook)
                 continue
@@ -217,7 +221,9 @@ class TaskEnds:
             for _hook in self.end_hooks:
                 self.report_error("end_hook", task_id)
             return
-        skipped, left_out = conn.info[_SKIPPED_HOOKS]
+        run = _SKIPPED_HOOKS.get()
+        assert run is not None, "a task ends only inside TaskEnds._ending"
+        skipped, left_out = run
         for hook in self.end_hooks:
             if hook in skipped:
                 left_out.append(task_id)
