@@ -119,6 +119,62 @@ def test_cancel_races_complete_fail_release_and_reap(pg: Store, postgres_url: st
     assert_money(pg)
 
 
+# -- claims, heartbeats and priced completes (one statement each) against cancels --------------
+
+
+def _claimer(url: str, _i: int) -> dict[str, Any]:
+    """Claim until the queue is empty; beat once, then complete priced at half the hold."""
+    store = Store(url, migrate=False)
+    out: dict[str, Any] = {"claimed": [], "completed": 0, "lost": 0}
+    try:
+        while (claim := store.tasks.claim(f"w{_i}", lease_s=60)) is not None:
+            task_id = claim.task.id
+            out["claimed"].append(task_id)
+            store.tasks.heartbeat(task_id, claim.epoch, progress=50, lease_s=60)
+            done = store.tasks.complete(
+                task_id,
+                claim.epoch,
+                result_key=f"results/{task_id}.mp4",
+                ttl_s=60,
+                seconds=2,
+                pricing=P,
+            )
+            out["completed" if done else "lost"] += 1
+    finally:
+        store.close()
+    return out
+
+
+@pytest.mark.postgres
+def test_claims_and_priced_completes_race_cancels(pg: Store, postgres_url: str) -> None:
+    """Two workers drain one queue while its owner cancels: each task is claimed once, and
+    ends once, settled to its price or refunded in full, never both."""
+    _, key = pg.keys.create("racer", 10**9, 10**6, 10**6)
+    ids = [
+        pg.tasks.submit(key, SPEC, millicredits=P.hold(SPEC), estimated_time=1, seed=1).task.id
+        for _ in range(ROUNDS)
+    ]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        jobs = [pool.apply_async(_claimer, (postgres_url, i)) for i in (0, 1)]
+        jobs.append(pool.apply_async(_cancel_side, (postgres_url, key.id, ids[::-1], 2)))
+        results = [job.get(timeout=180) for job in jobs]
+    claimed = results[0]["claimed"] + results[1]["claimed"]
+    assert len(claimed) == len(set(claimed)), "a task was claimed twice"
+    statuses = Counter(pg.tasks.get(t).status for t in ids)
+    assert statuses[TaskStatus.COMPLETED] == results[0]["completed"] + results[1]["completed"]
+    assert statuses[TaskStatus.CANCELLED] == results[2].get("cancelled", 0)
+    assert statuses[TaskStatus.COMPLETED] + statuses[TaskStatus.CANCELLED] == ROUNDS
+    price = P.millicredits(SPEC.resolution, 2)
+    for task_id in ids:
+        task = pg.tasks.get(task_id)
+        if task.status is TaskStatus.COMPLETED:
+            assert task.credits == price < P.hold(SPEC)
+        ends = [e for e in pg.events.since(key.id, 0, task_id) if e.kind == "end"]
+        assert [e.data["status"] for e in ends] == [task.status.value], task_id
+    assert_money(pg)
+
+
 # -- idempotent submits from several processes -------------------------------------------------
 
 

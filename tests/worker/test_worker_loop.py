@@ -180,23 +180,26 @@ def test_a_failed_task_does_not_show_the_servers_paths(tmp_path: Path) -> None:
 
     workdir = tmp_path / "scratch" / "task_1.1"
 
-    class Leaky:
-        name = "leaky"
-
-        def generate(self, job: Any, progress: Any, cancelled: Any) -> Any:
-            raise OSError(28, "No space left on device", str(workdir / "out.mp4.part"))
-
     class Cancel:
         def is_set(self) -> bool:
             return False
 
-    payload = {
-        "task_id": "task_1",
-        "spec": SPEC.to_json(),
-        "seed": 1,
-        "workdir": str(workdir),
-        "output_path": str(workdir / "out.mp4"),
-    }
-    outcome = _run_job(Leaky(), payload, None, Cancel(), Settings(data_dir=tmp_path))  # type: ignore[arg-type]
-    assert outcome[:2] == ("error", "engine")
-    assert "No space left on device" in outcome[2] and str(tmp_path) not in outcome[2]
+    for output in (workdir / "out.mp4", workdir.parent / "task_1.1.mp4"):
+        leaked = str(output) + ".part"
+
+        class Leaky:
+            name = "leaky"
+
+            def generate(self, job: Any, progress: Any, cancelled: Any) -> Any:
+                raise OSError(28, "No space left on device", leaked)  # noqa: B023
+
+        payload = {
+            "task_id": "task_1",
+            "spec": SPEC.to_json(),
+            "seed": 1,
+            "workdir": str(workdir),
+            "output_path": str(output),
+        }
+        outcome = _run_job(Leaky(), payload, None, Cancel(), Settings(data_dir=tmp_path))  # type: ignore[arg-type]
+        assert outcome[:2] == ("error", "engine")
+        assert "No space left on device" in outcome[2] and str(tmp_path) not in outcome[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -17,19 +18,23 @@ class LocalStorage:
     """Blobs as files under ``root``; keys are relative paths like ``results/task_….mp4``.
 
     A blob is written to a ``.part`` file beside its place, synced, then renamed over it,
-    so a reader sees the old file or the new one, never half of one.
+    so a reader sees the old file or the new one, never half of one; a whole file on the
+    same disk (``put``) is synced and renamed into place without a copy.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = self.root.resolve()
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
 
     def _path(self, key: str) -> Path:
-        path = (self.root / check_key(key)).resolve()
-        if self.root.resolve() not in path.parents:
+        # The key has no ``..`` part (``check_key``): only a link could lead out, which
+        # resolving the path finds.
+        path = (self._real_root / check_key(key)).resolve()
+        if self._real_root not in path.parents:
             raise ValueError(f"blob key escapes the storage root: {key!r}")
         return path
 
@@ -39,13 +44,18 @@ class LocalStorage:
     def put(self, key: str, source: Path) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._part(dest)
+        # ``source`` is a whole file already: on the same disk it is synced and renamed into
+        # place (one rename, no copy); from another disk it is copied through a part file.
+        _sync(source)
         try:
-            os.replace(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+            os.replace(source, dest)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        tmp = self._part(dest)
+        shutil.copyfile(source, tmp)
+        _sync(tmp)
         os.replace(tmp, dest)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
@@ -118,3 +128,12 @@ class LocalStorage:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _sync(path: Path) -> None:
+    """The file's data on disk before a database row names it (a result, an input)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

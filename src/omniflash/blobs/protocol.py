@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -78,6 +79,9 @@ class Storage(Protocol):
         """Release connections; the object is not used afterwards."""
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_key(key: str) -> str:
     """``key`` when it is a relative ``/``-separated path with no ``.``/``..`` parts.
 
@@ -93,7 +97,7 @@ def check_key(key: str) -> str:
         not key
         or "\\" in key
         or any(part in ("", ".", "..") for part in parts)
-        or any(ord(c) < 32 or ord(c) == 127 for c in key)
+        or _CONTROL.search(key)
     ):
         raise ValueError(f"invalid blob key: {key!r}")
     return key

@@ -53,10 +53,10 @@ def fetch_inputs(
         timeout_s=settings.fetch_timeout_s,
         max_bytes=settings.max_video_bytes,
     )
-    workdir.mkdir(parents=True, exist_ok=True)
     jobs = len(spec.image_urls) + (1 if spec.video_url else 0)
     if not jobs:
         return [], None
+    workdir.mkdir(parents=True, exist_ok=True)
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="omniflash-fetch")
     try:
         image_jobs = [

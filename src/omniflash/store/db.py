@@ -166,6 +166,17 @@ class Database:
                 url, pool_size=24, max_overflow=8, pool_timeout=30, pool_recycle=1800
             )
             sa.event.listen(self.engine, "handle_error", _psycopg_drop)
+            # Statements whose loss in a crash of the server is harmless (``statement``'s
+            # ``durable=False``) commit without waiting for the WAL's flush to disk.
+            self._lossy_engine = sa.create_engine(
+                url,
+                pool_size=8,
+                max_overflow=8,
+                pool_timeout=30,
+                pool_recycle=1800,
+                connect_args={"options": "-c synchronous_commit=off"},
+            )
+            sa.event.listen(self._lossy_engine, "handle_error", _psycopg_drop)
 
     @staticmethod
     def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -234,12 +245,19 @@ class Database:
             yield conn
 
     @contextlib.contextmanager
-    def statement(self) -> Iterator[sa.Connection]:
+    def statement(self, *, durable: bool = True) -> Iterator[sa.Connection]:
         """PostgreSQL: a connection for one statement that writes and commits by itself (its
-        row locks last only while it runs).  SQLite writes take ``write()``."""
+        row locks last only while it runs).  SQLite writes take ``write()``.
+
+        ``durable=False``: the commit does not wait for its WAL to reach the disk
+        (``synchronous_commit = off``), for a write that a crash of the server may undo
+        harmlessly, a claim or a heartbeat (the task is pending again, or its lease ends
+        sooner; the lease's epoch guards the rest).  Any later durable commit flushes it
+        too, so what a completion or a refund commits never rests on a lost claim.
+        """
         if self.is_sqlite:
             raise RuntimeError("SQLite writes go through write()")
-        with self.engine.connect() as conn:
+        with (self.engine if durable else self._lossy_engine).connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
@@ -314,3 +332,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if not self.is_sqlite:
+            self._lossy_engine.dispose()

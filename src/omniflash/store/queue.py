@@ -21,12 +21,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from omniflash.errors import AuthenticationFailed
+from omniflash.contract import GenerationSpec
 from omniflash.pricing import Pricing
 from omniflash.store.db import OutcomeUnknown, retry_disconnect, retry_repeatable
-from omniflash.store.events import record
-from omniflash.store.schema import task_events, tasks, worker_tokens
-from omniflash.store.task_ends import TaskEnds
+from omniflash.store.lease_statements import CLAIM, COMPLETE, HEARTBEAT, TASK_SPEC
+from omniflash.store.lease_steps import LeaseSteps
+from omniflash.store.schema import task_events, tasks
 from omniflash.store.task_rows import TERMINAL, Claim, TaskRow, TaskStatus
 
 __all__ = ["LeaseQueue"]
@@ -51,7 +51,7 @@ def _found_if_unknown(claim: Callable[..., Claim | None]) -> Callable[..., Claim
     return wrapper
 
 
-class LeaseQueue(TaskEnds):
+class LeaseQueue(LeaseSteps):
     """The task store's worker side: leases, and the reaper of expired ones."""
 
     @retry_disconnect
@@ -81,76 +81,40 @@ class LeaseQueue(TaskEnds):
         the token's leases back, so a task is either claimed before the revoke (and handed
         back by it) or not at all.
         """
-        clock = self._clock(now)
-        pending = tasks.c.status == TaskStatus.PENDING.value
-        oldest = self.db.for_update(
-            sa.select(tasks.c.id).where(pending).order_by(tasks.c.created_at, tasks.c.id).limit(1),
-            skip_locked=True,
-        ).scalar_subquery()
-        # One statement: the subquery locks the oldest pending row no one else holds (SKIP
-        # LOCKED on PostgreSQL; SQLite's write lock serialises claims), the update takes it.
-        with self.db.write() as conn:
-            if worker_id is not None:
-                live = sa.select(worker_tokens.c.id).where(
-                    worker_tokens.c.id == worker_id, worker_tokens.c.revoked_at.is_(None)
-                )
-                if not self.db.is_sqlite:
-                    live = live.with_for_update(read=True)
-                if conn.execute(live).one_or_none() is None:
-                    raise AuthenticationFailed(
-                        "Authentication failed: this worker token is unknown or revoked"
-                    )
-            found = conn.execute(
-                tasks.update()
-                .where(tasks.c.id == oldest, pending)
-                .values(
-                    status=TaskStatus.PROCESSING.value,
-                    lease_owner=owner,
-                    lease_worker=worker_id,
-                    claimed_at=clock,
-                    lease_expires_at=clock + lease_s,
-                    lease_epoch=tasks.c.lease_epoch + 1,
-                    attempts=tasks.c.attempts + 1,
-                    started_at=sa.func.coalesce(tasks.c.started_at, clock),
-                )
-                .returning(*tasks.c)
-            ).one_or_none()
-            if found is not None:
-                record(
-                    conn,
-                    task_id=found.id,
-                    key_id=found.key_id,
-                    kind="status",
-                    data={"status": TaskStatus.PROCESSING.value, "progress": found.progress},
-                )
+        if not self.db.is_sqlite:
+            found = self._claim_in_one_statement(owner, lease_s, now, worker_id)
+        else:
+            found = self._claim_in_steps(owner, lease_s, now, worker_id)
         if found is None:
             return None
         row = TaskRow.from_row(found)
         return Claim(task=row, owner=owner, epoch=row.lease_epoch)
 
-    @staticmethod
-    def _held(task_id: str, epoch: int, worker_id: int | None = None) -> sa.ColumnElement[bool]:
-        """The task under this lease; with ``worker_id``, only while that token holds it."""
-        held = sa.and_(
-            tasks.c.id == task_id,
-            tasks.c.status == TaskStatus.PROCESSING.value,
-            tasks.c.lease_epoch == epoch,
-        )
-        return held if worker_id is None else sa.and_(held, tasks.c.lease_worker == worker_id)
-
-    def _lock_held(
-        self, conn: sa.Connection, task_id: str, epoch: int, worker_id: int | None = None
+    def _claim_in_one_statement(
+        self, owner: str, lease_s: float, now: float | None, worker_id: int | None
     ) -> sa.Row[Any] | None:
-        return conn.execute(
-            self.db.for_update(sa.select(tasks).where(self._held(task_id, epoch, worker_id)))
-        ).one_or_none()
-
-    # The worker's writes run again, once, on a fresh connection when the database dropped
-    # the first, even during its commit (``retry_repeatable``): each is safe to repeat, as
-    # its outcome is in the row it matches.  A repeated heartbeat renews again; a repeated
-    # complete, fail or release whose first try committed finds the lease gone and answers
-    # False, and the caller reads the task to learn what happened
-    # (``ResultIntake.record``).
+        """PostgreSQL: the claim, its event and its notice are ``CLAIM``, one statement that
+        commits by itself; a remote worker's token is held (``FOR SHARE``) first, in the
+        same transaction."""
+        params = {
+            "p_owner": owner,
+            "p_worker": worker_id,
+            "p_lease_s": lease_s,
+            "p_at": now,
+            "p_now": time.time() if now is None else now,
+        }
+        if worker_id is None:
+            try:
+                with self.db.statement(durable=False) as conn:
+                    return conn.execute(CLAIM, params).one_or_none()
+            except sa.exc.DBAPIError as exc:
+                # It commits by itself: a drop leaves open whether it took a task.
+                if exc.connection_invalidated:
+                    raise OutcomeUnknown.of(exc) from exc
+                raise
+        with self.db.write() as conn:
+            self._check_token(conn, worker_id)
+            return conn.execute(CLAIM, params).one_or_none()
 
     @retry_repeatable
     def heartbeat(
@@ -172,32 +136,22 @@ class LeaseQueue(TaskEnds):
         counts the attempt, so a worker cannot sit on a task for ever.
         """
         progress = max(0, min(99, progress))
-        held = self._held(task_id, epoch, worker_id)
-        if max_run_s is not None:
-            held = sa.and_(held, tasks.c.claimed_at + max_run_s > self._clock(now))
-        renew = tasks.update().values(lease_expires_at=self._clock(now) + lease_s)
-        with self.db.write() as conn:
-            # Progress that rises is news: the update that records it returns what its
-            # event needs, in the same transaction.  Otherwise the lease is only renewed.
-            rose = conn.execute(
-                renew.where(held, tasks.c.progress < progress)
-                .values(progress=progress)
-                .returning(
-                    tasks.c.key_id,
-                    (self._clock(now) - tasks.c.claimed_at).label("elapsed"),
-                )
-            ).one_or_none()
-            if rose is not None:
-                record(
-                    conn,
-                    task_id=task_id,
-                    key_id=rose.key_id,
-                    kind="progress",
-                    data={"progress": progress, "eta_s": _eta(progress, rose.elapsed)},
-                )
-                return True
-            result = conn.execute(renew.where(held))
-        return result.rowcount == 1
+        if not self.db.is_sqlite:
+            params = {
+                "p_task": task_id,
+                "p_epoch": epoch,
+                "p_worker": worker_id,
+                "p_progress": progress,
+                "p_lease_s": lease_s,
+                "p_max_run": max_run_s,
+                "p_at": now,
+                "p_now": time.time() if now is None else now,
+            }
+            with self.db.statement(durable=False) as conn:
+                return conn.execute(HEARTBEAT, params).one_or_none() is not None
+        return self._heartbeat_in_steps(
+            task_id, epoch, progress, lease_s, now, worker_id, max_run_s
+        )
 
     @retry_repeatable
     def complete(
@@ -212,51 +166,59 @@ class LeaseQueue(TaskEnds):
         info: dict[str, Any] | None = None,
         now: float | None = None,
         worker_id: int | None = None,
+        resolution: str | None = None,
     ) -> bool:
         """Record the result, priced here; less than the hold is refunded in the same step.
 
         The price is the one place a task is priced after its submit: ``pricing`` of the
         ``seconds`` of video the stored result holds (as the server read them from the
-        file, never a worker's numbers), at the task's resolution (from its locked row),
-        at most what the submit held.  Without ``seconds`` the hold stands.  False (and
+        file, never a worker's numbers), at the task's ``resolution`` (read from its row
+        when not given; a caller that has read the task passes it), at most what the
+        submit held.  Without ``seconds`` the hold stands.  False (and
         nothing written) when the lease is no longer held: the caller's file is nobody's
         result then.
         """
         now = time.time() if now is None else now
-        with self.db.write() as conn:
-            row = self._lock_held(conn, task_id, epoch, worker_id)
-            if row is None:
-                return False
-            held = int(row._mapping["credits"])
-            final = held
-            if seconds is not None:
-                price = (pricing or Pricing()).millicredits(
-                    TaskRow.from_row(row).spec.resolution, seconds
+        price = None
+        if seconds is not None:
+            if resolution is None:
+                resolution = self._spec_of(task_id).resolution
+            price = (pricing or Pricing()).millicredits(resolution, seconds)
+        if self.db.is_sqlite:
+            return self._ending(
+                lambda conn: self._complete_in_steps(
+                    conn, task_id, epoch, result_key, ttl_s, price, info, now, worker_id
                 )
-                final = min(held, price)
-            self._one(
-                conn.execute(
-                    tasks.update()
-                    .where(self._held(task_id, epoch))
-                    .values(
-                        status=TaskStatus.COMPLETED.value,
-                        progress=100,
-                        completed_at=now,
-                        result_key=result_key,
-                        result_expires_at=now + ttl_s,
-                        credits=final,
-                        info=json.dumps(info or {}),
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    )
-                ),
-                "complete",
-                task_id,
             )
-            if final < held:
-                self._credit(conn, row, held - final, "settle", now)
-            self._ended(conn, row, TaskStatus.COMPLETED)
-        return True
+        params = {
+            "p_task": task_id,
+            "p_epoch": epoch,
+            "p_worker": worker_id,
+            "p_price": price,
+            "p_result_key": result_key,
+            "p_ttl_s": ttl_s,
+            "p_info": json.dumps(info or {}),
+            "p_now": now,
+        }
+
+        def in_one_statement(conn: sa.Connection) -> bool:
+            ended = conn.execute(COMPLETE, params).one_or_none()
+            if ended is None:
+                return False
+            if ended.k_keys != 1:
+                raise RuntimeError(f"complete of {task_id} changed {ended.k_keys} key rows")
+            self._end_hooks(conn, ended, TaskStatus.COMPLETED)
+            return True
+
+        return self._ending(in_one_statement)
+
+    @retry_disconnect
+    def _spec_of(self, task_id: str) -> GenerationSpec:
+        """A task's spec (it never changes after the submit, so no lock is needed)."""
+        with self.db.read() as conn:
+            return GenerationSpec.from_json(
+                conn.execute(TASK_SPEC, {"p_task": task_id}).scalar_one()
+            )
 
     @retry_repeatable
     def fail(
@@ -272,7 +234,8 @@ class LeaseQueue(TaskEnds):
     ) -> bool:
         """End an attempt with an error: back to pending if ``retry`` and attempts remain."""
         now = time.time() if now is None else now
-        with self.db.write() as conn:
+
+        def failed(conn: sa.Connection) -> bool:
             row = self._lock_held(conn, task_id, epoch, worker_id)
             if row is None:
                 return False
@@ -280,7 +243,9 @@ class LeaseQueue(TaskEnds):
                 self._requeue(conn, row)
             else:
                 self._end(conn, row, TaskStatus.FAILED, now, error=message)
-        return True
+            return True
+
+        return self._ending(failed)
 
     @retry_repeatable
     def release(self, task_id: str, epoch: int, *, worker_id: int | None = None) -> bool:
@@ -321,24 +286,35 @@ class LeaseQueue(TaskEnds):
     def _reap_one(
         self, task_id: str, expired: sa.ColumnElement[bool], max_attempts: int, now: float | None
     ) -> int:
-        with self.db.write() as conn:
-            row = conn.execute(
-                self.db.for_update(
-                    sa.select(tasks).where(tasks.c.id == task_id, expired), skip_locked=True
-                )
-            ).one_or_none()
-            if row is None:  # finished, renewed, or being reaped elsewhere meanwhile
-                return 0
-            if int(row._mapping["attempts"]) >= max_attempts:
-                self._end(
-                    conn,
-                    row,
-                    TaskStatus.FAILED,
-                    time.time() if now is None else now,
-                    error=f"the worker stopped responding {max_attempts} times; giving up",
-                )
-            else:
-                self._requeue(conn, row)
+        return self._ending(
+            lambda conn: self._reap_locked(conn, task_id, expired, max_attempts, now)
+        )
+
+    def _reap_locked(
+        self,
+        conn: sa.Connection,
+        task_id: str,
+        expired: sa.ColumnElement[bool],
+        max_attempts: int,
+        now: float | None,
+    ) -> int:
+        row = conn.execute(
+            self.db.for_update(
+                sa.select(tasks).where(tasks.c.id == task_id, expired), skip_locked=True
+            )
+        ).one_or_none()
+        if row is None:  # finished, renewed, or being reaped elsewhere meanwhile
+            return 0
+        if int(row._mapping["attempts"]) >= max_attempts:
+            self._end(
+                conn,
+                row,
+                TaskStatus.FAILED,
+                time.time() if now is None else now,
+                error=f"the worker stopped responding {max_attempts} times; giving up",
+            )
+        else:
+            self._requeue(conn, row)
         return 1
 
     @retry_disconnect
@@ -387,10 +363,3 @@ class LeaseQueue(TaskEnds):
         with self.db.write() as conn:
             conn.execute(tasks.update().where(tasks.c.id == task_id).values(result_deleted=True))
             conn.execute(task_events.delete().where(task_events.c.task_id == task_id))
-
-
-def _eta(progress: int, elapsed: float | None) -> int | None:
-    """Seconds left at this pace: the time so far, scaled by what remains of the work."""
-    if elapsed is None or progress <= 0:
-        return None
-    return max(0, round(float(elapsed) * (100 - progress) / progress))

@@ -268,7 +268,8 @@ class Submissions(TaskEnds):
     def cancel(self, task_id: str, key_id: int, now: float | None = None) -> TaskRow:
         """Cancel a pending or processing task and refund it; a finished one is a ``Conflict``."""
         now = time.time() if now is None else now
-        with self.db.write() as conn:
+
+        def cancelled(conn: sa.Connection) -> TaskRow:
             row = conn.execute(
                 self.db.for_update(
                     sa.select(tasks).where(tasks.c.id == task_id, tasks.c.key_id == key_id)
@@ -283,3 +284,5 @@ class Submissions(TaskEnds):
             return TaskRow.from_row(
                 conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one()
             )
+
+        return self._ending(cancelled)

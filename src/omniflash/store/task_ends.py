@@ -5,16 +5,18 @@ then touches the key row: the refund or settlement (``_credit``) and one task fe
 flight (``_ended``).  Every update here matches the epoch (and, to end, an active status)
 the locked row had and must change exactly one row (``_one``), so a task is ended, and
 refunded, at most once.  End hooks (a webhook's outbox row, a metric) run in that same
-transaction, each in a savepoint of its own, and see the task as it ended.  Each step
+transaction and see the task as it ended; one that fails is undone alone, by running the
+transaction again without it (``_ending``).  Each step
 writes its task event (``store.events``) in the same transaction: a requeue's ``status``,
 an end's ``end``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -33,6 +35,12 @@ from omniflash.store.task_rows import (
 __all__ = ["NOTIFY", "TASK_BY_ID", "TaskEnds"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+_SKIPPED_HOOKS: contextvars.ContextVar[tuple[list[EndHook], list[str]] | None] = (
+    contextvars.ContextVar("omniflash_skipped_end_hooks", default=None)
+)
+"""Where ``TaskEnds._ending`` tells its transaction's hooks which of them failed before
+(and hears which it left out): not on the connection, which a drop makes unusable."""
 
 TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("task_id"))
 """One task by id (parameter ``task_id``); built once: building costs more than running."""
@@ -162,28 +170,80 @@ class TaskEnds:
             m["id"],
         )
         record(conn, task_id=m["id"], key_id=m["key_id"], kind="end", data={"status": status.value})
+        self._end_hooks(conn, None, status, task_id=m["id"])
+
+    def _ending(self, body: Callable[[sa.Connection], T]) -> T:
+        """``body`` in a write transaction that may end a task (``_end``, ``_ended``,
+        ``_end_hooks`` run inside it, and only inside this).
+
+        End hooks run without a savepoint each (two round trips a hook, on every task's
+        end): when one fails, the whole transaction is rolled back and run again without
+        that hook, so what the hook wrote is undone alone and the task still ends.
+        """
+        skipped: list[EndHook] = []
+        while True:
+            left_out: list[str] = []  # a task id for each hook left out of this run
+            try:
+                token = _SKIPPED_HOOKS.set((skipped, left_out))
+                try:
+                    with self.db.write() as conn:
+                        done = body(conn)
+                finally:
+                    _SKIPPED_HOOKS.reset(token)
+            except _HookFailed as failed:
+                skipped.append(failed.hook)
+                continue
+            # Told once the end has committed: a run again that found the task ended by
+            # someone else (whose own hooks ran) left nothing out.
+            for task_id in left_out:
+                self.report_error("end_hook", task_id)
+            return done
+
+    def _end_hooks(
+        self,
+        conn: sa.Connection,
+        ended: sa.Row[Any] | None,
+        status: TaskStatus,
+        *,
+        task_id: str | None = None,
+    ) -> None:
+        """The end hooks, with the task as it ended: the ``ended`` row a statement returned,
+        or the row ``task_id`` read again."""
         if not self.end_hooks:
             return
+        if ended is None:
+            ended = conn.execute(TASK_BY_ID, {"task_id": task_id}).one()
+        task_id = str(ended._mapping["id"])
         try:
-            task = TaskRow.from_row(conn.execute(TASK_BY_ID, {"task_id": m["id"]}).one())
-        except sa.exc.DBAPIError:
-            raise
+            task = TaskRow.from_row(ended)
         except Exception:  # a row that does not parse: no hook can use it
-            log.exception("task %s cannot be read; it ends without its end hooks", m["id"])
+            log.exception("task %s cannot be read; it ends without its end hooks", task_id)
             for _hook in self.end_hooks:
-                self.report_error("end_hook", m["id"])
+                self.report_error("end_hook", task_id)
             return
+        run = _SKIPPED_HOOKS.get()
+        assert run is not None, "a task ends only inside TaskEnds._ending"
+        skipped, left_out = run
         for hook in self.end_hooks:
-            # A hook that fails (an outbox row the database refuses) is undone alone, in its
-            # savepoint: the task still ends, and is refunded, in this transaction.
+            if hook in skipped:
+                left_out.append(task_id)
+                continue
             try:
-                with conn.begin_nested():
-                    hook(conn, task, status)
+                hook(conn, task, status)
             except sa.exc.DBAPIError as exc:
                 if exc.connection_invalidated:
                     raise  # not the hook's fault: the whole transaction is gone
-                log.exception("an end hook of %s failed; the task ends without it", m["id"])
-                self.report_error("end_hook", m["id"])
-            except Exception:
-                log.exception("an end hook of %s failed; the task ends without it", m["id"])
-                self.report_error("end_hook", m["id"])
+                log.exception("an end hook of %s failed; the task ends without it", task_id)
+                raise _HookFailed(hook, task_id) from exc
+            except Exception as exc:
+                log.exception("an end hook of %s failed; the task ends without it", task_id)
+                raise _HookFailed(hook, task_id) from exc
+
+
+class _HookFailed(Exception):
+    """An end hook raised: ``TaskEnds._ending`` runs the transaction again without it."""
+
+    def __init__(self, hook: EndHook, task_id: str) -> None:
+        super().__init__(task_id)
+        self.hook = hook
+        self.task_id = task_id

@@ -101,8 +101,8 @@ def _run_job(
     from omniflash.media.task_inputs import clip_seconds, fetch_inputs
 
     spec = GenerationSpec.from_json(payload["spec"])
-    workdir = Path(payload["workdir"])
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(payload["workdir"])  # made by ``fetch_inputs`` when an input needs it
+    Path(payload["output_path"]).parent.mkdir(parents=True, exist_ok=True)
     last = [0.0, -1.0]
 
     def progress(fraction: float) -> None:
@@ -162,6 +162,8 @@ def _run_job(
         log.error("task %s: engine error\n%s", payload["task_id"], traceback.format_exc())
         # The user sees the error, not this machine's directories.
         detail = str(exc)
-        for prefix in {str(workdir.resolve()), str(workdir)}:
-            detail = detail.replace(prefix + "/", "").replace(prefix, "")
+        scratch = Path(payload["output_path"]).parent  # the result is written beside workdir
+        for place in (workdir, scratch):
+            for prefix in sorted({str(place.resolve()), str(place)}, key=len, reverse=True):
+                detail = detail.replace(prefix + "/", "").replace(prefix, "")
         return ("error", "engine", f"generation failed: {type(exc).__name__}: {detail}")

@@ -23,7 +23,7 @@ from omniflash.media.mp4check import (
     result_seconds,
 )
 from omniflash.settings import Settings
-from omniflash.store import Store, TaskRow, TaskStatus
+from omniflash.store import Store
 from omniflash.worker.wake import Waker
 
 if TYPE_CHECKING:
@@ -66,27 +66,26 @@ class ResultIntake:
         information; the numbers that matter are the server's.
         """
         key = result_key(lease)
-        task = self.store.tasks.get(lease.task_id)
-        if task.result_key == key:
-            return True
-        if not _holds(task, lease.epoch, worker_id):
-            self.storage.delete(key)  # nobody's result
-            return False
+        # ``lease.spec`` is this server's own reading of the task (its claim, or the API's
+        # read of the lease a remote worker names), and a spec never changes: the task is
+        # read again only when the lease turns out not to be held.
+        spec = lease.spec
         try:
-            checked = self.check(key, task.spec)
+            checked = self.check(key, spec)
         except ResultRejected as exc:
             self.storage.delete(key)
-            self.store.tasks.fail(
+            if not self.store.tasks.fail(
                 lease.task_id,
                 lease.epoch,
                 f"the worker's result was refused: {exc}",
                 retry=True,
                 max_attempts=self.settings.max_attempts,
                 worker_id=worker_id,
-            )
+            ):
+                return self._settled(lease, key)
             self.waker.notify()  # it may be pending again
             raise
-        seconds = result_seconds(checked, task.spec)
+        seconds = result_seconds(checked, spec)
         info = {
             **reported,
             "frames": checked.frames,
@@ -104,8 +103,14 @@ class ResultIntake:
             pricing=self.settings.pricing,
             info=info,
             worker_id=worker_id,
+            resolution=spec.resolution,
         ):
             return True
+        return self._settled(lease, key)
+
+    def _settled(self, lease: Lease, key: str) -> bool:
+        """The lease was not held: True when the task was completed with this very file (a
+        repeated call), else the file is nobody's and is deleted."""
         if self.store.tasks.get(lease.task_id).result_key == key:
             return True
         # Another attempt owns the task now (or it was cancelled): this file is nobody's.
@@ -142,12 +147,3 @@ class ResultIntake:
             raise ResultRejected("the result file disappeared while it was checked") from exc
         check_result(info, spec)
         return info
-
-
-def _holds(task: TaskRow, epoch: int, worker_id: int | None) -> bool:
-    """Whether ``task`` is processing under ``epoch`` (and, remotely, ``worker_id``'s lease)."""
-    return (
-        task.status is TaskStatus.PROCESSING
-        and task.lease_epoch == epoch
-        and (worker_id is None or task.lease_worker == worker_id)
-    )

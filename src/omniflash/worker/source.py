@@ -171,9 +171,9 @@ class StoreTaskSource:
             )
 
     def fetch_inputs(self, lease: Lease, dest: Path) -> dict[str, Path]:
-        dest.mkdir(parents=True, exist_ok=True)
         paths = {}
         for n, (label, key) in enumerate(blob_inputs(lease.spec).items()):
+            dest.mkdir(parents=True, exist_ok=True)
             path = dest / f"input-{n}"
             with _unavailable():
                 self.storage.download(key, path)

@@ -231,13 +231,17 @@ class Worker(threading.Thread):
             lease.spec.mode.value,
             lease.attempt,
         )
+        # The result is written beside the task's directory, which is made only for inputs
+        # (most tasks have none): directory operations cost more than the rest of a short
+        # task's files, and the result leaves by one rename (``TaskSource.complete``).
         scratch = self.scratch_dir / f"{lease.task_id}.{lease.epoch}"
-        output = scratch / "out.mp4"
+        output = self.scratch_dir / f"{lease.task_id}.{lease.epoch}.mp4"
         try:
             with task_context(lease.task_id):  # log lines about this task carry its id
                 self._attempt(lease, scratch, output)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            output.unlink(missing_ok=True)
 
     def _previews(self, lease: Lease) -> Previews:
         # A source without ``preview`` (one written before previews) gets none, and the
