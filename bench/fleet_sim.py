@@ -44,7 +44,7 @@ PER_TOKEN = 8
 
 
 def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -258,25 +258,8 @@ class Fleet:
         try:
             for first in range(0, self.workers, share):
                 count = min(share, self.workers - first)
-                self.procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            str(Path(__file__)),
-                            "loops",
-                            urls,
-                            str(first),
-                            str(count),
-                        ],
-                        env=self.service.env,
-                        cwd=ROOT,
-                        text=True,
-                        bufsize=1,
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.DEVNULL,
-                    )  # fmt: skip
-                )
+                args = [sys.executable, str(Path(__file__)), "loops", urls, str(first), str(count)]
+                self.procs.append(self._spawn(args))
                 assert self.procs[-1].stdin is not None
                 self.procs[-1].stdin.write("\n".join(tokens) + "\n\n")
             for proc in self.procs:
@@ -293,6 +276,13 @@ class Fleet:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+    def _spawn(self, args: list[str]) -> subprocess.Popen[str]:
+        pipe = subprocess.PIPE
+        return subprocess.Popen(
+            args, env=self.service.env, cwd=ROOT, text=True, bufsize=1,
+            stdin=pipe, stdout=pipe, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
     def tell(self, proc: subprocess.Popen[str], word: str) -> tuple[int, int, int]:
         assert proc.stdin is not None and proc.stdout is not None

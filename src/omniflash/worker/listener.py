@@ -39,5 +39,7 @@ class Listener(ChannelListener):
     """PostgreSQL: wake this process's waiters on every task queued anywhere."""
 
     def __init__(self, store: Store, waker: Waker) -> None:
-        super().__init__(store, NOTIFY_CHANNEL, lambda _payload: waker.notify(), "listener")
+        super().__init__(store, NOTIFY_CHANNEL, lambda _payload: waker.notify_remote(), "listener")
         self.waker = waker
+        # Every task queued, here too, arrives as a NOTIFY: the long polls take only those.
+        waker.listening = True

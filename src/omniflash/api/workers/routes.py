@@ -138,33 +138,56 @@ async def claim(
 ) -> Response:
     """The oldest pending task under a new lease, waiting up to ``wait_s`` for one.
 
-    The wait parks no thread: it awaits the waker, which every submit (and, on
-    PostgreSQL, every ``NOTIFY`` from any replica) sets; only the claims themselves run
-    in the thread pool.  A worker that hung up is not handed a task: a lease claimed
-    for it is released.  A token revoked during the wait gets 401 and no task.
+    The wait parks no thread and costs the database nothing: the long poll waits in line
+    in this process's ``Dispatcher``, and a task queued anywhere (a submit, a requeue, a
+    revoke's hand-back: each a ``NOTIFY`` on PostgreSQL) wakes one waiter, which claims.
+    A poll that arrives while the queue is known to be empty waits without claiming.
+    Once an interval one waiter of the process counts the pending tasks, for news that
+    never came as a signal.  Only the claims themselves run in the thread pool.  A worker
+    that hung up is not handed a task: a lease claimed for it is released.  A token
+    revoked during the wait gets 401 and no task.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(body.wait_s, MAX_CLAIM_WAIT_S)
     owner = f"{worker.name}/{body.owner}"[:100]
+    dispatch = services.waker.dispatcher()
+    interval = services.settings.poll_interval_s
+    woken = False
     while True:
-        seen = services.waker.generation
         if await request.is_disconnected() or _stopping(request):
+            if woken:
+                dispatch.hand_on()
             return Response(status_code=204)
-        got = await _claim_once(services, owner, worker)
-        if got is not None:
-            if await request.is_disconnected():
-                await run_in_threadpool(_give_back, services, got, worker)
-                return Response(status_code=204)
-            if not await run_in_threadpool(services.store.workers.is_active, worker.id):
-                # Revoked after the claim committed: the revoke handed the task back.
-                raise AuthenticationFailed("Authentication failed: this worker token is revoked")
-            return JSONResponse(_claim_answer(services, got))
+        if woken or dispatch.maybe_pending():
+            news = dispatch.news
+            try:
+                got = await _claim_once(services, owner, worker)
+            except BaseException:
+                if woken:  # this wake was meant for a claim: another waiter makes it
+                    dispatch.hand_on()
+                raise
+            if got is not None:
+                if await request.is_disconnected():
+                    await run_in_threadpool(_give_back, services, got, worker)
+                    return Response(status_code=204)
+                if not await run_in_threadpool(services.store.workers.is_active, worker.id):
+                    # Revoked after the claim committed: the revoke handed the task back.
+                    raise AuthenticationFailed(
+                        "Authentication failed: this worker token is revoked"
+                    )
+                return JSONResponse(_claim_answer(services, got))
+            dispatch.found_empty(news)
         left = deadline - loop.time()
         if left <= 0:
             return Response(status_code=204)
-        # Woken by a submit at once; the periodic retry covers requeues by other processes
-        # on SQLite, which has no NOTIFY.
-        await services.waker.wait_async(seen, min(left, services.settings.poll_interval_s))
+        # Each ``interval`` the poll looks up (a disconnect, a shutdown) without a claim.
+        woken = await dispatch.wait(min(left, interval))
+        if not woken and dispatch.probe_due(interval):
+            pending = await run_in_threadpool(
+                services.store.workers.pending_tasks, dispatch.waiting + 1
+            )
+            dispatch.probed(pending)
+            woken = pending > 0
 
 
 async def _claim_once(services: Services, owner: str, worker: WorkerInfo) -> Lease | None:
@@ -217,19 +240,24 @@ def heartbeat(
     task_id: str, body: HeartbeatRequest, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
     """Renew the lease; ``held: false`` once the task was cancelled or handed to another,
-    or once it has run past the task time limit (and a lease more) since it was claimed."""
-    _task(services, task_id, worker)
+    or once it has run past the task time limit (and a lease more) since it was claimed.
+
+    One statement when held: the renewal itself names the token, so only a refused one
+    reads the task, to answer another token's task (or none) with 404."""
+    if not is_task_id(task_id):
+        raise NotFound(f"No task {shown(task_id)}")
     s = services.settings
-    return _held(
-        services.store.tasks.heartbeat(
-            task_id,
-            body.epoch,
-            progress=min(body.progress, 99),
-            lease_s=s.lease_s,
-            worker_id=worker.id,
-            max_run_s=s.task_timeout_s + s.lease_s,
-        )
+    held = services.store.tasks.heartbeat(
+        task_id,
+        body.epoch,
+        progress=min(body.progress, 99),
+        lease_s=s.lease_s,
+        worker_id=worker.id,
+        max_run_s=s.task_timeout_s + s.lease_s,
     )
+    if not held:
+        _task(services, task_id, worker)
+    return _held(held)
 
 
 @router.get("/tasks/{task_id}/inputs/{index}")
