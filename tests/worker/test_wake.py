@@ -113,3 +113,16 @@ def test_a_listening_waker_dispatches_only_the_notifies_from_the_database() -> N
         return list(await asyncio.gather(*tasks))
 
     assert asyncio.run(run()) == [True, False]
+
+
+def test_a_signal_no_one_waited_for_is_kept_for_the_next_poll_until_found_stale() -> None:
+    async def run() -> None:
+        d = Waker().dispatcher()
+        d.signal()
+        d.signal()
+        assert d.take_kept() and d.take_kept() and not d.take_kept()
+        d.signal()
+        d.found_empty(d.news)  # a claim since found nothing: the kept wake is stale
+        assert not d.take_kept()
+
+    asyncio.run(run())

@@ -103,6 +103,7 @@ class Dispatcher:
         self.news = 0
         """Signals and probes that found tasks, counted; a claim notes it before it runs."""
         self._empty_at: int | None = None
+        self._kept = 0
         self._probed_at = time.monotonic()
         self.woken = 0
         """How many waiters a signal or probe has woken (for tests and benches)."""
@@ -116,14 +117,24 @@ class Dispatcher:
         return self._empty_at != self.news
 
     def found_empty(self, news: int) -> None:
-        """A claim that began at ``news`` found nothing."""
+        """A claim that began at ``news`` found nothing: wakes kept for later are stale."""
         if news == self.news:
             self._empty_at = news
+            self._kept = 0
+
+    def take_kept(self) -> bool:
+        """True (once) for a signal that came while no one waited in line: a poll that is
+        between waits (probing, or just come) claims for it."""
+        if self._kept <= 0:
+            return False
+        self._kept -= 1
+        return True
 
     def signal(self) -> None:
         """A task was queued somewhere: wake one waiter (or the next long poll claims)."""
         self.news += 1
-        self._wake_one()
+        if not self._wake_one():
+            self._kept += 1
 
     def probe_due(self, interval: float) -> bool:
         """True for one caller per ``interval``, when no claim is known to be on its way."""

@@ -152,19 +152,20 @@ async def claim(
     owner = f"{worker.name}/{body.owner}"[:100]
     dispatch = services.waker.dispatcher()
     interval = services.settings.poll_interval_s
-    woken = False
+    # A poll claims when it comes (unless the queue is known empty) and when woken; a
+    # poll that only looks up at the end of an interval does not.
+    claim_now = dispatch.take_kept() or dispatch.maybe_pending()
     while True:
         if await request.is_disconnected() or _stopping(request):
-            if woken:
+            if claim_now:  # a wake meant for a claim: the next waiter makes it
                 dispatch.hand_on()
             return Response(status_code=204)
-        if woken or dispatch.maybe_pending():
+        if claim_now:
             news = dispatch.news
             try:
                 got = await _claim_once(services, owner, worker)
             except BaseException:
-                if woken:  # this wake was meant for a claim: another waiter makes it
-                    dispatch.hand_on()
+                dispatch.hand_on()
                 raise
             if got is not None:
                 if await request.is_disconnected():
@@ -181,13 +182,14 @@ async def claim(
         if left <= 0:
             return Response(status_code=204)
         # Each ``interval`` the poll looks up (a disconnect, a shutdown) without a claim.
-        woken = await dispatch.wait(min(left, interval))
-        if not woken and dispatch.probe_due(interval):
+        claim_now = await dispatch.wait(min(left, interval))
+        if not claim_now and dispatch.probe_due(interval):
             pending = await run_in_threadpool(
                 services.store.workers.pending_tasks, dispatch.waiting + 1
             )
             dispatch.probed(pending)
-            woken = pending > 0
+            claim_now = pending > 0
+        claim_now = claim_now or dispatch.take_kept()
 
 
 async def _claim_once(services: Services, owner: str, worker: WorkerInfo) -> Lease | None:
