@@ -240,3 +240,14 @@ def test_idle_long_polls_claim_nothing_and_a_submit_wakes_one(
     for poll in polls:
         poll.join(timeout=10)
     assert sorted(a.status_code for a in answers) == [200] + [204] * 7
+
+
+def test_a_token_revoked_while_its_claims_are_cached_gets_no_task(api: Api) -> None:
+    assert api.worker("POST", "/claim", json={"owner": "w", "wait_s": 0}).status_code == 204
+    api.store.workers.revoke("gpu-1")  # the claim route still knows the token, for a while
+    task_id = api.submit()
+    response = api.worker("POST", "/claim", json={"owner": "w", "wait_s": 1})
+    assert response.status_code in (204, 401) and "lease" not in response.text
+    assert api.task(task_id).status is TaskStatus.PENDING
+    beat = api.worker("POST", f"/tasks/{task_id}/heartbeat", json={"epoch": 1})
+    assert beat.status_code == 401  # every other route reads the token fresh

@@ -52,6 +52,7 @@ from omniflash.errors import (
     InvalidRequest,
     NotFound,
 )
+from omniflash.ids import hash_key
 from omniflash.input_blobs import blob_inputs
 from omniflash.media.mp4check import ResultRejected
 from omniflash.store import TaskRow, TaskStatus, WorkerInfo
@@ -86,6 +87,49 @@ def authenticate_worker(request: Request) -> WorkerInfo:
 
 
 WorkerDep = Annotated[WorkerInfo, Depends(authenticate_worker)]
+
+
+class ClaimTokens:
+    """Tokens that opened a claim in the last ``TTL_S`` seconds, so that a fleet's long
+    polls do not read the token table each time they come back.
+
+    Safe for the claim alone: the claim's own transaction holds the token's row and
+    refuses a revoked one, and a claimed lease is answered only after a fresh check
+    (``is_active``).  A revoked token's poll may wait out one cached ``TTL_S`` and get
+    204, never a task; every other worker route reads the token fresh.
+    """
+
+    TTL_S = 5.0
+    MAX = 100_000
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[float, WorkerInfo]] = {}
+
+    def authenticate(self, request: Request) -> WorkerInfo:
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            return authenticate_worker(request)
+        digest = hash_key(token)
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and now - known[0] < self.TTL_S:
+            return known[1]
+        worker = authenticate_worker(request)
+        if len(self._known) >= self.MAX:
+            self._known.clear()
+        self._known[digest] = (now, worker)
+        return worker
+
+
+def authenticate_claim(request: Request) -> WorkerInfo:
+    state = request.app.state
+    tokens = getattr(state, "claim_tokens", None)
+    if tokens is None:
+        tokens = state.claim_tokens = ClaimTokens()
+    return tokens.authenticate(request)
+
+
+ClaimWorkerDep = Annotated[WorkerInfo, Depends(authenticate_claim)]
 
 
 def _results(services: Services) -> ResultIntake:
@@ -134,7 +178,7 @@ def config(worker: WorkerDep, services: ServicesDep) -> dict[str, Any]:
 
 @router.post("/claim", status_code=200, responses={204: {"description": "no task in time"}})
 async def claim(
-    body: ClaimRequest, request: Request, worker: WorkerDep, services: ServicesDep
+    body: ClaimRequest, request: Request, worker: ClaimWorkerDep, services: ServicesDep
 ) -> Response:
     """The oldest pending task under a new lease, waiting up to ``wait_s`` for one.
 
