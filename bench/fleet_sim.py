@@ -82,6 +82,7 @@ class Loops:
         self.go.set()
         self.stopping = False
         self.done = self.errors = self.polls = 0
+        self.kinds: dict[str, int] = {}
         self.files: dict[tuple[int, int, int, int], tuple[bytes, dict[str, Any]]] = {}
 
     def blank(self, spec: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
@@ -103,8 +104,12 @@ class Loops:
                 continue
             try:
                 await self.task(client, name)
-            except (httpx.HTTPError, KeyError, ValueError):
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
                 self.errors += 1
+                kind = type(exc).__name__
+                if isinstance(exc, httpx.HTTPStatusError):
+                    kind = f"{exc.request.url.path.rsplit('/', 1)[-1]} {exc.response.status_code}"
+                self.kinds[kind] = self.kinds.get(kind, 0) + 1
                 await asyncio.sleep(1.0)
 
     async def task(self, client: httpx.AsyncClient, name: str) -> None:
@@ -141,6 +146,8 @@ class Loops:
         elif word == "stop":
             self.stopping = True
             self.go.set()
+            if self.kinds:
+                print(f"errors {self.kinds}", file=sys.stderr, flush=True)
         print(f"{self.done} {self.errors} {self.polls}", flush=True)
 
 
@@ -281,7 +288,7 @@ class Fleet:
         pipe = subprocess.PIPE
         return subprocess.Popen(
             args, env=self.service.env, cwd=ROOT, text=True, bufsize=1,
-            stdin=pipe, stdout=pipe, stderr=subprocess.DEVNULL,
+            stdin=pipe, stdout=pipe, stderr=None,
         )  # fmt: skip
 
     def tell(self, proc: subprocess.Popen[str], word: str) -> tuple[int, int, int]:

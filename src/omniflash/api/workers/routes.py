@@ -187,7 +187,8 @@ async def claim(
     revoke's hand-back: each a ``NOTIFY`` on PostgreSQL) wakes one waiter, which claims.
     A poll that arrives while the queue is known to be empty waits without claiming.
     Once an interval one waiter of the process counts the pending tasks, for news that
-    never came as a signal.  Only the claims themselves run in the thread pool.  A worker
+    never came as a signal.  The token is read at most once in ``ClaimTokens.TTL_S``
+    per token.  Only the claims themselves run in the thread pool.  A worker
     that hung up is not handed a task: a lease claimed for it is released.  A token
     revoked during the wait gets 401 and no task.
     """
