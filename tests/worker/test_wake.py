@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 
+from omniflash.store import Store
+from omniflash.worker.listener import Listener
 from omniflash.worker.wake import Dispatcher, Waker
 
 pytestmark = pytest.mark.timeout(30)
@@ -126,3 +129,13 @@ def test_a_signal_no_one_waited_for_is_kept_for_the_next_poll_until_found_stale(
         assert not d.take_kept()
 
     asyncio.run(run())
+
+
+def test_a_channel_is_added_to_the_listener_only_before_it_starts(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        listener = Listener(store, Waker())
+        listener.add("omniflash_events", lambda _payload: None)
+        assert list(listener.handlers) == ["omniflash_tasks", "omniflash_events"]
+    finally:
+        store.close()
