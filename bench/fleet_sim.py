@@ -110,7 +110,9 @@ class Loops:
                 if isinstance(exc, httpx.HTTPStatusError):
                     kind = f"{exc.request.url.path.rsplit('/', 1)[-1]} {exc.response.status_code}"
                 self.kinds[kind] = self.kinds.get(kind, 0) + 1
-                await asyncio.sleep(1.0)
+                # A kept-alive connection the server closed while the loops were paused
+                # (uvicorn keeps one 5 s): retried at once, as a worker's next call would.
+                await asyncio.sleep(0.0 if isinstance(exc, httpx.TransportError) else 1.0)
 
     async def task(self, client: httpx.AsyncClient, name: str) -> None:
         self.polls += 1
@@ -357,7 +359,7 @@ def simulate(
     print(f"| busy: API CPU per replica | {busy_cpu[0]:.0f} % / {busy_cpu[1]:.0f} % |")
     print(f"| busy: statements per task (replicas) | {(b1[2] - b0[2]) / len(times):.1f} |")
     print(f"| busy: DB transactions per task | {(b1[3] - b0[3]) / len(times):.1f} |")
-    print(f"| loop errors (HTTP) | {errors} |")
+    print(f"| loop errors (HTTP, stale keep-alive connections included) | {errors} |")
 
 
 def main() -> None:
