@@ -10,7 +10,11 @@ Measured in one run on a fresh database, with an engine that does nothing
 - the same for a bare ``SELECT … FOR UPDATE SKIP LOCKED`` loop (claim in one
   transaction, finish in another) with as many threads, as the baseline.
 
+With ``--workers N`` it simulates a fleet instead: N remote worker loops against two
+API replicas, idle, dispatching and busy (``bench/fleet_sim.py``).
+
     OMNIFLASH_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test python bench/fleet.py
+    … python bench/fleet.py --workers 1000
 
 Targets: p99 ≤ 50 ms at idle; ≥ 50% of the bare loop's tasks per second.
 """
@@ -274,12 +278,22 @@ def main() -> None:
     parser.add_argument("--postgres", default=os.environ.get("OMNIFLASH_TEST_POSTGRES_URL"))
     parser.add_argument("--samples", type=int, default=100, help="latency samples [100]")
     parser.add_argument("--tasks", type=int, default=200, help="tasks per throughput run [200]")
+    parser.add_argument("--workers", type=int, help="simulate this many remote worker loops")
+    parser.add_argument("--procs", type=int, default=2, help="processes for the loops [2]")
+    parser.add_argument("--idle", type=float, default=20.0, help="idle window, s [20]")
+    parser.add_argument("--queue", type=int, default=2000, help="tasks for the busy phase [2000]")
     args = parser.parse_args()
     if not args.postgres:
         sys.exit("bench/fleet.py needs PostgreSQL: --postgres URL or OMNIFLASH_TEST_POSTGRES_URL")
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="omniflash-fleet-bench-"))
+    if args.workers:
+        from bench.fleet_sim import simulate
+
+        with fresh_database(args.postgres) as url:
+            simulate(Service(url, work), args.workers, args.procs, args.idle, 100, args.queue)
+        return
     print("| measure | omniflash | bare SKIP LOCKED loop | ratio | target |")
     print("| --- | --- | --- | --- | --- |")
     with fresh_database(args.postgres) as url:

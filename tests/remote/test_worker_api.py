@@ -202,3 +202,52 @@ def test_requests_are_validated(api: Api) -> None:
     assert api.worker("POST", f"/tasks/{task_id}/complete", json=no_duration).status_code == 400
     body = {"epoch": 1}
     assert api.worker("POST", "/tasks/task_nope/release", json=body).status_code == 404
+
+
+def test_idle_long_polls_claim_nothing_and_a_submit_wakes_one(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims: list[str] = []
+    real_claim = api.store.tasks.claim
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        claims.append("claim")
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(api.store.tasks, "claim", counted)
+    answers: list[Any] = []
+
+    def long_poll(n: int) -> None:
+        answers.append(api.worker("POST", "/claim", json={"owner": f"w-{n}", "wait_s": 4}))
+
+    polls = [threading.Thread(target=long_poll, args=(n,)) for n in range(8)]
+    for poll in polls:
+        poll.start()
+    time.sleep(0.5)  # the polls that came together claimed once each, and found nothing
+    del claims[:]
+    time.sleep(1.0)  # five poll intervals: the old loop claimed 8 × 5 times
+    assert claims == []
+    task_id = api.submit()
+    deadline = time.monotonic() + 3
+    while not answers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert answers and answers[0].status_code == 200
+    assert answers[0].json()["lease"]["task_id"] == task_id
+    time.sleep(0.5)
+    # One waiter woken for one task (and at most one more, if a probe saw it pending
+    # before that claim committed), not all eight.
+    assert 1 <= len(claims) <= 2, claims
+    for poll in polls:
+        poll.join(timeout=10)
+    assert sorted(a.status_code for a in answers) == [200] + [204] * 7
+
+
+def test_a_token_revoked_while_its_claims_are_cached_gets_no_task(api: Api) -> None:
+    assert api.worker("POST", "/claim", json={"owner": "w", "wait_s": 0}).status_code == 204
+    api.store.workers.revoke("gpu-1")  # the claim route still knows the token, for a while
+    task_id = api.submit()
+    response = api.worker("POST", "/claim", json={"owner": "w", "wait_s": 1})
+    assert response.status_code in (204, 401) and "lease" not in response.text
+    assert api.task(task_id).status is TaskStatus.PENDING
+    beat = api.worker("POST", f"/tasks/{task_id}/heartbeat", json={"epoch": 1})
+    assert beat.status_code == 401  # every other route reads the token fresh

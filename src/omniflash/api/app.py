@@ -109,8 +109,9 @@ def create_app(
         background.append(
             webhooks.WebhookSender(settings, store, on_outcome=metrics.webhook_outcome)
         )
-    if not store.db.is_sqlite:
-        background.append(Listener(store, waker))
+    listener = None if store.db.is_sqlite else Listener(store, waker)
+    if listener is not None:
+        background.append(listener)
     reads = hot_reads(store.db)
     services = Services(
         settings=settings,
@@ -130,8 +131,9 @@ def create_app(
     )
     webhooks.install(store, settings, services.signer)
     mcp = McpEndpoint(services)
-    # The event streams' one source of news in this process (one LISTEN on PostgreSQL).
-    event_hub = EventHub(store)
+    # The event streams' one source of news in this process (on PostgreSQL, a channel of
+    # the process's one LISTEN connection, the workers' listener's).
+    event_hub = EventHub(store, listener)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -15,7 +15,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -314,20 +314,31 @@ class Database:
         """PostgreSQL only: call ``on_notify`` with each NOTIFY's payload on ``channel``
         until ``stop``, and with ``None`` each time the connection is made (what was sent
         while it was not listening is unknown: look at everything once)."""
+        self.listen_channels({channel: on_notify}, stop)
+
+    def listen_channels(
+        self, handlers: Mapping[str, Callable[[str | None], None]], stop: threading.Event
+    ) -> None:
+        """``listen_payloads`` for several channels on ONE connection: each NOTIFY goes
+        to its channel's handler, and ``None`` to every handler on each (re)connect."""
         import psycopg
 
         url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         while not stop.is_set():
             try:
                 with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f'LISTEN "{channel}"')
-                    # Tasks queued while this was not listening: look once now.
-                    on_notify(None)
+                    for channel in handlers:
+                        conn.execute(f'LISTEN "{channel}"')
+                    # Sent while this was not listening: each handler looks once now.
+                    for on_notify in handlers.values():
+                        on_notify(None)
                     while not stop.is_set():
                         for notify in conn.notifies(timeout=1.0, stop_after=1):
-                            on_notify(notify.payload)
+                            handler = handlers.get(notify.channel)
+                            if handler is not None:
+                                handler(notify.payload)
             except psycopg.Error:
-                # The workers still poll; listening is only what makes them prompt.
+                # The workers still probe; listening is only what makes them prompt.
                 stop.wait(5.0)
 
     def dispose(self) -> None:

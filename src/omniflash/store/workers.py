@@ -114,6 +114,16 @@ class WorkerStore:
                 is not None
             )
 
+    @retry_disconnect
+    def pending_tasks(self, limit: int) -> int:
+        """How many tasks wait for a worker, counted up to ``limit`` (the index on
+        ``status`` answers it): the long polls' safety net for a missed ``NOTIFY``."""
+        waiting = (
+            sa.select(tasks.c.id).where(tasks.c.status == "pending").limit(max(1, limit)).subquery()
+        )
+        with self.db.read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(waiting)).scalar_one())
+
     def seen_since(self, since: float) -> int:
         """The active tokens that made a request since ``since`` (as ``SEEN_EVERY_S`` allows)."""
         with self.db.read() as conn:

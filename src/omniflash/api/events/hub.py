@@ -6,10 +6,10 @@ stream then reads what is new itself (``HotReads.events`` after its last id).  T
 says only *which key*; the rows say *what*, so a wake-up that comes twice, or late,
 never sends an event twice or loses one.
 
-- PostgreSQL: ONE listening connection per process (``ChannelListener`` on
-  ``omniflash_events``, a thread that parks on the socket); each ``NOTIFY``'s payload
-  is a key id.  When the connection is (re)made every stream wakes and looks, since
-  what was sent meanwhile is unknown.
+- PostgreSQL: ONE listening connection per process, shared with the workers' waker
+  (``Listener``, a thread that parks on the socket, also on ``omniflash_events``); each
+  ``NOTIFY``'s payload is a key id.  When the connection is (re)made every stream
+  wakes and looks, since what was sent meanwhile is unknown.
 - SQLite (one process): ``Database.event_hooks`` calls the hub after each commit that
   wrote events.
 
@@ -61,11 +61,16 @@ class Subscription:
 class EventHub:
     """This process's one source of event news, fanned out to its streams by key."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, listener: ChannelListener | None = None) -> None:
+        """With ``listener`` (PostgreSQL, not yet started), the hub's channel rides on
+        that connection, the process's one; without, ``start`` opens its own."""
         self.store = store
         self._streams: dict[int, set[Subscription]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: ChannelListener | None = None
+        self._shared = listener is not None and not store.db.is_sqlite
+        if listener is not None and self._shared:
+            listener.add(EVENTS_CHANNEL, self._notified)
 
     @property
     def streams(self) -> int:
@@ -77,7 +82,7 @@ class EventHub:
         self._loop = asyncio.get_running_loop()
         if self.store.db.is_sqlite:
             self.store.db.event_hooks.append(self._committed)
-        else:
+        elif not self._shared:
             self._listener = ChannelListener(
                 self.store, EVENTS_CHANNEL, self._notified, name="event-listener"
             )

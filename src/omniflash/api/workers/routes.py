@@ -52,6 +52,7 @@ from omniflash.errors import (
     InvalidRequest,
     NotFound,
 )
+from omniflash.ids import hash_key
 from omniflash.input_blobs import blob_inputs
 from omniflash.media.mp4check import ResultRejected
 from omniflash.store import TaskRow, TaskStatus, WorkerInfo
@@ -86,6 +87,49 @@ def authenticate_worker(request: Request) -> WorkerInfo:
 
 
 WorkerDep = Annotated[WorkerInfo, Depends(authenticate_worker)]
+
+
+class ClaimTokens:
+    """Tokens that opened a claim in the last ``TTL_S`` seconds, so that a fleet's long
+    polls do not read the token table each time they come back.
+
+    Safe for the claim alone: the claim's own transaction holds the token's row and
+    refuses a revoked one, and a claimed lease is answered only after a fresh check
+    (``is_active``).  A revoked token's poll may wait out one cached ``TTL_S`` and get
+    204, never a task; every other worker route reads the token fresh.
+    """
+
+    TTL_S = 5.0
+    MAX = 100_000
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[float, WorkerInfo]] = {}
+
+    def authenticate(self, request: Request) -> WorkerInfo:
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            return authenticate_worker(request)
+        digest = hash_key(token)
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and now - known[0] < self.TTL_S:
+            return known[1]
+        worker = authenticate_worker(request)
+        if len(self._known) >= self.MAX:
+            self._known.clear()
+        self._known[digest] = (now, worker)
+        return worker
+
+
+def authenticate_claim(request: Request) -> WorkerInfo:
+    state = request.app.state
+    tokens = getattr(state, "claim_tokens", None)
+    if tokens is None:
+        tokens = state.claim_tokens = ClaimTokens()
+    return tokens.authenticate(request)
+
+
+ClaimWorkerDep = Annotated[WorkerInfo, Depends(authenticate_claim)]
 
 
 def _results(services: Services) -> ResultIntake:
@@ -134,37 +178,63 @@ def config(worker: WorkerDep, services: ServicesDep) -> dict[str, Any]:
 
 @router.post("/claim", status_code=200, responses={204: {"description": "no task in time"}})
 async def claim(
-    body: ClaimRequest, request: Request, worker: WorkerDep, services: ServicesDep
+    body: ClaimRequest, request: Request, worker: ClaimWorkerDep, services: ServicesDep
 ) -> Response:
     """The oldest pending task under a new lease, waiting up to ``wait_s`` for one.
 
-    The wait parks no thread: it awaits the waker, which every submit (and, on
-    PostgreSQL, every ``NOTIFY`` from any replica) sets; only the claims themselves run
-    in the thread pool.  A worker that hung up is not handed a task: a lease claimed
-    for it is released.  A token revoked during the wait gets 401 and no task.
+    The wait parks no thread and costs the database nothing: the long poll waits in line
+    in this process's ``Dispatcher``, and a task queued anywhere (a submit, a requeue, a
+    revoke's hand-back: each a ``NOTIFY`` on PostgreSQL) wakes one waiter, which claims.
+    A poll that arrives while the queue is known to be empty waits without claiming.
+    Once an interval one waiter of the process counts the pending tasks, for news that
+    never came as a signal.  The token is read at most once in ``ClaimTokens.TTL_S``
+    per token.  Only the claims themselves run in the thread pool.  A worker
+    that hung up is not handed a task: a lease claimed for it is released.  A token
+    revoked during the wait gets 401 and no task.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(body.wait_s, MAX_CLAIM_WAIT_S)
     owner = f"{worker.name}/{body.owner}"[:100]
+    dispatch = services.waker.dispatcher()
+    interval = services.settings.poll_interval_s
+    # A poll claims when it comes (unless the queue is known empty) and when woken; a
+    # poll that only looks up at the end of an interval does not.
+    claim_now = dispatch.take_kept() or dispatch.maybe_pending()
     while True:
-        seen = services.waker.generation
         if await request.is_disconnected() or _stopping(request):
+            if claim_now:  # a wake meant for a claim: the next waiter makes it
+                dispatch.hand_on()
             return Response(status_code=204)
-        got = await _claim_once(services, owner, worker)
-        if got is not None:
-            if await request.is_disconnected():
-                await run_in_threadpool(_give_back, services, got, worker)
-                return Response(status_code=204)
-            if not await run_in_threadpool(services.store.workers.is_active, worker.id):
-                # Revoked after the claim committed: the revoke handed the task back.
-                raise AuthenticationFailed("Authentication failed: this worker token is revoked")
-            return JSONResponse(_claim_answer(services, got))
+        if claim_now:
+            news = dispatch.news
+            try:
+                got = await _claim_once(services, owner, worker)
+            except BaseException:
+                dispatch.hand_on()
+                raise
+            if got is not None:
+                if await request.is_disconnected():
+                    await run_in_threadpool(_give_back, services, got, worker)
+                    return Response(status_code=204)
+                if not await run_in_threadpool(services.store.workers.is_active, worker.id):
+                    # Revoked after the claim committed: the revoke handed the task back.
+                    raise AuthenticationFailed(
+                        "Authentication failed: this worker token is revoked"
+                    )
+                return JSONResponse(_claim_answer(services, got))
+            dispatch.found_empty(news)
         left = deadline - loop.time()
         if left <= 0:
             return Response(status_code=204)
-        # Woken by a submit at once; the periodic retry covers requeues by other processes
-        # on SQLite, which has no NOTIFY.
-        await services.waker.wait_async(seen, min(left, services.settings.poll_interval_s))
+        # Each ``interval`` the poll looks up (a disconnect, a shutdown) without a claim.
+        claim_now = await dispatch.wait(min(left, interval))
+        if not claim_now and dispatch.probe_due(interval):
+            pending = await run_in_threadpool(
+                services.store.workers.pending_tasks, dispatch.waiting + 1
+            )
+            dispatch.probed(pending)
+            claim_now = pending > 0
+        claim_now = claim_now or dispatch.take_kept()
 
 
 async def _claim_once(services: Services, owner: str, worker: WorkerInfo) -> Lease | None:
@@ -217,19 +287,24 @@ def heartbeat(
     task_id: str, body: HeartbeatRequest, worker: WorkerDep, services: ServicesDep
 ) -> dict[str, bool]:
     """Renew the lease; ``held: false`` once the task was cancelled or handed to another,
-    or once it has run past the task time limit (and a lease more) since it was claimed."""
-    _task(services, task_id, worker)
+    or once it has run past the task time limit (and a lease more) since it was claimed.
+
+    One statement when held: the renewal itself names the token, so only a refused one
+    reads the task, to answer another token's task (or none) with 404."""
+    if not is_task_id(task_id):
+        raise NotFound(f"No task {shown(task_id)}")
     s = services.settings
-    return _held(
-        services.store.tasks.heartbeat(
-            task_id,
-            body.epoch,
-            progress=min(body.progress, 99),
-            lease_s=s.lease_s,
-            worker_id=worker.id,
-            max_run_s=s.task_timeout_s + s.lease_s,
-        )
+    held = services.store.tasks.heartbeat(
+        task_id,
+        body.epoch,
+        progress=min(body.progress, 99),
+        lease_s=s.lease_s,
+        worker_id=worker.id,
+        max_run_s=s.task_timeout_s + s.lease_s,
     )
+    if not held:
+        _task(services, task_id, worker)
+    return _held(held)
 
 
 @router.get("/tasks/{task_id}/inputs/{index}")
