@@ -170,8 +170,8 @@ class Database:
             # ``durable=False``) commit without waiting for the WAL's flush to disk.
             self._lossy_engine = sa.create_engine(
                 url,
-                pool_size=8,
-                max_overflow=8,
+                pool_size=4,
+                max_overflow=4,
                 pool_timeout=30,
                 pool_recycle=1800,
                 connect_args={"options": "-c synchronous_commit=off"},
@@ -251,9 +251,9 @@ class Database:
 
         ``durable=False``: the commit does not wait for its WAL to reach the disk
         (``synchronous_commit = off``), for a write that a crash of the server may undo
-        harmlessly, a claim or a heartbeat (the task is pending again, or its lease ends
-        sooner; the lease's epoch guards the rest).  Any later durable commit flushes it
-        too, so what a completion or a refund commits never rests on a lost claim.
+        harmlessly: a heartbeat (the lease then ends sooner, and its progress shows less).
+        Never a claim: the epoch a claim takes fences the lease, and a claim undone by a
+        crash would let the next claim hand the same epoch to a second worker.
         """
         if self.is_sqlite:
             raise RuntimeError("SQLite writes go through write()")

@@ -105,7 +105,9 @@ class LeaseQueue(LeaseSteps):
         }
         if worker_id is None:
             try:
-                with self.db.statement(durable=False) as conn:
+                # Durable: the epoch it takes is the lease's fencing token, and a claim a
+                # crash undid would hand the same epoch to a second worker.
+                with self.db.statement() as conn:
                     return conn.execute(CLAIM, params).one_or_none()
             except sa.exc.DBAPIError as exc:
                 # It commits by itself: a drop leaves open whether it took a task.
