@@ -35,6 +35,10 @@ __all__ = ["EngineProcess", "Worker", "duration_text"]
 
 log = logging.getLogger(__name__)
 CANCEL_GRACE_S = 10.0
+RENEW_S = 5.0
+"""The longest between two heartbeats of a task whose progress has not moved."""
+PROGRESS_BEAT_S = 0.5
+"""The shortest between two heartbeats that carry new progress."""
 
 
 class EngineProcess:
@@ -290,7 +294,10 @@ class Worker(threading.Thread):
         )
         started = time.monotonic()
         deadline = started + s.task_timeout_s
-        beat_every = max(0.2, min(2.0, s.lease_s / 3))
+        # A beat is one statement: news (progress) goes out at most every PROGRESS_BEAT_S,
+        # and a lease with no news is renewed three times a lease, at most every RENEW_S
+        # (a cancel is noticed by the next beat).
+        beat_every = max(0.2, min(RENEW_S, s.lease_s / 3))
         last_beat = started  # the claim has just set the lease
         progress = beat_progress = 0
         cancel_sent_at: float | None = None
@@ -298,7 +305,7 @@ class Worker(threading.Thread):
         while outcome is None:
             now = time.monotonic()
             due = now - last_beat >= beat_every or (
-                progress != beat_progress and now - last_beat >= 0.5
+                progress != beat_progress and now - last_beat >= PROGRESS_BEAT_S
             )
             if cancel_sent_at is None and due:
                 last_beat, beat_progress = now, progress
