@@ -282,12 +282,34 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="processes for the loops [2]")
     parser.add_argument("--idle", type=float, default=20.0, help="idle window, s [20]")
     parser.add_argument("--queue", type=int, default=2000, help="tasks for the busy phase [2000]")
+    parser.add_argument(
+        "--load", type=int, default=0, help="CPU-bound processes running beside it all along [0]"
+    )
     args = parser.parse_args()
     if not args.postgres:
         sys.exit("bench/fleet.py needs PostgreSQL: --postgres URL or OMNIFLASH_TEST_POSTGRES_URL")
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="omniflash-fleet-bench-"))
+    with busy(args.load):
+        run(args, work)
+    print(f"\n{args.load} CPU-bound processes beside it; load average {os.getloadavg()[0]:.1f}")
+
+
+@contextmanager
+def busy(count: int) -> Iterator[None]:
+    """``count`` processes that spin on the CPU: the same run on a machine under load."""
+    spin = "while True: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     if args.workers:
         from bench.fleet_sim import simulate
 
