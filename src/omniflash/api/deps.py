@@ -28,6 +28,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from omniflash.api.limits import KeyCache, ReadLimiter
 from omniflash.blobs import Storage, UrlSigner
@@ -239,7 +240,7 @@ class DirectRoute(APIRoute):
             for name in path:
                 kwargs[name] = matched[name]
             if query:
-                given = request.query_params
+                given = request.query_params if request.scope["query_string"] else {}
                 for name, alias in query:
                     kwargs[name] = given.get(alias)
             if request_name is not None:
@@ -248,3 +249,17 @@ class DirectRoute(APIRoute):
             return response
 
         return handler
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if self.max_body_size is None:
+            # FastAPI's wrapper opens two exit stacks (for dependencies that ``yield``:
+            # none here) and renders errors with the app's handlers, which the app's own
+            # exception middleware does for what this route raises.
+            handler = self.get_route_handler()
+
+            async def app(scope: Scope, receive: Receive, send: Send) -> None:
+                response = await handler(Request(scope, receive, send))
+                await response(scope, receive, send)
+
+            self.app = app
