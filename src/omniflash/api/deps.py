@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from omniflash.api.limits import KeyCache, ReadLimiter
+from omniflash.api.responses import encode
 from omniflash.blobs import Storage, UrlSigner
 from omniflash.engines.estimates import Estimator
 from omniflash.errors import AuthenticationFailed, RateLimited
@@ -71,6 +72,9 @@ class Services:
     reads: HotReads
     read_limiter: ReadLimiter
     _base_urls: dict[tuple[Any, ...], str] = dataclasses.field(default_factory=dict)
+    _rendered: dict[tuple[Any, ...], tuple[TaskRow, bytes]] = dataclasses.field(
+        default_factory=dict
+    )
 
     @property
     def presigner(self) -> Storage | None:
@@ -87,6 +91,22 @@ class Services:
             pricing=self.settings.pricing,
             presigner=self.presigner,
         )
+
+    def rendered(self, task: TaskRow, how: tuple[Any, ...], render: Callable[[], Any]) -> bytes:
+        """``render()``, a view of ``task`` (``how`` names the view), as JSON, remembered
+        while ``task`` is the same object: the hot reads answer one object per unchanged
+        row (``store.reads``), so a poll of a task that has not moved renders nothing."""
+        if self.presigner is not None:  # the bucket signs its URLs anew each time
+            return encode(render())
+        key = (id(task), *how)
+        hit = self._rendered.get(key)
+        if hit is not None and hit[0] is task:
+            return hit[1]
+        data = encode(render())
+        if len(self._rendered) >= 4096:
+            self._rendered.clear()
+        self._rendered[key] = (task, data)
+        return data
 
     def base_url(self, request: Request) -> str:
         """``OMNIFLASH_PUBLIC_URL``, else the URL the request came to (remembered per host:
