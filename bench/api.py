@@ -3,12 +3,15 @@
 For SQLite (and PostgreSQL when ``--postgres URL`` or ``OMNIFLASH_TEST_POSTGRES_URL`` is
 given) it starts ``omniflash serve --workers 0`` and ``bench/bare_app.py`` (same uvicorn
 settings, bodies of the same size), loads each with ``wrk`` (16 connections, a separate
-process), alternating between the two for every round, and prints req/s, p50 and p99 for
+process), alternating between them for every round, and prints req/s, p50 and p99 for
 GET task, GET list and POST submit; submits are measured with 1k and with 100k tasks in
-the table.  It also prints the idle API process's resident memory.
+the table.  GET task is compared with two bare routes, measured in the same rounds: a
+sync ``def`` route (run in the thread pool) and an ``async def`` route, the framework's
+own limit.  It also prints the idle API process's resident memory.
 
     python bench/api.py                      # ~4 min on 2 cores
     python bench/api.py --seconds 10 --rounds 3
+    python bench/api.py --only get           # GET task only, ~1 min
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``).
 """
@@ -154,6 +157,13 @@ def populate(database_url: str, key_id: int, total: int) -> None:
 
 def bench_database(label: str, database_url: str, args: argparse.Namespace) -> list[str]:
     work = Path(tempfile.mkdtemp(prefix="omniflash-bench-"))
+    try:
+        return _bench_in(work, label, database_url, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _bench_in(work: Path, label: str, database_url: str, args: argparse.Namespace) -> list[str]:
     env = dict(os.environ, OMNIFLASH_READ_RPM=str(10**9), PYTHONUNBUFFERED="1")
     if database_url.startswith("postgresql"):
         env["OMNIFLASH_DATABASE_URL"] = database_url
@@ -233,54 +243,70 @@ def bench_database(label: str, database_url: str, args: argparse.Namespace) -> l
             env,
             bare + "/v1/tasks",
         ):
+            get = f"/v1/tasks/{task_id}"
+            rows += _compare(
+                label,
+                ["GET task vs sync route", "GET task vs async route"],
+                base + get,
+                [bare + get, bare + "/async" + get],
+                headers,
+                None,
+                args,
+            )
+            if args.only == "get":
+                return [*rows, _rss_row(label, rss)]
             paths = [
-                ("GET task", f"/v1/tasks/{task_id}", None),
                 ("GET list", "/v1/tasks?limit=20", None),
                 ("POST submit (1k tasks)", "/v1/videos/generations", json.dumps(BODY).encode()),
             ]
             for name, path, post in paths:
-                rows.append(_compare(label, name, base + path, bare + path, headers, post, args))
+                rows += _compare(label, [name], base + path, [bare + path], headers, post, args)
             populate(url, 1, args.big)
-            rows.append(
-                _compare(
-                    label,
-                    f"POST submit ({args.big // 1000}k tasks)",
-                    base + paths[2][1],
-                    bare + paths[2][1],
-                    headers,
-                    paths[2][2],
-                    args,
-                )
+            rows += _compare(
+                label,
+                [f"POST submit ({args.big // 1000}k tasks)"],
+                base + paths[1][1],
+                [bare + paths[1][1]],
+                headers,
+                paths[1][2],
+                args,
             )
-    rows.append(f"| API process idle RSS ({label}) | {rss:.0f} MiB | | | | | | target ≤ 70 MiB |")
-    shutil.rmtree(work, ignore_errors=True)
-    return rows
+    return [*rows, _rss_row(label, rss)]
+
+
+def _rss_row(label: str, rss: float) -> str:
+    return f"| API process idle RSS ({label}) | {rss:.0f} MiB | | | | | | target ≤ 70 MiB |"
 
 
 def _compare(
     label: str,
-    name: str,
+    names: list[str],
     ours: str,
-    bare: str,
+    bares: list[str],
     headers: dict[str, str],
     post: bytes | None,
     args: argparse.Namespace,
-) -> str:
+) -> list[str]:
+    """One row per baseline in ``bares`` (named by ``names``), ours measured once a round."""
     mine: list[Result] = []
-    base: list[Result] = []
-    for _ in range(args.rounds):  # interleaved, so drift hits both alike
+    base: list[list[Result]] = [[] for _ in bares]
+    for _ in range(args.rounds):  # interleaved, so drift hits all alike
         mine.append(wrk(ours, args.seconds, headers, post))
-        base.append(wrk(bare, args.seconds, {}, post))
+        for results, bare in zip(base, bares, strict=True):
+            results.append(wrk(bare, args.seconds, {}, post))
 
     def med(results: list[Result], field: str) -> float:
         return statistics.median(getattr(r, field) for r in results)
 
-    ratio = med(mine, "rps") / med(base, "rps")
-    return (
-        f"| {name} ({label}) | {med(mine, 'rps'):,.0f} | {med(mine, 'p50_ms'):.1f} | "
-        f"{med(mine, 'p99_ms'):.1f} | {med(base, 'rps'):,.0f} | {med(base, 'p50_ms'):.1f} | "
-        f"{med(base, 'p99_ms'):.1f} | {ratio:.2f} |"
-    )
+    rows = []
+    for name, results in zip(names, base, strict=True):
+        ratio = med(mine, "rps") / med(results, "rps")
+        rows.append(
+            f"| {name} ({label}) | {med(mine, 'rps'):,.0f} | {med(mine, 'p50_ms'):.1f} | "
+            f"{med(mine, 'p99_ms'):.1f} | {med(results, 'rps'):,.0f} | "
+            f"{med(results, 'p50_ms'):.1f} | {med(results, 'p99_ms'):.1f} | {ratio:.2f} |"
+        )
+    return rows
 
 
 def _rss_mib(pid: int) -> float:
@@ -296,6 +322,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved runs per path [2]")
     parser.add_argument("--big", type=int, default=100_000, help="tasks for the second submit run")
     parser.add_argument("--postgres", default=os.environ.get("OMNIFLASH_TEST_POSTGRES_URL"))
+    parser.add_argument(
+        "--only", choices=["get"], help="measure GET task alone (against both bare routes)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/api.py needs wrk: apt-get install wrk")

@@ -1,5 +1,9 @@
 """The baseline for bench/api.py: a bare FastAPI app answering the same paths with bodies of
-the same size, from sync routes, with one database insert per submit and nothing else.
+the same size, with one database insert per submit and nothing else.
+
+GET task is answered twice: ``/v1/tasks/{id}`` from a sync ``def`` route (a hop to the
+thread pool and back), and ``/async/v1/tasks/{id}`` from an ``async def`` route, which
+does nothing but return the body: what FastAPI and uvicorn themselves cost a request.
 
 Run as ``python bench/bare_app.py PORT DATABASE_URL TASK_BODY_BYTES LIST_BODY_BYTES``.
 """
@@ -39,6 +43,10 @@ def build(database_url: str, task_bytes: int, list_bytes: int) -> FastAPI:
 
     @app.get("/v1/tasks/{task_id}")
     def get_task(task_id: str) -> dict[str, Any]:
+        return task_body
+
+    @app.get("/async/v1/tasks/{task_id}")
+    async def get_task_async(task_id: str) -> dict[str, Any]:
         return task_body
 
     @app.get("/v1/tasks")

@@ -101,6 +101,7 @@ class Metrics:
             ["method", "route", "status"],
             registry=r,
         )
+        self._http_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.http_duration = Histogram(
             "omniflash_http_request_duration_seconds",
             "Time to answer an HTTP request.",
@@ -156,8 +157,18 @@ class Metrics:
         self.webhook_deliveries.labels(outcome).inc()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_duration.labels(method, route).observe(seconds)
+        # The labelled series of each (method, route, status), looked up once: a label
+        # lookup costs more than the count.
+        series = self._http_series.get((method, route, status))
+        if series is None:
+            if len(self._http_series) >= 10_000:  # methods are the client's to choose
+                self._http_series.clear()
+            series = self._http_series[(method, route, status)] = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_duration.labels(method, route),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -232,8 +243,11 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"")
-        request_id = new_request_id(incoming.decode("latin-1"))
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+        request_id = new_request_id(incoming)
         status = 500
         started = time.perf_counter()
 

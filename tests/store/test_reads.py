@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -161,3 +162,60 @@ def test_postgres_reads_survive_dropped_connections_and_report_a_dead_server(
         asyncio.run(down())
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_polls_that_arrive_together_share_a_statement_and_keep_to_their_keys(
+    pg: Store,
+) -> None:
+    import psycopg
+
+    _, key = pg.keys.create("batch", 100_000, rpm=1000, max_concurrent=100)
+    _, other = pg.keys.create("batch other", 100_000, rpm=1000, max_concurrent=100)
+    mine = [
+        pg.tasks.submit(key, SPEC, millicredits=1000, estimated_time=3, seed=i) for i in range(5)
+    ]
+    theirs = pg.tasks.submit(other, SPEC, millicredits=1000, estimated_time=3, seed=9).task
+    reads = hot_reads(pg.db)
+    assert isinstance(reads, PostgresReads)
+    statements = []
+    run = reads._pool
+
+    def counting_pool() -> Any:
+        pool = run()
+        inner = pool.run
+
+        async def counted(sql: str, params: dict[str, Any]) -> list[Any]:
+            statements.append(params)
+            return await inner(sql, params)
+
+        pool.run = counted  # type: ignore[method-assign]
+        return pool
+
+    reads._pool = counting_pool  # type: ignore[method-assign]
+
+    async def main() -> list[Any]:
+        polls = [reads.task(s.task.id, key.id) for s in mine]
+        polls += [
+            reads.task(mine[0].task.id, key.id),  # the same task twice in one batch
+            reads.task(theirs.id, key.id),  # another key's task: not found
+            reads.task(theirs.id, other.id),
+            reads.task("task_nope", key.id),
+        ]
+        found = await asyncio.gather(*polls)
+        # A poll the driver refuses fails alone; the others of its batch are answered.
+        refused = await asyncio.gather(
+            reads.task("task_\x00", key.id),
+            reads.task(mine[1].task.id, key.id),
+            return_exceptions=True,
+        )
+        await reads.close()
+        return [*found, *refused]
+
+    got = asyncio.run(main())
+    assert got[:5] == [pg.tasks.get(s.task.id, key.id) for s in mine]
+    assert got[5] == got[0]
+    assert got[6] is None and got[7] == pg.tasks.get(theirs.id, other.id) and got[8] is None
+    assert isinstance(got[9], psycopg.DataError)
+    assert got[10] == got[1]
+    assert len(statements[0]["task_ids"]) == 7  # the first nine polls: one statement

@@ -34,7 +34,7 @@ from omniflash.api.limits import KeyCache, ReadLimiter
 from omniflash.api.mcp.endpoint import McpEndpoint
 from omniflash.api.omni import webhook_secret
 from omniflash.api.omni.errors import seed_error, task_language
-from omniflash.api.omni.routes import router
+from omniflash.api.omni.routes import add_hot_routes, router
 from omniflash.api.openai import videos as openai_videos
 from omniflash.api.openai.shapes import is_openai_path, openai_error
 from omniflash.api.responses import JSONResponse
@@ -170,6 +170,7 @@ def create_app(
     # Inside the request middleware, so that a refused body's answer has its request id.
     app.add_middleware(BodyLimit, settings=settings, render=dialect_error)
     app.add_middleware(RequestMiddleware, metrics=metrics)
+    add_hot_routes(app.router)
     app.include_router(router)
     app.include_router(event_routes.router)
     app.include_router(files.router)

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse as _StarletteJSONResponse
 
 from omniflash.text import scrub
 
-__all__ = ["JSONResponse"]
+__all__ = ["JSONResponse", "encode"]
 
 
 def _scrubbed(value: Any) -> Any:
@@ -27,11 +27,16 @@ def _scrubbed(value: Any) -> Any:
     return value
 
 
+def encode(content: Any) -> bytes:
+    """``content`` as the API's JSON."""
+    try:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # Text stored before the text rules may hold a lone surrogate, which UTF-8
+        # cannot carry: such a row is served with U+FFFD in its place, not a 500.
+        return orjson.dumps(_scrubbed(content), option=orjson.OPT_NON_STR_KEYS)
+
+
 class JSONResponse(_StarletteJSONResponse):
     def render(self, content: Any) -> bytes:
-        try:
-            return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
-        except orjson.JSONEncodeError:
-            # Text stored before the text rules may hold a lone surrogate, which UTF-8
-            # cannot carry: such a row is served with U+FFFD in its place, not a 500.
-            return orjson.dumps(_scrubbed(content), option=orjson.OPT_NON_STR_KEYS)
+        return encode(content)

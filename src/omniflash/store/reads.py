@@ -16,7 +16,9 @@ itself; their rows become the store's own ``TaskRow`` and ``KeyInfo``.
   the server after a few uses) in a small pool per event loop; while one read waits for
   the server, the loop serves other requests.  A connection that fails is dropped and
   the read tried once more on a new one (a database restart costs no error); when the
-  database is down the read raises ``StoreUnavailable`` (the API answers 503).
+  database is down the read raises ``StoreUnavailable`` (the API answers 503).  Polls
+  (``task``) that arrive together share one statement (``store/polls.py``): a round trip costs
+  the loop more than the rows, and under load many polls wait at once.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from omniflash.store.db import Database, StoreUnavailable
 from omniflash.store.events import TaskEvent, event_statements
 from omniflash.store.keys import ACTIVE_KEY_BY_HASH, KEY_FIELDS, KeyInfo
+from omniflash.store.polls import Polls
 from omniflash.store.schema import tasks, video_deletions
 from omniflash.store.task_rows import TaskRow
 
@@ -101,6 +105,12 @@ def _statements() -> dict[str, sa.Select[Any]]:
 
 
 STATEMENTS = _statements()
+POSTGRES_STATEMENTS = {
+    # The polls of one batch (``Polls``): the key of each row is checked in Python.
+    "tasks": sa.select(*_TASK_COLUMNS).where(
+        tasks.c.id == sa.any_(sa.bindparam("task_ids", type_=postgresql.ARRAY(sa.String)))
+    ),
+}
 
 
 @functools.cache
@@ -117,7 +127,8 @@ def compiled(dialect_name: str) -> dict[str, tuple[str, Params]]:
 
         dialect = psycopg.dialect(paramstyle="pyformat")  # type: ignore[no-untyped-call]
     statements = {}
-    for name, stmt in STATEMENTS.items():
+    extra = POSTGRES_STATEMENTS if dialect_name == "postgresql" else {}
+    for name, stmt in {**STATEMENTS, **extra}.items():
         done = stmt.compile(dialect=dialect)
         fixed = {k: v for k, v in done.params.items() if v is not None}
         statements[name] = (str(done), fixed)
@@ -350,7 +361,8 @@ class _Pool:
 
 
 class PostgresReads(_Reads):
-    """PostgreSQL through psycopg's async connections, a small pool per event loop."""
+    """PostgreSQL through psycopg's async connections, a small pool per event loop; polls
+    batched (``Polls``)."""
 
     POOL_SIZE = 8
     MAX_AGE_S = 1800.0
@@ -363,6 +375,9 @@ class PostgresReads(_Reads):
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
             weakref.WeakKeyDictionary()
         )
+        self._polls_of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Polls] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _pool(self) -> _Pool:
         loop = asyncio.get_running_loop()
@@ -371,8 +386,20 @@ class PostgresReads(_Reads):
             pool = self._pools[loop] = _Pool(self.conninfo, self.POOL_SIZE, self.MAX_AGE_S)
         return pool
 
+    def _polls(self) -> Polls:
+        loop = asyncio.get_running_loop()
+        polls = self._polls_of.get(loop)
+        if polls is None:
+            polls = self._polls_of[loop] = Polls(lambda: self._pool().run, self.sql["tasks"])
+        return polls
+
     async def _fetch(self, name: str, params: Params) -> list[Any]:
         return await self._pool().run(*_bound(self.sql, name, params))
+
+    async def task(self, task_id: str, key_id: int) -> TaskRow | None:
+        row = await self._polls().row(task_id)
+        # Another key's task is not found: the batch's statement reads by id alone.
+        return _task(tuple(row)) if row is not None and row[1] == key_id else None
 
     async def close(self) -> None:
         pool = self._pools.pop(asyncio.get_running_loop(), None)
