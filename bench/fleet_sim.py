@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -117,7 +118,9 @@ class Loops:
     async def task(self, client: httpx.AsyncClient, name: str) -> None:
         self.polls += 1
         answer = await client.post(
-            "/worker/v1/claim", json={"owner": name, "wait_s": WAIT_S}, timeout=WAIT_S + 60
+            "/worker/v1/claim",
+            json={"owner": name, "wait_s": WAIT_S * random.uniform(0.8, 1.0)},  # as a worker
+            timeout=WAIT_S + 60,
         )
         if answer.status_code == 204:
             return

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -147,7 +148,9 @@ class HttpTaskSource:
     def claim(self, owner: str, wait_s: float) -> Lease | None:
         if self._closed or self.rejected:
             return None
-        wait = max(0.0, min(wait_s, self.max_claim_wait_s))
+        # A fifth of jitter: a fleet that started together (or came back after a restart)
+        # spreads its returning polls instead of arriving at a replica all at once.
+        wait = max(0.0, min(wait_s, self.max_claim_wait_s)) * random.uniform(0.8, 1.0)
         try:
             response = self._send(
                 "POST",
