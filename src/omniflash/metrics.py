@@ -11,6 +11,7 @@ from the database when scraped, so every replica reports the same, right value:
 
 from __future__ import annotations
 
+import collections
 import hmac
 import shutil
 import subprocess
@@ -127,6 +128,7 @@ class Metrics:
         for job in MAINTENANCE_JOBS:
             self.maintenance_errors.labels(job)
         r.register(_StateCollector(store, workers))
+        self._counted_ends: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -143,6 +145,13 @@ class Metrics:
         self.submitted.labels(task.spec.mode.value, task.spec.resolution).inc()
 
     def _on_end(self, _conn: sa.Connection, task: TaskRow, status: TaskStatus) -> None:
+        # A task ends once, but its ending transaction runs again when another end hook
+        # failed in it (``TaskEnds._ending``): counted once by its id.
+        if task.id in self._counted_ends:
+            return
+        self._counted_ends[task.id] = None
+        if len(self._counted_ends) > 4096:
+            self._counted_ends.popitem(last=False)
         spec = task.spec
         self.finished.labels(status.value, spec.mode.value, spec.resolution).inc()
         if task.started_at is not None:

@@ -133,6 +133,26 @@ def test_a_failing_end_hook_is_undone_alone(store: Store) -> None:
     assert store.keys.get(key.id).balance == 10**9 == store.keys.ledger_sum(key.id)
 
 
+def test_a_task_ending_again_after_a_failing_hook_is_counted_once(
+    store: Store, tmp_path: Path
+) -> None:
+    """The metrics' end hook runs before a hook that fails; the end then runs again
+    without the failing one, and the finished task is still counted once."""
+    metrics = Metrics(store, Settings(data_dir=tmp_path))
+    metrics.install(store)
+
+    def broken(conn: sa.Connection, task: TaskRow, status: TaskStatus) -> None:
+        raise RuntimeError("this hook is broken")
+
+    store.tasks.end_hooks.append(broken)
+    _, key = store.keys.create("k", 10**9, 10**6, 10**6)
+    task_id = _submit(store, key, poisoned=False)
+    assert store.tasks.cancel(task_id, key.id).status is TaskStatus.CANCELLED
+    labels = {"status": "cancelled", "mode": "text", "resolution": GOOD.resolution}
+    assert metrics.registry.get_sample_value("omniflash_tasks_finished_total", labels) == 1
+    assert _errors(metrics, "end_hook") == 1
+
+
 def test_a_task_whose_reap_raises_is_skipped(store: Store) -> None:
     """Not only hooks: whatever one task's reap raises, the others are still reaped."""
     seen: list[tuple[str, str]] = []
