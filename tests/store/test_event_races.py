@@ -12,11 +12,13 @@ import time
 from collections import defaultdict
 
 import pytest
+import sqlalchemy as sa
 
 from omniflash.contract import parse_generation_request
 from omniflash.errors import Conflict
 from omniflash.pricing import Pricing
 from omniflash.store import Store, TaskEvent, TaskStatus
+from omniflash.store.schema import task_events
 from tests.money import assert_money
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
@@ -51,6 +53,14 @@ def _busy_worker(url: str, leases: list[tuple[str, int]], i: int) -> dict[str, i
     return dict(out)
 
 
+def _previews_recorded(store: Store) -> bool:
+    with store.db.read() as conn:
+        found = conn.execute(
+            sa.select(task_events.c.id).where(task_events.c.kind == "preview").limit(1)
+        ).first()
+    return found is not None
+
+
 def _canceller(url: str, key_id: int, ids: list[str]) -> int:
     store = Store(url, migrate=False)
     cancelled = 0
@@ -69,6 +79,11 @@ def _canceller(url: str, key_id: int, ids: list[str]) -> int:
 def _reaper(url: str, rounds: int) -> int:
     store = Store(url, migrate=False)
     try:
+        # It starts once the workers have: a reaper whose process came up first would end
+        # every task before a preview was tried, and race nothing.
+        deadline = time.monotonic() + 60
+        while not _previews_recorded(store) and time.monotonic() < deadline:
+            time.sleep(0.005)
         # Reaped at a time past every lease: a lease the workers hold is reaped too.
         return sum(store.tasks.reap(max_attempts=1, now=time.time() + 120) for _ in range(rounds))
     finally:
