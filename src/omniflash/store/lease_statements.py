@@ -22,7 +22,22 @@ from omniflash.store.events import EVENTS_CHANNEL
 from omniflash.store.schema import api_keys, ledger, task_events, tasks
 from omniflash.store.task_rows import TaskStatus
 
-__all__ = ["CLAIM", "COMPLETE", "HEARTBEAT", "TASK_SPEC"]
+__all__ = ["CLAIM", "COMPLETE", "HEARTBEAT", "TASK_SPEC", "claim_values"]
+
+
+def claim_values(status: Any, owner: Any, worker: Any, clock: Any, lease_s: Any) -> dict[str, Any]:
+    """What a claim writes to the task row it takes, in both forms (here and
+    ``store.lease_steps``): the lease, the next epoch, one more attempt."""
+    return {
+        "status": status,
+        "lease_owner": owner,
+        "lease_worker": worker,
+        "claimed_at": clock,
+        "lease_expires_at": clock + lease_s,
+        "lease_epoch": tasks.c.lease_epoch + 1,
+        "attempts": tasks.c.attempts + 1,
+        "started_at": sa.func.coalesce(tasks.c.started_at, clock),
+    }
 
 
 def _inline(value: str | int) -> sa.ColumnElement[Any]:
@@ -75,14 +90,13 @@ def _claim() -> sa.Select[Any]:
         tasks.update()
         .where(tasks.c.id == oldest, pending)
         .values(
-            status=_inline(_PROCESSING),
-            lease_owner=sa.bindparam("p_owner", type_=sa.String),
-            lease_worker=_worker,
-            claimed_at=_clock,
-            lease_expires_at=_clock + _lease_s,
-            lease_epoch=tasks.c.lease_epoch + 1,
-            attempts=tasks.c.attempts + 1,
-            started_at=sa.func.coalesce(tasks.c.started_at, _clock),
+            claim_values(
+                _inline(_PROCESSING),
+                sa.bindparam("p_owner", type_=sa.String),
+                _worker,
+                _clock,
+                _lease_s,
+            )
         )
         .returning(*tasks.c)
         .cte("claimed")

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from omniflash.errors import AuthenticationFailed
 from omniflash.store.events import record
+from omniflash.store.lease_statements import claim_values
 from omniflash.store.schema import tasks, worker_tokens
 from omniflash.store.task_ends import TaskEnds
 from omniflash.store.task_rows import TaskStatus
@@ -78,16 +79,7 @@ class LeaseSteps(TaskEnds):
             found = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == oldest, pending)
-                .values(
-                    status=TaskStatus.PROCESSING.value,
-                    lease_owner=owner,
-                    lease_worker=worker_id,
-                    claimed_at=clock,
-                    lease_expires_at=clock + lease_s,
-                    lease_epoch=tasks.c.lease_epoch + 1,
-                    attempts=tasks.c.attempts + 1,
-                    started_at=sa.func.coalesce(tasks.c.started_at, clock),
-                )
+                .values(claim_values(TaskStatus.PROCESSING.value, owner, worker_id, clock, lease_s))
                 .returning(*tasks.c)
             ).one_or_none()
             if found is not None:
